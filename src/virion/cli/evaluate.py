@@ -1,0 +1,39 @@
+"""`virion evaluate RUN`: evaluate every model of a run on its test set, then refresh the comparison and report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a run's models on the test set (reports, matrices, plots, report.html)",
+        description="Evaluate every model of a training run on its unshuffled test set and write "
+        "RUN/<model>/evaluation/, RUN/comparison.{md,csv,png} and RUN/report.html.",
+    )
+    parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `virion train` (runs/NAME)")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="dataset folder, when it moved since training (default: the path in RUN/config.json)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="images per inference batch (default: the run's batch size)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="only write the per-model evaluation, not the comparison and report.html")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from virion.errors import VirionError
+    from virion.evaluation.evaluate import evaluate_run
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise VirionError(f"--batch-size {args.batch_size}: must be a positive number of images")
+    results = evaluate_run(args.run, data=args.data, batch_size=args.batch_size)
+    print(f"{'model':<14} {'accuracy':>9} {'macro F1':>9} {'images/s':>9}")
+    for name, s in results.items():
+        print(f"{name:<14} {s['accuracy']:>9.4f} {s['macro_f1']:>9.4f} {s['inference_images_per_second']:>9.1f}")
+    if not args.no_report:
+        from virion.reports.html import write_report
+
+        print(f"report: {write_report(args.run)}")
+    return 0

@@ -1,0 +1,80 @@
+"""`virion predict`: classify new images with a saved model or a whole run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from virion.errors import VirionError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict the class of new images with a saved model or run",
+        description="Predict virus classes for image files or folders (searched recursively) with a "
+        "saved model (.keras or .h5 with metadata.json beside it), a model folder, or a run folder "
+        "(every model in it, or --model NAME). Images are decoded as in training. Prints a table and "
+        "optionally writes a CSV; unreadable files are listed, not fatal.",
+    )
+    parser.add_argument("model_path", metavar="MODEL_OR_RUN",
+                        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+",
+                        help="image files or folders of images (searched recursively; hidden files skipped)")
+    parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
+                        help="with a run folder: use only this model (e.g. resnet50); default: every model")
+    parser.add_argument("--top-k", type=_positive_int, default=3, metavar="K",
+                        help="how many of the most likely classes to write per image (default: 3)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the softmax over the 8 flips and 90-degree rotations")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="average the softmax of all loaded models (they must share the class list)")
+    parser.add_argument("--out", type=Path, default=None, metavar="CSV",
+                        help="write the predictions to this CSV file (e.g. predictions.csv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                        help="images per prediction batch (default: 32)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # Heavy imports (Keras/TensorFlow) only when the command runs, so `virion --help` stays fast.
+    from virion.inference.loading import load_predictor
+    from virion.inference.predict import collect_inputs, format_table, predict_files, write_csv
+
+    out: Path | None = args.out
+    if out is not None:
+        if out.exists() and not args.overwrite:
+            raise VirionError(f"--out {out}: file exists; choose another name or pass --overwrite")
+        if out.exists() and out.is_dir():
+            raise VirionError(f"--out {out}: is a folder; give a CSV file name")
+    files = collect_inputs(args.inputs)
+    if not files:
+        raise VirionError(f"no image files found in {' '.join(map(str, args.inputs))}; "
+                          "pass .png/.jpg/.tif/... files or folders that hold them")
+    models = load_predictor(args.model_path, args.model_name)
+    if args.ensemble and len(models) < 2:
+        print(f"virion: note: --ensemble with one model ({models[0].name}) is that model's prediction")
+    result = predict_files(models, files, top_k=args.top_k, tta=args.tta, ensemble=args.ensemble,
+                           batch_size=args.batch_size, progress=args.progress)
+    if not result.rows:
+        reasons = "; ".join(f"{f}: {why}" for f, why in result.unreadable[:3])
+        raise VirionError(f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
+                          "check the paths and file formats")
+    print(format_table(result))
+    if out is not None:
+        write_csv(result, out)
+        print(f"predictions written to {out}")
+    return 0

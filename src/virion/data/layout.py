@@ -1,0 +1,460 @@
+"""Find the images of a dataset and their labels, whatever folder layout the user brings.
+
+Three layouts are detected automatically:
+
+- split folders: ``DATA/train/<class>/``, ``DATA/test/<class>/`` and optionally
+  ``DATA/validation/<class>/`` (or ``val/``), the layout of the public TEM virus dataset;
+- class folders: ``DATA/<class>/``, split here into train/validation/test, stratified and seeded;
+- a CSV manifest ``path,label[,split]`` (paths relative to the CSV), passed as the CSV file.
+
+This module is the one place that decides the class order (sorted names); everything downstream
+reads it from the dataset (and later from each model's metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from virion.errors import VirionError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+
+# Folders that sit beside the classes in the public TEM virus dataset but are not classes.
+DEFAULT_EXCLUDE = ("crop_outlines",)
+
+SPLIT_NAMES = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+                  "valid": "validation", "test": "test", "testing": "test"}
+
+# Reasons are generic (no file names) so the summary can group them.
+R_HIDDEN = "hidden file or folder"
+R_NOT_IMAGE = "not an image file ({ext})"
+R_UNDERSCORE = "folder starting with '_' is not a class"
+R_PATTERN = "class folder excluded by pattern '{pattern}'"
+R_NOT_LISTED = "class not in the chosen classes"
+R_SUBFOLDER = "sub-folder of a class folder (include_subfolders=True reads it)"
+R_LOOSE_FILE = "file outside a class folder"
+R_NOT_SPLIT = "folder is not a split (train/validation/val/test)"
+
+
+@dataclass
+class Split:
+    """The files of one split and their integer labels (indices into `Dataset.class_names`)."""
+
+    name: str
+    files: list[Path]
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.files = [Path(f) for f in self.files]
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(self.files) != len(self.labels):
+            raise ValueError(f"split {self.name!r}: {len(self.files)} files but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class Dataset:
+    """A discovered dataset: class list, the three splits, and what was ignored and why."""
+
+    root: Path
+    layout: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class for each split: ``{split: {class: n}}`` (every class listed)."""
+        out: dict[str, dict[str, int]] = {}
+        for name in SPLIT_NAMES:
+            split = self.splits.get(name)
+            per = np.bincount(split.labels, minlength=self.num_classes) if split is not None else \
+                np.zeros(self.num_classes, dtype=np.int64)
+            out[name] = {c: int(n) for c, n in zip(self.class_names, per)}
+        return out
+
+    def ignored_counts(self) -> dict[str, int]:
+        """How many ignored entries per reason, most frequent first."""
+        return dict(Counter(reason for _, reason in self.ignored).most_common())
+
+    def _base_dir(self) -> Path:
+        return self.root.parent if self.root.is_file() else self.root
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return Path(path).relative_to(self._base_dir()).as_posix()
+        except ValueError:
+            return Path(path).as_posix()
+
+    def fingerprint(self) -> str:
+        """Hash of relative paths, sizes, mtimes and labels: changes when the data changes."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.class_names).encode())
+        for name in SPLIT_NAMES:
+            split = self.splits.get(name)
+            if split is None:
+                continue
+            h.update(f"\n[{name}]".encode())
+            for f, label in zip(split.files, split.labels):
+                try:
+                    st = os.stat(f)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:
+                    size, mtime = -1, -1
+                h.update(f"\n{self._rel(f)}\t{size}\t{mtime}\t{int(label)}".encode())
+        return h.hexdigest()
+
+    def summary(self) -> str:
+        """The text shown at the start of training: classes, a count table, what was ignored."""
+        counts = self.counts()
+        splits = [s for s in SPLIT_NAMES if s in self.splits]
+        width = max([len("class"), len("total")] + [len(c) for c in self.class_names])
+        lines = [f"Dataset {self.root} ({self.layout} layout): {self.num_classes} classes, "
+                 + ", ".join(f"{len(self.splits[s])} {s}" for s in splits)]
+        header = f"  {'class':<{width}}" + "".join(f" {s:>10}" for s in splits)
+        lines += [header, "  " + "-" * (len(header) - 2)]
+        for c in self.class_names:
+            lines.append(f"  {c:<{width}}" + "".join(f" {counts[s][c]:>10}" for s in splits))
+        lines.append(f"  {'total':<{width}}" + "".join(f" {len(self.splits[s]):>10}" for s in splits))
+        if self.ignored:
+            lines.append(f"Ignored {len(self.ignored)} entries:")
+            for reason, n in self.ignored_counts().items():
+                examples = [self._rel(p) for p, r in self.ignored if r == reason][:3]
+                more = ", ..." if n > len(examples) else ""
+                lines.append(f"  {n:>6}  {reason}: {', '.join(examples)}{more}")
+        else:
+            lines.append("Ignored nothing.")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """What the run folder's dataset.json holds."""
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "class_names": list(self.class_names),
+            "counts": self.counts(),
+            "sizes": {s: len(self.splits[s]) for s in SPLIT_NAMES if s in self.splits},
+            "ignored_counts": self.ignored_counts(),
+            "ignored": [{"path": self._rel(p), "reason": r} for p, r in self.ignored],
+            "fingerprint": self.fingerprint(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# discovery helpers
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _image_files(folder: Path, include_subfolders: bool, ignored: list[tuple[Path, str]]) -> list[Path]:
+    """Image files of one class folder, sorted; everything else goes to `ignored` with a reason."""
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if _is_hidden(entry.name):
+            ignored.append((entry, R_HIDDEN))
+        elif entry.is_dir():
+            if include_subfolders:
+                found.extend(_image_files(entry, True, ignored))
+            else:
+                ignored.append((entry, R_SUBFOLDER))
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(entry)
+        else:
+            ignored.append((entry, R_NOT_IMAGE.format(ext=entry.suffix.lower() or "no extension")))
+    return found
+
+
+def _class_reason(name: str, exclude: tuple[str, ...]) -> str | None:
+    """Why a folder/label is not a class, or None if it is one."""
+    if _is_hidden(name):
+        return R_HIDDEN
+    if name.startswith("_"):
+        return R_UNDERSCORE
+    for pattern in exclude:
+        if fnmatch.fnmatchcase(name, pattern):
+            return R_PATTERN.format(pattern=pattern)
+    return None
+
+
+def _class_folders(root: Path, exclude: tuple[str, ...], ignored: list[tuple[Path, str]]) -> dict[str, Path]:
+    """Class name -> folder for the direct sub-folders of `root` that are classes."""
+    classes: dict[str, Path] = {}
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.is_dir():
+            ignored.append((entry, R_HIDDEN if _is_hidden(entry.name) else R_LOOSE_FILE))
+            continue
+        reason = _class_reason(entry.name, exclude)
+        if reason:
+            ignored.append((entry, reason))
+        else:
+            classes[entry.name] = entry
+    return classes
+
+
+def _check_classes_option(classes: list[str] | None, available: set[str], where: str) -> None:
+    if classes is None:
+        return
+    unknown = [c for c in classes if c not in available]
+    if unknown:
+        raise VirionError(f"--classes: unknown class {unknown[0]!r} in {where}; "
+                          f"choose from: {', '.join(sorted(available))}")
+
+
+def _split_off(files: list[Path], labels: np.ndarray, fraction: float, seed: int, what: str,
+               class_names: list[str], where: str) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """Hold out `fraction` of the files, stratified by class and seeded (sklearn)."""
+    if fraction <= 0 or len(files) == 0:
+        return files, labels, [], np.zeros(0, dtype=np.int64)
+    from sklearn.model_selection import train_test_split
+
+    per_class = np.bincount(labels, minlength=len(class_names))
+    smallest = int(np.argmin(np.where(per_class > 0, per_class, np.iinfo(np.int64).max)))
+    if per_class[smallest] < 2:
+        raise VirionError(f"{where}: class {class_names[smallest]!r} has only {per_class[smallest]} image(s); "
+                          f"a stratified {what} split needs at least 2 per class: add images or provide a "
+                          f"{what}/ split")
+    idx = np.arange(len(files))
+    try:
+        keep, hold = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:
+        raise VirionError(f"{where}: cannot make a stratified {what} split of {len(files)} images "
+                          f"({exc}); add images or change the {what} fraction") from None
+    keep, hold = np.sort(keep), np.sort(hold)
+    return ([files[i] for i in keep], labels[keep], [files[i] for i in hold], labels[hold])
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= float(value) < 1.0:
+        raise VirionError(f"{name}={value}: must be at least 0 and below 1 (e.g. 0.2)")
+
+
+# --------------------------------------------------------------------------------------------
+# the three layouts
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for entry in root.iterdir():
+        split = _SPLIT_ALIASES.get(entry.name.lower()) if entry.is_dir() else None
+        if split is None:
+            continue
+        if split in found:
+            raise VirionError(f"{root}: both {found[split].name}/ and {entry.name}/ hold the {split} split; "
+                              f"keep one of them")
+        found[split] = entry
+    return found
+
+
+def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclude, include_subfolders,
+                        val_fraction, test_fraction, seed) -> Dataset:
+    ignored: list[tuple[Path, str]] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry not in split_dirs.values():
+            ignored.append((entry, R_HIDDEN if _is_hidden(entry.name) else R_NOT_SPLIT))
+    if "train" not in split_dirs:
+        raise VirionError(f"{root}: found {', '.join(sorted(p.name + '/' for p in split_dirs.values()))} but no "
+                          f"train/ folder; add {root / 'train'} with one sub-folder per class")
+    per_split = {s: _class_folders(d, exclude, ignored) for s, d in split_dirs.items()}
+    train_classes = set(per_split["train"])
+    for s, folders in per_split.items():
+        extra = sorted(c for c in set(folders) - train_classes if classes is None or c in classes)
+        if extra:
+            raise VirionError(f"{folders[extra[0]]}: class {extra[0]!r} is in {s}/ but not in train/; "
+                              f"add its training images or exclude it (--exclude)")
+    _check_classes_option(classes, train_classes, f"{split_dirs['train']}")
+    if classes is not None:
+        for folders in per_split.values():
+            for name in [n for n in folders if n not in classes]:
+                ignored.append((folders.pop(name), R_NOT_LISTED))
+    class_names = sorted(per_split["train"])
+    _check_enough_classes(class_names, split_dirs["train"])
+    index = {c: i for i, c in enumerate(class_names)}
+    gathered: dict[str, tuple[list[Path], np.ndarray]] = {}
+    for s, folders in per_split.items():
+        files, labels = [], []
+        for name in sorted(folders):
+            found = _image_files(folders[name], include_subfolders, ignored)
+            if not found:
+                raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                                  f"add images or remove/exclude the folder")
+            files += found
+            labels += [index[name]] * len(found)
+        gathered[s] = (files, np.asarray(labels, dtype=np.int64))
+    where = str(split_dirs["train"])
+    train_files, train_labels = gathered["train"]
+    if "test" not in gathered:
+        train_files, train_labels, tf_, tl = _split_off(train_files, train_labels, test_fraction, seed, "test",
+                                                        class_names, where)
+        gathered["test"] = (tf_, tl)
+    if "validation" not in gathered:
+        train_files, train_labels, vf, vl = _split_off(train_files, train_labels, val_fraction, seed, "validation",
+                                                       class_names, where)
+        gathered["validation"] = (vf, vl)
+    gathered["train"] = (train_files, train_labels)
+    splits = {s: Split(s, *gathered[s]) for s in SPLIT_NAMES}
+    return Dataset(root, "split-folders", class_names, splits, ignored)
+
+
+def _check_enough_classes(class_names: list[str], where: Path) -> None:
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise VirionError(f"{where}: need at least two class folders, found {found}; "
+                          f"put each class's images in its own sub-folder")
+
+
+def _load_class_folders(root: Path, classes, exclude, include_subfolders, val_fraction, test_fraction,
+                        seed) -> Dataset:
+    ignored: list[tuple[Path, str]] = []
+    folders = _class_folders(root, exclude, ignored)
+    _check_classes_option(classes, set(folders), str(root))
+    if classes is not None:
+        for name in [n for n in folders if n not in classes]:
+            ignored.append((folders.pop(name), R_NOT_LISTED))
+    class_names = sorted(folders)
+    _check_enough_classes(class_names, root)
+    files: list[Path] = []
+    labels: list[int] = []
+    for i, name in enumerate(class_names):
+        found = _image_files(folders[name], include_subfolders, ignored)
+        if not found:
+            raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                              f"add images or remove/exclude the folder")
+        files += found
+        labels += [i] * len(found)
+    lab = np.asarray(labels, dtype=np.int64)
+    train_f, train_l, test_f, test_l = _split_off(files, lab, test_fraction, seed, "test", class_names, str(root))
+    train_f, train_l, val_f, val_l = _split_off(train_f, train_l, val_fraction, seed, "validation", class_names,
+                                                str(root))
+    splits = {"train": Split("train", train_f, train_l), "validation": Split("validation", val_f, val_l),
+              "test": Split("test", test_f, test_l)}
+    return Dataset(root, "class-folders", class_names, splits, ignored)
+
+
+def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction, seed) -> Dataset:
+    base = csv_path.parent
+    ignored: list[tuple[Path, str]] = []
+    rows: list[tuple[Path, str, str | None]] = []
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+            if "path" not in fields or "label" not in fields:
+                raise VirionError(f"{csv_path}: manifest needs a header row 'path,label[,split]', found "
+                                  f"{','.join(reader.fieldnames or []) or 'nothing'}")
+            reader.fieldnames = fields
+            has_split = "split" in fields
+            missing: list[str] = []
+            for lineno, row in enumerate(reader, start=2):
+                raw, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not raw and not label:
+                    continue  # blank line
+                if not raw or not label:
+                    raise VirionError(f"{csv_path}: line {lineno} needs both a path and a label")
+                split = None
+                if has_split:
+                    value = (row.get("split") or "").strip().lower()
+                    split = _SPLIT_ALIASES.get(value)
+                    if split is None:
+                        raise VirionError(f"{csv_path}: line {lineno}: unknown split {value!r}; "
+                                          f"use train, validation (or val) or test")
+                path = Path(raw)
+                path = path if path.is_absolute() else base / path
+                if not path.is_file():
+                    missing.append(f"line {lineno}: {raw}")
+                    continue
+                rows.append((path, label, split))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise VirionError(f"{csv_path}: cannot read the manifest ({exc}); give a UTF-8 CSV 'path,label[,split]'") from None
+    if missing:
+        raise VirionError(f"{csv_path}: {len(missing)} listed file(s) do not exist, first {missing[0]} "
+                          f"(paths are relative to the CSV's folder); fix the paths or remove the rows")
+
+    kept = []
+    for path, label, split in rows:
+        reason = _class_reason(label, exclude)
+        if reason:
+            ignored.append((path, reason))
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            ignored.append((path, R_NOT_IMAGE.format(ext=path.suffix.lower() or "no extension")))
+        else:
+            kept.append((path, label, split))
+    train_labels = {lab for _, lab, s in kept if s in (None, "train")}
+    for _, label, split in kept:
+        if label not in train_labels and (classes is None or label in classes):
+            raise VirionError(f"{csv_path}: class {label!r} is in the {split} split but not in train; "
+                              f"add its training rows or exclude it (--exclude)")
+    _check_classes_option(classes, train_labels, str(csv_path))
+    if classes is not None:
+        ignored += [(p, R_NOT_LISTED) for p, lab, _ in kept if lab not in classes]
+        kept = [r for r in kept if r[1] in classes]
+    class_names = sorted({lab for _, lab, _ in kept})
+    _check_enough_classes(class_names, csv_path)
+    index = {c: i for i, c in enumerate(class_names)}
+    gathered: dict[str, tuple[list[Path], np.ndarray]] = {}
+    for s in SPLIT_NAMES:
+        chosen = [(p, index[lab]) for p, lab, sp in kept if (sp or "train") == s]
+        if chosen or any(sp == s for _, _, sp in kept):
+            gathered[s] = ([p for p, _ in chosen], np.asarray([i for _, i in chosen], dtype=np.int64))
+    train_files, train_labels_arr = gathered["train"]
+    if "test" not in gathered:
+        train_files, train_labels_arr, tf_, tl = _split_off(train_files, train_labels_arr, test_fraction, seed,
+                                                            "test", class_names, str(csv_path))
+        gathered["test"] = (tf_, tl)
+    if "validation" not in gathered:
+        train_files, train_labels_arr, vf, vl = _split_off(train_files, train_labels_arr, val_fraction, seed,
+                                                           "validation", class_names, str(csv_path))
+        gathered["validation"] = (vf, vl)
+    gathered["train"] = (train_files, train_labels_arr)
+    splits = {s: Split(s, *gathered[s]) for s in SPLIT_NAMES}
+    return Dataset(csv_path, "manifest", class_names, splits, ignored)
+
+
+def load_dataset(path, *, classes=None, exclude=(), include_subfolders=False, val_fraction=0.2,
+                 test_fraction=0.2, seed=0) -> Dataset:
+    """Discover a dataset at `path` (folder or CSV manifest) and return its splits.
+
+    `classes` keeps only the named classes; `exclude` holds fnmatch patterns on class names (added
+    to the defaults: folders starting with `_` or `.`, and `crop_outlines`). Without a validation
+    split, `val_fraction` of train is held out, stratified by class and seeded; without a test split
+    (class folders, or a manifest without test rows), `test_fraction` of all images is held out first.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise VirionError(f"{root}: no such file or folder; pass a dataset folder (class or train/test "
+                          f"sub-folders) or a CSV manifest")
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    exclude = tuple(DEFAULT_EXCLUDE) + tuple(exclude or ())
+    if classes is not None:
+        classes = [classes] if isinstance(classes, str) else list(classes)
+        if not classes:
+            classes = None
+    root = root.resolve()
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise VirionError(f"{root}: a dataset is a folder or a CSV manifest (.csv), not a {root.suffix or 'plain'} file")
+        return _load_manifest(root, classes, exclude, val_fraction, test_fraction, seed)
+    split_dirs = _find_split_dirs(root)
+    if split_dirs:
+        return _load_split_folders(root, split_dirs, classes, exclude, include_subfolders, val_fraction,
+                                   test_fraction, seed)
+    return _load_class_folders(root, classes, exclude, include_subfolders, val_fraction, test_fraction, seed)

@@ -1,0 +1,121 @@
+"""tf.data input pipelines from the decoded uint8 cache (the only module that uses tf.data).
+
+Why it is fast: the decoded split already sits in memory as one uint8 (N, H, W) array, so an
+epoch is a shuffle of integer indices, one `gather` per batch, and one composed affine warp per
+image on a single channel (`TEMAugment`) run by a parallel map over whole batches. Images are
+widened to three channels only at the end, as the models expect (H, W, 3) float32 in 0..255.
+
+Reproducibility: shuffling uses `seed`; augmentation noise comes from a stateless per-batch
+seed drawn from `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`, so a fresh
+dataset built with the same seed yields the same batches, each epoch differs, and the parallel
+map cannot reorder random draws.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tensorflow as tf
+
+from virion.data.augment import NOISE_DIM, AugmentConfig, TEMAugment
+from virion.errors import VirionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from virion.data.cache import SplitArrays
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _check_images(images, what: str) -> np.ndarray:
+    images = np.asarray(images)  # a read-only memmap stays zero-copy here
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise VirionError(f"{what} must be uint8 grayscale (N, H, W), got {images.dtype} "
+                          f"{images.shape}: decode with virion.data.cache.load_split_arrays")
+    return images
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise VirionError(f"batch size {batch_size!r} is invalid: use a positive integer such as 64")
+    return int(batch_size)
+
+
+def _to_model_input(gray):
+    """(B, H, W[, 1]) grayscale → (B, H, W, 3) float32 0..255, the models' input contract."""
+    gray = tf.cast(gray, tf.float32)
+    if gray.shape.rank == 3:
+        gray = gray[..., tf.newaxis]
+    return tf.repeat(gray, 3, axis=-1)
+
+
+def make_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
+                 augment: AugmentConfig | None = None, seed: int = 0) -> tf.data.Dataset:
+    """Batches of (float32 (B, H, W, 3) in 0..255, float32 one-hot (B, C)) from a decoded split.
+
+    training=True: reshuffled each epoch (seeded), augmented with `augment` (default: the
+    reference's rotation/shift/flip; pass `AugmentConfig.none()` to switch it off).
+    training=False: file order, untouched pixels, last partial batch kept, so predictions line
+    up with `arrays.files`. The dataset has a known cardinality: `len(ds)` batches per epoch.
+    """
+    images = _check_images(arrays.images, "images of the split")
+    labels = np.asarray(arrays.labels)
+    batch_size = _check_batch_size(batch_size)
+    if len(images) == 0:
+        raise VirionError("cannot build an input pipeline from a split with no images: "
+                          "check the dataset folder (see the dataset summary) and its split options")
+    if labels.shape != (len(images),):
+        raise VirionError(f"labels shape {labels.shape} does not match {len(images)} images: "
+                          "rebuild the split with virion.data.cache.load_split_arrays")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise VirionError(f"num_classes={num_classes!r} is invalid: a classifier needs at least 2 classes")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise VirionError(f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}: "
+                          "pass the dataset's number of classes")
+
+    n = len(images)
+    # One copy into a TF tensor; each batch is then a single gather (no Python generator).
+    image_table = tf.constant(images)
+    onehot_table = tf.constant(np.eye(num_classes, dtype=np.float32)[labels])
+
+    order = tf.data.Dataset.range(n)
+    if training:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    batches = order.batch(batch_size, drop_remainder=False)
+
+    def gather(idx):
+        return tf.gather(image_table, idx), tf.gather(onehot_table, idx)
+
+    augment = AugmentConfig() if augment is None else augment
+    if not training or not augment.enabled:
+        ds = batches.map(lambda idx: (lambda x, y: (_to_model_input(x), y))(*gather(idx)),
+                         num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE)
+
+    layer = TEMAugment(augment, seed=seed)
+    noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def augment_batch(idx, noise_seed):
+        x, y = gather(idx)
+        noise = tf.random.stateless_uniform(
+            (tf.shape(idx)[0], NOISE_DIM), seed=tf.stack([noise_seed, tf.constant(seed, tf.int64)]))
+        x = layer(x[..., tf.newaxis], training=True, noise=noise)
+        return _to_model_input(x), y
+
+    ds = tf.data.Dataset.zip((batches, noise_seeds)).map(augment_batch, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def make_predict_dataset(images, batch_size: int) -> tf.data.Dataset:
+    """Batches of float32 (B, H, W, 3) in 0..255 from uint8 (N, H, W), in order, no labels."""
+    images = _check_images(images, "images to predict")
+    batch_size = _check_batch_size(batch_size)
+    table = tf.constant(images)
+    ds = tf.data.Dataset.range(len(images)).batch(batch_size)
+    ds = ds.map(lambda idx: _to_model_input(tf.gather(table, idx)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Batches in one pass (the last partial batch counts), as `len(make_dataset(...))` gives."""
+    return -(-int(num_images) // _check_batch_size(batch_size))

@@ -1,0 +1,105 @@
+"""The one place that maps a model name to its builder and facts; the CLI and trainer ask here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from virion.errors import VirionError
+from virion.models import resnet50, transfer
+
+MODEL_NAMES = ("resnet50", "xception", "densenet121")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What downstream code (metadata, Grad-CAM, reports) needs to know about a model family.
+
+    `base_frozen` answers for the weights asked about in `model_info(name, weights)`: a transfer
+    model trained from `weights="none"` has its base unfrozen, and metadata/reports must say so.
+    """
+
+    name: str
+    display_name: str
+    kind: str  # "scratch" | "transfer"
+    scaling: str
+    last_conv_layer: str
+    default_weights: str  # "none" for the scratch model, "imagenet" for the transfer models
+    weights: str  # the weights this info describes: "none", "imagenet" or a path
+    base_frozen: bool  # False for the scratch model and for transfer models with weights "none"
+
+
+_FACTS = {
+    "resnet50": ("ResNet-50 (from scratch)", "scratch", "x/255", resnet50.LAST_CONV_LAYER, "none"),
+    "xception": (
+        "Xception (transfer)",
+        "transfer",
+        "x/127.5-1 (Xception preprocess_input)",
+        transfer.ARCHS["xception"][1],
+        "imagenet",
+    ),
+    "densenet121": (
+        "DenseNet121 (transfer)",
+        "transfer",
+        "ImageNet mean/std (DenseNet preprocess_input)",
+        transfer.ARCHS["densenet121"][1],
+        "imagenet",
+    ),
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise VirionError(f"unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")
+
+
+def _normalize_weights(weights) -> str:
+    if weights is None:
+        return "none"
+    text = str(weights)
+    return text.lower() if text.lower() in ("none", "imagenet") else text
+
+
+def model_info(name: str, weights=None) -> ModelInfo:
+    """Facts about model `name`; `weights` (default: the model's default) sets `base_frozen`."""
+    _check_name(name)
+    display, kind, scaling, last_conv, default = _FACTS[name]
+    if kind == "scratch":
+        used = "none"  # ResNet-50 always starts from random initialization
+    else:
+        used = default if weights is None else _normalize_weights(weights)
+    return ModelInfo(
+        name=name,
+        display_name=display,
+        kind=kind,
+        scaling=scaling,
+        last_conv_layer=last_conv,
+        default_weights=default,
+        weights=used,
+        base_frozen=kind == "transfer" and used != "none",
+    )
+
+
+def model_file_stem(name: str) -> str:
+    """The reference's file name stem, e.g. "resnet50_virus_classification"."""
+    _check_name(name)
+    return f"{name}_virus_classification"
+
+
+def build_model(name: str, num_classes: int, input_size: int = 128, weights="imagenet") -> keras.Model:
+    """Build model `name` for `num_classes` on (input_size, input_size, 3) raw 0..255 input.
+
+    `weights` ("imagenet" | "none" | a path) applies to the transfer models; the from-scratch
+    ResNet-50 ignores it.
+    """
+    _check_name(name)
+    if int(num_classes) < 2:
+        raise VirionError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+    shape = (int(input_size), int(input_size), 3)
+    if name == "resnet50":
+        if input_size < 32:
+            raise VirionError(f"--input-size {input_size} is too small for resnet50; use 32 or more")
+        return resnet50.build_resnet50(int(num_classes), shape)
+    weights = "none" if weights is None else weights
+    return transfer.build_transfer_model(name, int(num_classes), shape, weights)

@@ -1,0 +1,154 @@
+"""Where the transfer models' base weights come from: ImageNet (Keras cache), none, or a local file.
+
+Nothing here may hang or print a traceback offline: the cache is checked first, downloads run
+under a short socket timeout, and any failure becomes one `VirionError` line naming the three
+ways out (put the file in the Keras cache, `--weights PATH`, `--weights none`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from virion.errors import VirionError
+
+_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
+# Seconds without a byte from the server before a download gives up (socket-level timeout).
+DOWNLOAD_TIMEOUT = 30.0
+# Suffixes `keras.Model.load_weights` reads in Keras 3 (legacy .h5 is the ImageNet file format).
+WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The ImageNet "notop" weights file that `keras.applications` downloads for one base."""
+
+    file_name: str
+    url: str
+    md5: str
+
+
+# The same names, URLs and hashes `keras.applications` uses (include_top=False), so a file put in
+# the Keras cache by hand, or downloaded by Keras itself, is found by both.
+IMAGENET_WEIGHTS = {
+    "xception": WeightsFile(
+        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        f"{_BASE_URL}/xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "b0042744bf5b25fce3cb969f33bebb97",
+    ),
+    "densenet121": WeightsFile(
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        f"{_BASE_URL}/densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "30ee3e1110167f948a6b9946edeeb738",
+    ),
+}
+
+
+def _weights_file(arch: str) -> WeightsFile:
+    try:
+        return IMAGENET_WEIGHTS[arch]
+    except KeyError:
+        valid = ", ".join(IMAGENET_WEIGHTS)
+        raise VirionError(f"no ImageNet weights for model {arch!r}; choose one of: {valid}") from None
+
+
+def keras_home() -> Path:
+    """The Keras cache root as Keras resolves it, read now (not at import) so KERAS_HOME can change."""
+    if "KERAS_HOME" in os.environ:
+        return Path(os.environ["KERAS_HOME"]).expanduser()
+    home = Path("~").expanduser()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
+def cached_weights_path(arch: str) -> Path:
+    """Where the ImageNet notop file for `arch` lives in the Keras cache (it may not exist)."""
+    return keras_home() / "models" / _weights_file(arch).file_name
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def imagenet_available(arch: str) -> bool:
+    """True when the ImageNet weights for `arch` are already cached and intact (no network used).
+
+    Lets the demo choose `weights="none"` offline without trying a download.
+    """
+    path = cached_weights_path(arch)
+    return path.is_file() and _md5(path) == _weights_file(arch).md5
+
+
+def offline_message(arch: str, reason: str = "") -> str:
+    """The one-line error naming the three ways out when ImageNet weights cannot be had."""
+    spec = _weights_file(arch)
+    because = f" ({reason})" if reason else ""
+    return (
+        f"--weights imagenet: could not get the ImageNet weights for {arch}{because}; either put "
+        f"{spec.file_name} in the Keras cache folder {cached_weights_path(arch).parent}, or pass "
+        f"--weights PATH to a local copy of that file, or pass --weights none to train from "
+        f"random initialization (base unfrozen, the whole network trains)"
+    )
+
+
+def _download_imagenet(arch: str) -> Path:
+    spec = _weights_file(arch)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # urlretrieve has no timeout argument of its own
+    try:
+        path = keras.utils.get_file(
+            spec.file_name,
+            spec.url,
+            cache_subdir="models",
+            file_hash=spec.md5,
+            cache_dir=str(keras_home()),
+        )
+    except Exception as exc:  # URL errors, socket timeouts, hash mismatch, unwritable cache
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise VirionError(offline_message(arch, reason)) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return Path(path)
+
+
+def resolve_weights(arch: str, weights: str | os.PathLike | None) -> str | None:
+    """Turn `--weights` into what `keras.applications` should load: a local file path, or None.
+
+    Args:
+        arch: "xception" or "densenet121".
+        weights: "imagenet" (Keras cache, downloaded if missing), "none"/None (random init),
+            or a path to a local weights file (the ImageNet notop `.h5` format, or a Keras 3
+            `.weights.h5` / `.keras` file of the same base).
+
+    Returns:
+        None for random initialization, otherwise the path of an existing weights file.
+    """
+    spec = _weights_file(arch)
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        cached = cached_weights_path(arch)
+        if cached.is_file() and _md5(cached) == spec.md5:
+            return str(cached)
+        return str(_download_imagenet(arch))
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise VirionError(
+            f"--weights {weights}: no such file; pass imagenet, none, or the path of an existing "
+            f"weights file such as {spec.file_name}"
+        )
+    if not str(path).lower().endswith(WEIGHT_SUFFIXES):
+        raise VirionError(
+            f"--weights {weights}: not a Keras weights file (expected one of "
+            f"{', '.join(WEIGHT_SUFFIXES)}); pass a file such as {spec.file_name}"
+        )
+    return str(path)

@@ -1,0 +1,211 @@
+"""Prediction on new images: inputs, decoding formats, unreadable files, TTA, ensemble, CSV, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from virion.cli.main import main
+from virion.data.decode import decode_rgb
+from virion.errors import VirionError
+from virion.inference.loading import load_predictor
+from virion.inference.predict import (
+    collect_inputs,
+    dihedral_views,
+    format_table,
+    predict_files,
+    write_csv,
+)
+
+
+@pytest.fixture(scope="module")
+def models(run_dir):
+    return load_predictor(run_dir)
+
+
+@pytest.fixture(scope="module")
+def files(image_dir):
+    return collect_inputs([image_dir])
+
+
+def test_collect_inputs_recursive_sorted_skips_hidden_and_non_images(image_dir, files):
+    names = [f.relative_to(image_dir).as_posix() for f in files]
+    assert names == ["a/TWO.PNG", "a/one.png", "b/broken.tif", "b/deep/sixteen.tiff", "b/eight.tif"]
+    # A file named directly is kept; the same file twice is predicted once.
+    direct = collect_inputs([image_dir / "a" / "one.png", image_dir / "a" / "one.png"])
+    assert direct == [image_dir / "a" / "one.png"]
+    with pytest.raises(VirionError, match="missing"):
+        collect_inputs([image_dir / "missing"])
+
+
+def test_load_run_folder_gives_every_model_with_metadata(run_dir, models, class_names):
+    assert [m.name for m in models] == ["tiny", "tiny40"]
+    assert [m.input_size for m in models] == [32, 40]
+    assert all(m.class_names == class_names for m in models)
+    assert models[0].decode.size == 32 and models[0].decode.stretch == (0.5, 99.5)
+    assert models[0].source.suffix == ".keras"
+    only = load_predictor(run_dir, "tiny40")
+    assert [m.name for m in only] == ["tiny40"]
+    with pytest.raises(VirionError, match="--model nope"):
+        load_predictor(run_dir, "nope")
+
+
+def test_stretch_comes_from_metadata(tmp_path, make_tiny_model, save_model, class_names):
+    folder = save_model(make_tiny_model(32), tmp_path / "m", "m", class_names, 32, stretch=None)
+    assert load_predictor(folder)[0].decode.stretch is None
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.pop("stretch")
+    meta["config"] = {"stretch": [1, 99]}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    assert load_predictor(folder)[0].decode.stretch == (1.0, 99.0)
+
+
+def test_missing_or_bad_metadata_is_a_clear_error(tmp_path, run_dir):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(run_dir / "tiny" / "tiny_virus_classification.h5", lone / "model.h5")
+    with pytest.raises(VirionError, match=r"model\.h5.*metadata\.json.*class_names"):
+        load_predictor(lone / "model.h5")
+    (lone / "metadata.json").write_text(json.dumps({"class_names": ["a", "b"], "input_size": 32}))
+    with pytest.raises(VirionError, match="3 outputs.*2 class_names"):
+        load_predictor(lone / "model.h5")
+    (tmp_path / "nothing_here").mkdir()
+    with pytest.raises(VirionError, match="no model found"):
+        load_predictor(tmp_path / "nothing_here")
+
+
+def test_predict_formats_and_unreadable_file_not_fatal(models, files, image_dir):
+    model = models[0]
+    result = predict_files([model], files, top_k=2, progress=False)
+    assert [f.name for f, _ in result.unreadable] == ["broken.tif"]
+    assert result.unreadable[0][1].strip()  # a reason is given
+    predicted = [r.file.name for r in result.rows]
+    assert predicted == ["TWO.PNG", "one.png", "sixteen.tiff", "eight.tif"]
+    for row in result.rows:
+        # The prediction is the model applied to the training decoder's output (16-bit TIFF included).
+        expected = model.model.predict_on_batch(decode_rgb(row.file, model.decode)[None].astype("float32"))[0]
+        np.testing.assert_allclose(row.probabilities, expected, rtol=1e-4, atol=1e-6)
+        assert row.class_name == model.class_names[int(np.argmax(expected))]
+        assert row.confidence == pytest.approx(float(expected.max()), rel=1e-4)
+        assert len(row.top_k) == 2 and row.top_k[0][1] >= row.top_k[1][1]
+    table = format_table(result)
+    assert "sixteen.tiff" in table and "broken.tif" in table and "unreadable" in table
+
+
+def test_sixteen_bit_tiff_is_stretched_not_saturated(models, image_dir):
+    image = decode_rgb(image_dir / "b" / "deep" / "sixteen.tiff", models[0].decode)
+    assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
+    assert image.min() < 30 and image.max() > 225
+
+
+def test_h5_and_keras_give_the_same_predictions(run_dir, files):
+    keras_model = load_predictor(run_dir / "tiny" / "tiny_virus_classification.keras")
+    h5_model = load_predictor(run_dir / "tiny" / "tiny_virus_classification.h5")
+    a = predict_files(keras_model, files, progress=False)
+    b = predict_files(h5_model, files, progress=False)
+    assert [r.class_name for r in a.rows] == [r.class_name for r in b.rows]
+    np.testing.assert_allclose([r.probabilities for r in a.rows], [r.probabilities for r in b.rows], atol=1e-6)
+
+
+def test_tta_is_a_distribution_and_invariant_to_dihedral_turns(models, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    Image.fromarray(np.rot90(image).copy()).save(tmp_path / "x_rot.png")
+    Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "x_flip.png")
+    files = sorted(tmp_path.glob("*.png"))
+    plain = predict_files(models[:1], files, tta=False, progress=False)
+    tta = predict_files(models[:1], files, tta=True, progress=False)
+    probs = np.array([r.probabilities for r in tta.rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs >= 0).all()
+    # Averaging over the whole dihedral group makes the answer independent of orientation...
+    np.testing.assert_allclose(probs[1:], np.repeat(probs[:1], 2, axis=0), atol=1e-5)
+    # ...which the un-augmented model is not.
+    plain_probs = np.array([r.probabilities for r in plain.rows])
+    assert not np.allclose(plain_probs[0], plain_probs[1], atol=1e-5)
+
+
+def test_dihedral_views_are_the_eight_distinct_symmetries():
+    batch = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
+    views = dihedral_views(batch)
+    assert len(views) == 8
+    assert len({v.tobytes() for v in views}) == 8
+
+
+def test_ensemble_averages_models_and_needs_same_classes(models, files, tmp_path, make_tiny_model, save_model):
+    single = predict_files(models, files, progress=False)
+    ensemble = predict_files(models, files, ensemble=True, progress=False)
+    assert {r.model for r in single.rows} == {"tiny", "tiny40"}
+    assert {r.model for r in ensemble.rows} == {"ensemble"}
+    assert len(ensemble.rows) == len(single.rows) // 2
+    for row in ensemble.rows:
+        per_model = [r.probabilities for r in single.rows if r.file == row.file]
+        np.testing.assert_allclose(row.probabilities, np.mean(per_model, axis=0), atol=1e-6)
+    other = save_model(make_tiny_model(32), tmp_path / "other", "other", ["x", "y", "z"], 32)
+    with pytest.raises(VirionError, match="--ensemble.*different class lists"):
+        predict_files(models + load_predictor(other), files, ensemble=True, progress=False)
+
+
+def test_batches_give_the_same_answer_as_one_batch(models, files):
+    big = predict_files(models, files, batch_size=64, progress=False)
+    small = predict_files(models, files, batch_size=2, progress=False)
+    np.testing.assert_allclose([r.probabilities for r in big.rows], [r.probabilities for r in small.rows], atol=1e-5)
+    assert [f for f, _ in big.unreadable] == [f for f, _ in small.unreadable]
+
+
+def test_csv_lines_up_with_files(models, files, tmp_path):
+    result = predict_files(models, files, top_k=3, progress=False)
+    path = write_csv(result, tmp_path / "out" / "p.csv")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    readable = [f for f in files if f.name != "broken.tif"]
+    assert [r["file"] for r in rows if not r["error"]] == [str(f) for f in readable for _ in models]
+    assert [r["file"] for r in rows] == [str(f) for f in files for _ in (models if f.name != "broken.tif" else [0])]
+    broken = next(r for r in rows if r["error"])
+    assert broken["file"].endswith("broken.tif") and broken["class"] == ""
+    by_key = {(str(r.file), r.model): r for r in result.rows}
+    for r in rows:
+        if r["error"]:
+            continue
+        row = by_key[(r["file"], r["model"])]
+        assert r["class"] == row.class_name == r["top1_class"]
+        assert float(r["confidence"]) == pytest.approx(row.confidence, abs=1e-6)
+        assert float(r["top1_confidence"]) >= float(r["top2_confidence"]) >= float(r["top3_confidence"])
+
+
+def test_cli_predict_writes_csv_and_refuses_overwrite(run_dir, image_dir, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    code = main(["predict", str(run_dir), str(image_dir), "--model", "tiny", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "broken.tif" in captured.out and "sixteen.tiff" in captured.out
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and {r["model"] for r in rows if not r["error"]} == {"tiny"}
+    before = out.read_text()
+    assert main(["predict", str(run_dir), str(image_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == before
+    assert main(["predict", str(run_dir), str(image_dir), "--out", str(out), "--overwrite",
+                 "--ensemble", "--tta", "--top-k", "2", "--no-progress"]) == 0
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["model"] for r in rows if not r["error"]} == {"ensemble"} and "top3_class" not in rows[0]
+
+
+def test_cli_predict_errors_are_one_line(run_dir, image_dir, tmp_path, capsys):
+    assert main(["predict", str(run_dir), str(image_dir / "b" / "broken.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "could be read" in err and len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(run_dir), str(empty)]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nothing"), str(image_dir)]) == 2
+    assert "no such file" in capsys.readouterr().err
