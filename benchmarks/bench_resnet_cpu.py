@@ -16,7 +16,8 @@ the profile that says how much of a training step BN costs in each implementatio
 
 Run (reference settings; about 3 minutes on 2 quiet cores):
     .venv/bin/python benchmarks/bench_resnet_cpu.py --rounds 3 --warmup 2 --steps 4
-    .venv/bin/python benchmarks/bench_resnet_cpu.py --what bn
+    .venv/bin/python benchmarks/bench_resnet_cpu.py --what bn [--bn-training off]
+    .venv/bin/python benchmarks/bench_resnet_cpu.py --what adam
 Smoke test (seconds):
     .venv/bin/python benchmarks/bench_resnet_cpu.py --size 32 --batch 4 --rounds 1 --warmup 1 \
         --steps 1 --variants tf_keras virion-fused
@@ -31,6 +32,8 @@ import os
 import statistics
 import sys
 import time
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -49,8 +52,12 @@ NUM_CLASSES = 14
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--what", choices=("train", "bn"), default="train",
-                   help="train: whole training steps; bn: batch normalization alone")
+    p.add_argument("--what", choices=("train", "bn", "adam"), default="train",
+                   help="train: whole training steps; bn: batch normalization alone; "
+                        "adam: one Adam update of ResNet-50's weights, Keras 3 vs tf_keras")
+    p.add_argument("--bn-training", choices=("on", "off"), default="on",
+                   help="bn mode: on times forward+backward in training mode; off times the "
+                        "inference forward (a frozen base, evaluation, prediction)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
                    help="models to compare (train mode)")
     p.add_argument("--size", type=int, default=128, help="input height and width in pixels")
@@ -235,6 +242,13 @@ def _bn_step(layer_fn, shape, args):
     layer(x[:1], training=False)  # build
 
     @tf.function
+    def infer(x):
+        return layer(x, training=False)
+
+    if args.bn_training == "off":
+        return lambda: infer(x)
+
+    @tf.function
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -276,8 +290,50 @@ def run_bn(args):
         for k, v in per_round.items():
             totals[k].append(v)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_round.items()))
+    what = "forward+backward" if args.bn_training == "on" else "inference forward"
     report(totals, "tf_keras (fused)",
-           "ms of BN forward+backward per ResNet-50 training step (lower is better)")
+           f"ms of BN {what} per ResNet-50 step, all 53 layers (lower is better)")
+    return totals
+
+
+# --------------------------------------------------------------------------- Adam alone
+
+
+def run_adam(args):
+    """One Adam update of all ResNet-50 weights: Keras 3 (element-wise ops) vs tf_keras
+    (the fused ResourceApplyAdam kernel), in a tf.function like a training step."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    from virion.models.resnet50 import build_resnet50
+
+    shapes = [tuple(w.shape) for w in build_resnet50(NUM_CLASSES, (32, 32, 3)).trainable_weights]
+    grads = [tf.random.normal(s, stddev=1e-3) for s in shapes]
+
+    def keras3():
+        variables = [keras.Variable(tf.zeros(s)) for s in shapes]
+        opt = keras.optimizers.Adam(1e-3)
+        opt.build(variables)
+        return tf.function(lambda: opt.apply(grads, variables))
+
+    def tfk():
+        variables = [tf.Variable(tf.zeros(s)) for s in shapes]
+        opt = tf_keras.optimizers.Adam(1e-3)
+        return tf.function(lambda: opt.apply_gradients(zip(grads, variables)))
+
+    steps = {"tf_keras Adam": tfk(), "keras3 Adam": keras3()}
+    print(f"{len(shapes)} variables, {sum(int(np.prod(s)) for s in shapes):,} weights")
+    totals = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for name, fn in steps.items():
+            for _ in range(args.warmup):
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            totals[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    report(totals, "tf_keras Adam", "ms per Adam update of all weights (lower is better)")
     return totals
 
 
@@ -305,7 +361,7 @@ def main(argv=None):
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}, "
           f"threads intra={args.intra or 'default'} inter={args.inter or 'default'}, "
           f"{os.cpu_count()} CPUs, input {args.size}px, batch {args.batch}", flush=True)
-    results = run_bn(args) if args.what == "bn" else run_train(args)
+    results = {"bn": run_bn, "adam": run_adam, "train": run_train}[args.what](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

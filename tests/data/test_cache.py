@@ -166,3 +166,23 @@ def test_progress_bar_goes_to_stderr(tmp_path, split, capsys):
     load_split_arrays(split, SETTINGS, cache_dir=tmp_path / "c", progress=True)
     captured = capsys.readouterr()
     assert "Decoding train" in captured.err and captured.out == ""
+
+
+def test_broken_pool_falls_back_to_serial(tmp_path, split, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("a worker died")
+
+        def shutdown(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", DeadPool)
+    monkeypatch.setattr(cache_mod, "PARALLEL_MIN_FILES", 0)
+    with pytest.warns(RuntimeWarning, match="parallel decoding failed"):
+        arrays = load_split_arrays(split, SETTINGS, cache_dir=tmp_path / "c", workers=2, progress=False)
+    assert _values(arrays.images) == [10, 20, 30, 40, 50, 60] and arrays.failures == []

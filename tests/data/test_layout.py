@@ -58,8 +58,12 @@ def test_include_subfolders_reads_nested_images(tmp_path, make_class_dir, write_
     root = make_class_dir(tmp_path / "d" / "train", {"A": 2, "B": 2}).parent
     make_class_dir(root / "test", {"A": 1, "B": 1})
     write_png(root / "train" / "A" / "sub" / "deep.png")
+    write_png(root / "train" / "A" / "_rejected" / "bad.png")
+    write_png(root / "train" / "B" / "crop_outlines" / "outline.png")
     ds = load_dataset(root, include_subfolders=True, val_fraction=0.0)
-    assert "deep.png" in _names(ds.splits["train"])
+    names = _names(ds.splits["train"])
+    assert "deep.png" in names and "bad.png" not in names and "outline.png" not in names
+    assert ds.counts()["train"] == {"A": 3, "B": 2}
     assert len(ds.splits["validation"]) == 0
 
 

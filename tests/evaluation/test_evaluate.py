@@ -50,6 +50,7 @@ def test_confusion_matrix_and_summary_by_hand(evaluated, known_set, helpers):
     assert summary["macro_precision"] == pytest.approx(np.mean(precision))
     assert summary["macro_recall"] == pytest.approx(np.mean(recall))
     assert summary["inference_images_per_second"] > 0
+    assert any("precision set to 0 for class 'Rift Valley'" in w for w in summary["warnings"])
     assert json.loads((out / "summary.json").read_text())["accuracy"] == pytest.approx(6 / 11)
 
     ref = _rows(out / "per_class_reference_metrics.csv")
@@ -124,7 +125,7 @@ def test_missing_run_folder_is_one_line_error(tmp_path, capsys):
     assert "no trained models" in capsys.readouterr().err
 
 
-def test_evaluate_run_with_the_data_layer(tmp_path, helpers):
+def test_evaluate_run_with_the_data_layer(tmp_path, helpers, capsys):
     """End to end through the real data layer: class folders → test split → cache → every model."""
     pytest.importorskip("virion.data.layout", reason="data layer (issue 2) not written yet")
     pytest.importorskip("virion.data.cache", reason="data layer (issue 2) not written yet")
@@ -138,13 +139,14 @@ def test_evaluate_run_with_the_data_layer(tmp_path, helpers):
         for i, img in enumerate(helpers.flat_images([helpers.LEVELS[label]] * 6, seed=label)):
             Image.fromarray(img).save(data / name / f"{i}.png")
     names = helpers.CLASS_NAMES[:3]
-    run = helpers.make_run(tmp_path / "run", {"resnet50": {"class_names": names}, "densenet121": {"class_names": names}},
-                           data=tmp_path / "moved")
+    run = helpers.make_run(tmp_path / "run", {"resnet50": {"class_names": names},
+                                              "densenet121": {"class_names": names}}, data=tmp_path / "moved")
     for mdir in (run / "resnet50", run / "densenet121"):  # three-class models for the three folders
         for f in mdir.glob("*.keras"):
             helpers.brightness_model(3).save(f)
 
-    with pytest.raises(VirionError, match="moved"):  # config.json's data path is gone: say --data
+    # config.json's data path is gone: the error says how to point at the data
+    with pytest.raises(VirionError, match=r"moved: dataset folder not found.*--data DIR"):
         evaluate.evaluate_run(run, progress=False)
     results = evaluate.evaluate_run(run, data=data, progress=False)
     assert sorted(results) == ["densenet121", "resnet50"]
@@ -158,3 +160,41 @@ def test_evaluate_run_with_the_data_layer(tmp_path, helpers):
         assert [r["true_class"] for r in rows] == [names[i] for i in test_split.labels]
         assert summary["accuracy"] == 1.0  # flat images: the brightness model is always right
         assert (run / name / "evaluation" / "curves.png").is_file()
+
+    from virion.cli.main import main
+
+    assert main(["evaluate", str(run), "--data", str(data), "--batch-size", "5"]) == 0
+    out = capsys.readouterr()
+    assert "resnet50" in out.out and "report.html" in out.out
+    assert (run / "report.html").is_file() and (run / "comparison.csv").is_file()
+
+
+def test_cli_prints_evaluation_warnings_on_one_line(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from virion.cli.main import main
+
+    def fake_evaluate_run(run, data=None, batch_size=None):
+        warnings.warn("precision set to 0 for class 'Orf': never predicted", RuntimeWarning)
+        return {"resnet50": {"accuracy": 0.5, "macro_f1": 0.25, "inference_images_per_second": 10.0}}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", fake_evaluate_run)
+    assert main(["evaluate", str(tmp_path), "--no-report"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "virion: warning: precision set to 0 for class 'Orf': never predicted\n"
+    assert "resnet50" in captured.out and "0.2500" in captured.out
+
+
+def test_model_file_choice(tmp_path):
+    mdir = tmp_path / "xception"
+    mdir.mkdir()
+    for name in ("a.keras", "b.keras"):
+        (mdir / name).write_bytes(b"x")
+    with pytest.raises(VirionError, match="several .keras files"):
+        evaluate.model_file(mdir)
+    (mdir / "xception_virus_classification.keras").write_bytes(b"x")
+    assert evaluate.model_file(mdir).name == "xception_virus_classification.keras"
+    (mdir / "metadata.json").write_text(json.dumps({"files": {"keras": "b.keras"}}))
+    assert evaluate.model_file(mdir).name == "b.keras"
+    with pytest.raises(VirionError, match="cannot load the model"):
+        evaluate.load_model(mdir / "b.keras")

@@ -66,6 +66,7 @@ def test_report_content(report, helpers):
     assert "Model: resnet50" in text and "Model: xception" in text
     assert "macro F1" in text and "0.5455" in text  # accuracy 6/11 in the comparison and the summaries
     assert "val_fraction" in text  # the settings table
+    assert "precision set to 0 for class 'Rift Valley': never predicted" in text  # evaluation warnings shown
 
 
 def test_report_says_when_imagenet_was_used(tmp_path, helpers):

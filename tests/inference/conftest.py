@@ -1,72 +1,13 @@
-"""Fixtures for the inference tests: tiny saved models in a run folder, and test images.
-
-Until the data layer's decoder (`virion.data.decode`) lands, a minimal stand-in is put in
-its place here (tests only) so prediction can be tested; the real decoder wins once it exists.
-"""
+"""Fixtures for the inference tests: tiny saved models in a run folder, and test images."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-def _install_decode_stand_in() -> None:
-    try:
-        import virion.data.decode  # noqa: F401
-        return
-    except ImportError:
-        pass
-    from dataclasses import dataclass
-
-    from PIL import Image
-
-    module = types.ModuleType("virion.data.decode")
-
-    @dataclass(frozen=True)
-    class DecodeSettings:
-        size: int = 128
-        stretch: tuple | None = (0.5, 99.5)
-        max_pixels: int = 1 << 28
-
-    class DecodeError(Exception):
-        pass
-
-    def decode_image(path, settings):
-        path = Path(path)
-        try:
-            if path.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                array = np.asarray(tifffile.imread(path))
-            else:
-                with Image.open(path) as img:
-                    array = np.asarray(img.convert("L"))
-        except Exception as exc:
-            raise DecodeError(f"{path}: {exc}") from None
-        if array.ndim == 3:
-            array = array[..., :3].mean(axis=-1)
-        if array.dtype != np.uint8:
-            low, high = np.percentile(array, settings.stretch) if settings.stretch else (0, np.iinfo(array.dtype).max)
-            array = np.clip((array.astype(np.float64) - low) / max(high - low, 1e-9) * 255, 0, 255).astype(np.uint8)
-        return np.asarray(Image.fromarray(array).resize((settings.size, settings.size), Image.LANCZOS))
-
-    def decode_rgb(path, settings):
-        return np.repeat(decode_image(path, settings)[:, :, None], 3, axis=2)
-
-    module.DecodeSettings, module.DecodeError = DecodeSettings, DecodeError
-    module.decode_image, module.decode_rgb = decode_image, decode_rgb
-    sys.modules["virion.data.decode"] = module
-    import virion.data
-
-    virion.data.decode = module
-
-
-_install_decode_stand_in()
 
 CLASSES = ["Adenovirus", "Ebola", "Nipah virus"]
 

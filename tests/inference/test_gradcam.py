@@ -108,3 +108,12 @@ def test_cli_explain_writes_one_png_per_image(run_dir, image_dir, tmp_path, caps
     assert main(["explain", str(run_dir), str(image_dir / "a" / "one.png"), "--out", str(tmp_path / "x"),
                  "--class", "Measles"]) == 2
     assert "--class Measles" in capsys.readouterr().err
+
+
+def test_gradcam_on_another_backend_is_a_clear_error(make_tiny_model, monkeypatch):
+    import keras
+
+    model = make_tiny_model(32)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(VirionError, match="TensorFlow backend"):
+        gradcam(model, np.zeros((32, 32, 3), np.uint8))

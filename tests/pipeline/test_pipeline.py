@@ -93,6 +93,8 @@ def test_predict_dataset_in_order():
     x = np.concatenate([b.numpy() for b in ds])
     np.testing.assert_array_equal(x[..., 1], np.asarray(arrays.images).astype(np.float32))
     assert x.shape == (N, SIZE, SIZE, 3) and x.dtype == np.float32
+    rgb = np.repeat(np.asarray(arrays.images)[..., None], 3, axis=-1)  # what decode_rgb gives
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in make_predict_dataset(rgb, 8)]), x)
 
 
 def test_user_mistakes_are_one_line_errors():
@@ -105,3 +107,21 @@ def test_user_mistakes_are_one_line_errors():
         make_dataset(_arrays(n=0), CLASSES, BATCH, training=False)
     with pytest.raises(VirionError, match="uint8"):
         make_predict_dataset(np.zeros((2, 8, 8), np.float32), 2)
+
+
+def test_feeds_keras_fit_with_validation():
+    """The training contract end to end: a tiny model fits on the training and validation sets."""
+    import keras
+
+    arrays = _arrays(n=16, size=16)
+    train = make_dataset(arrays, CLASSES, 8, training=True, seed=0)
+    val = make_dataset(arrays, CLASSES, 8, training=False)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(train, validation_data=val, epochs=2, verbose=0, shuffle=False)
+    assert len(history.history["val_loss"]) == 2
+    assert np.isfinite(history.history["loss"]).all()
+    assert model.predict(make_predict_dataset(arrays.images, 8), verbose=0).shape == (16, CLASSES)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for people, not developers: `virion: warning: ...` without the source line."""
+    print(f"virion: warning: {message}", file=file or sys.stderr)
 
 
 def register(subparsers) -> None:
@@ -28,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise VirionError(f"--batch-size {args.batch_size}: must be a positive number of images")
-    results = evaluate_run(args.run, data=args.data, batch_size=args.batch_size)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning  # restored on exit
+        results = evaluate_run(args.run, data=args.data, batch_size=args.batch_size)
     print(f"{'model':<14} {'accuracy':>9} {'macro F1':>9} {'images/s':>9}")
     for name, s in results.items():
         print(f"{name:<14} {s['accuracy']:>9.4f} {s['macro_f1']:>9.4f} {s['inference_images_per_second']:>9.1f}")

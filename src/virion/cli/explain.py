@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 from virion.errors import VirionError
+
+DISPLAY_SIZE = 256  # pixels per side of the image shown in the PNG
 
 
 def register(subparsers) -> None:
@@ -95,6 +98,8 @@ def run(args) -> int:
         for f in files:
             try:
                 image = decode_rgb(f, m.decode)
+                # Shown larger than the model sees it; the heatmap is upsampled onto it.
+                shown = decode_rgb(f, dataclasses.replace(m.decode, size=max(DISPLAY_SIZE, m.input_size)))
             except (DecodeError, OSError, ValueError) as exc:
                 if len(models) == 1 or m is models[0]:
                     unreadable.append((f, str(exc)))
@@ -109,7 +114,7 @@ def run(args) -> int:
             while name in used:
                 name, n = f"{stem}_{n}.png", n + 1
             used.add(name)
-            write_explanation(out / name, image, heatmap, title)
+            write_explanation(out / name, shown, heatmap, title)
             written += 1
     for f, reason in unreadable:
         print(f"virion: warning: skipped unreadable {f}: {reason}")

@@ -54,6 +54,9 @@ def run(args) -> int:
     from virion.inference.loading import load_predictor
     from virion.inference.predict import collect_inputs, format_table, predict_files, write_csv
 
+    if not Path(args.model_path).exists():
+        raise VirionError(f"{args.model_path}: no such file or folder; pass a .keras/.h5 model, a model folder "
+                          "or a run folder")
     out: Path | None = args.out
     if out is not None:
         if out.exists() and not args.overwrite:
@@ -70,9 +73,12 @@ def run(args) -> int:
     result = predict_files(models, files, top_k=args.top_k, tta=args.tta, ensemble=args.ensemble,
                            batch_size=args.batch_size, progress=args.progress)
     if not result.rows:
-        reasons = "; ".join(f"{f}: {why}" for f, why in result.unreadable[:3])
+        reasons = "; ".join(f"{f}: {why}" for f, why in result.unreadable[:3]).replace("\n", " ")
         raise VirionError(f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
                           "check the paths and file formats")
+    used = ", ".join(f"{m.name} ({m.input_size}px)" for m in models)
+    mode = (" averaged as an ensemble" if args.ensemble and len(models) > 1 else "") + (", with TTA" if args.tta else "")
+    print(f"{len(files)} image(s), model(s): {used}{mode}")
     print(format_table(result))
     if out is not None:
         write_csv(result, out)

@@ -167,6 +167,9 @@ class TEMAugment(keras.layers.Layer):
     """
 
     def __init__(self, config: AugmentConfig | dict | None = None, seed: int | None = None, **kwargs):
+        # Pixels stay float32 under a mixed-precision policy: the warp kernel wants float32 and
+        # the next layer casts anyway.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if config is None:
             config = AugmentConfig()

@@ -163,17 +163,23 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _image_files(folder: Path, include_subfolders: bool, ignored: list[tuple[Path, str]]) -> list[Path]:
-    """Image files of one class folder, sorted; everything else goes to `ignored` with a reason."""
+def _image_files(folder: Path, include_subfolders: bool, ignored: list[tuple[Path, str]],
+                 exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> list[Path]:
+    """Image files of one class folder, sorted; everything else goes to `ignored` with a reason.
+
+    With `include_subfolders`, sub-folders are read too, except those that would not be classes
+    either (`_EXCLUDED`, `crop_outlines`, hidden, `exclude` patterns).
+    """
     found: list[Path] = []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if _is_hidden(entry.name):
             ignored.append((entry, R_HIDDEN))
         elif entry.is_dir():
-            if include_subfolders:
-                found.extend(_image_files(entry, True, ignored))
+            reason = _class_reason(entry.name, exclude) if include_subfolders else R_SUBFOLDER
+            if reason:
+                ignored.append((entry, reason))
             else:
-                ignored.append((entry, R_SUBFOLDER))
+                found.extend(_image_files(entry, True, ignored, exclude))
         elif entry.suffix.lower() in IMAGE_EXTENSIONS:
             found.append(entry)
         else:
@@ -290,7 +296,7 @@ def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclud
     for s, folders in per_split.items():
         files, labels = [], []
         for name in sorted(folders):
-            found = _image_files(folders[name], include_subfolders, ignored)
+            found = _image_files(folders[name], include_subfolders, ignored, exclude)
             if not found:
                 raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                                   f"add images or remove/exclude the folder")
@@ -312,11 +318,11 @@ def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclud
     return Dataset(root, "split-folders", class_names, splits, ignored)
 
 
-def _check_enough_classes(class_names: list[str], where: Path) -> None:
+def _check_enough_classes(class_names: list[str], where: Path,
+                          fix: str = "put each class's images in its own sub-folder") -> None:
     if len(class_names) < 2:
         found = f"only {class_names[0]!r}" if class_names else "none"
-        raise VirionError(f"{where}: need at least two class folders, found {found}; "
-                          f"put each class's images in its own sub-folder")
+        raise VirionError(f"{where}: need at least two classes, found {found}; {fix}")
 
 
 def _load_class_folders(root: Path, classes, exclude, include_subfolders, val_fraction, test_fraction,
@@ -332,7 +338,7 @@ def _load_class_folders(root: Path, classes, exclude, include_subfolders, val_fr
     files: list[Path] = []
     labels: list[int] = []
     for i, name in enumerate(class_names):
-        found = _image_files(folders[name], include_subfolders, ignored)
+        found = _image_files(folders[name], include_subfolders, ignored, exclude)
         if not found:
             raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                               f"add images or remove/exclude the folder")
@@ -405,7 +411,7 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
         ignored += [(p, R_NOT_LISTED) for p, lab, _ in kept if lab not in classes]
         kept = [r for r in kept if r[1] in classes]
     class_names = sorted({lab for _, lab, _ in kept})
-    _check_enough_classes(class_names, csv_path)
+    _check_enough_classes(class_names, csv_path, "list images of two or more labels in the manifest")
     index = {c: i for i, c in enumerate(class_names)}
     gathered: dict[str, tuple[list[Path], np.ndarray]] = {}
     for s in SPLIT_NAMES:

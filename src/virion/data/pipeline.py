@@ -27,11 +27,13 @@ if TYPE_CHECKING:  # pragma: no cover
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _check_images(images, what: str) -> np.ndarray:
+def _check_images(images, what: str, allow_channels: bool = False) -> np.ndarray:
     images = np.asarray(images)  # a read-only memmap stays zero-copy here
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise VirionError(f"{what} must be uint8 grayscale (N, H, W), got {images.dtype} "
-                          f"{images.shape}: decode with virion.data.cache.load_split_arrays")
+    ok = images.ndim == 3 or (allow_channels and images.ndim == 4 and images.shape[-1] in (1, 3))
+    if images.dtype != np.uint8 or not ok:
+        shapes = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)" if allow_channels else "grayscale (N, H, W)"
+        raise VirionError(f"{what} must be uint8 {shapes}, got {images.dtype} {images.shape}: "
+                          "decode with virion.data.decode / virion.data.cache.load_split_arrays")
     return images
 
 
@@ -46,11 +48,13 @@ def _to_model_input(gray):
     gray = tf.cast(gray, tf.float32)
     if gray.shape.rank == 3:
         gray = gray[..., tf.newaxis]
+    if gray.shape[-1] == 3:  # already replicated (decode_rgb output)
+        return gray
     return tf.repeat(gray, 3, axis=-1)
 
 
 def make_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
-                 augment: AugmentConfig | None = None, seed: int = 0) -> tf.data.Dataset:
+                 augment: AugmentConfig | dict | None = None, seed: int | None = 0) -> tf.data.Dataset:
     """Batches of (float32 (B, H, W, 3) in 0..255, float32 one-hot (B, C)) from a decoded split.
 
     training=True: reshuffled each epoch (seeded), augmented with `augment` (default: the
@@ -59,6 +63,9 @@ def make_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, tr
     up with `arrays.files`. The dataset has a known cardinality: `len(ds)` batches per epoch.
     """
     images = _check_images(arrays.images, "images of the split")
+    if seed is None:  # explicitly unseeded: a fresh random run
+        seed = int(np.random.default_rng().integers(2**31))
+    seed = int(seed)
     labels = np.asarray(arrays.labels)
     batch_size = _check_batch_size(batch_size)
     if len(images) == 0:
@@ -86,11 +93,16 @@ def make_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, tr
     def gather(idx):
         return tf.gather(image_table, idx), tf.gather(onehot_table, idx)
 
-    augment = AugmentConfig() if augment is None else augment
+    if augment is None:
+        augment = AugmentConfig()
+    elif isinstance(augment, dict):
+        augment = AugmentConfig.from_dict(augment)
     if not training or not augment.enabled:
-        ds = batches.map(lambda idx: (lambda x, y: (_to_model_input(x), y))(*gather(idx)),
-                         num_parallel_calls=AUTOTUNE)
-        return ds.prefetch(AUTOTUNE)
+        def plain_batch(idx):
+            x, y = gather(idx)
+            return _to_model_input(x), y
+
+        return batches.map(plain_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     layer = TEMAugment(augment, seed=seed)
     noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -107,8 +119,11 @@ def make_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, tr
 
 
 def make_predict_dataset(images, batch_size: int) -> tf.data.Dataset:
-    """Batches of float32 (B, H, W, 3) in 0..255 from uint8 (N, H, W), in order, no labels."""
-    images = _check_images(images, "images to predict")
+    """Batches of float32 (B, H, W, 3) in 0..255 from uint8 (N, H, W), in order, no labels.
+
+    Also takes (N, H, W, 1) and the replicated (N, H, W, 3) that `decode_rgb` gives.
+    """
+    images = _check_images(images, "images to predict", allow_channels=True)
     batch_size = _check_batch_size(batch_size)
     table = tf.constant(images)
     ds = tf.data.Dataset.range(len(images)).batch(batch_size)

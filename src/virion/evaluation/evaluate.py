@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -37,16 +38,26 @@ def _as_model_input(batch: np.ndarray) -> np.ndarray:
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, float]:
     """Softmax outputs in input order, and inference speed in images per second.
 
-    One batch is run first and not timed, so graph tracing does not count against the speed.
+    Every batch has the same shape (the last one is padded, the padding's outputs dropped) so the
+    graph is traced once; that first trace runs on an untimed warm-up batch, so the speed measures
+    inference, not tracing.
     """
     n = len(images)
     if n == 0:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32), 0.0
-    model.predict_on_batch(_as_model_input(images[: min(batch_size, n)]))  # warm-up (tracing)
+    batch_size = max(1, min(int(batch_size), n))
+
+    def batch(i: int) -> np.ndarray:
+        x = _as_model_input(images[i:i + batch_size])
+        if len(x) < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
+        return x
+
+    model.predict_on_batch(batch(0))  # warm-up: graph tracing is not inference time
     outputs = []
     start = time.perf_counter()
     for i in range(0, n, batch_size):
-        outputs.append(np.asarray(model.predict_on_batch(_as_model_input(images[i:i + batch_size]))))
+        outputs.append(np.asarray(model.predict_on_batch(batch(i)))[: min(batch_size, n - i)])
     seconds = time.perf_counter() - start
     return np.concatenate(outputs).astype(np.float32), (n / seconds if seconds > 0 else float("inf"))
 
@@ -98,7 +109,13 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
 
     cm = metrics.confusion(labels, pred, n_classes)
     report = metrics.save_classification_report(labels, pred, class_names, out_dir)
-    metrics.write_csv(metrics.per_class_table(cm, class_names), out_dir / "per_class_reference_metrics.csv")
+    with warnings.catch_warnings(record=True) as caught:  # keep them for summary.json, then pass them on
+        warnings.simplefilter("always")
+        table = metrics.per_class_table(cm, class_names)
+    notes = [str(w.message) for w in caught]
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    metrics.write_csv(table, out_dir / "per_class_reference_metrics.csv")
     metrics.write_csv([{"true_class": name, **{p: int(cm[i, j]) for j, p in enumerate(class_names)}}
                        for i, name in enumerate(class_names)], out_dir / "confusion_matrix.csv")
     plots.plot_confusion(cm, class_names, out_dir / "confusion_matrix.png")
@@ -117,7 +134,7 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
         "model": getattr(model, "name", ""),
         "n_images": int(len(labels)),
         "n_mistakes": int(len(wrong)),
-        "accuracy": float(report["accuracy"]) if "accuracy" in report else float((pred == labels).mean() if len(labels) else 0.0),
+        "accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
         "macro_precision": float(report["macro avg"]["precision"]),
         "macro_recall": float(report["macro avg"]["recall"]),
         "macro_f1": float(report["macro avg"]["f1-score"]),
@@ -125,6 +142,7 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
         "inference_images_per_second": float(speed),
         "batch_size": int(batch_size),
         "class_names": class_names,
+        "warnings": notes,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
@@ -164,7 +182,8 @@ def model_file(model_dir: Path) -> Path:
         named = json.loads((model_dir / "metadata.json").read_text(encoding="utf-8")).get("files", {}).get("keras")
     except (OSError, json.JSONDecodeError, AttributeError):
         named = None
-    for candidate in ([model_dir / named] if named else []) + [model_dir / f"{model_dir.name}_virus_classification.keras"]:
+    preferred = ([model_dir / named] if named else []) + [model_dir / f"{model_dir.name}_virus_classification.keras"]
+    for candidate in preferred:
         if candidate.is_file():
             return candidate
     candidates = sorted(model_dir.glob("*.keras"))
@@ -189,8 +208,9 @@ def load_model(path: Path):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file is a user problem
-        raise VirionError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          "re-train it or check the file is a Keras 3 .keras file") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VirionError(f"{path}: cannot load the model ({reason}); re-train it or check it is a Keras 3 "
+                          ".keras file") from None
 
 
 def _stretch(value):

@@ -8,6 +8,7 @@ whole run folder) into `LoadedModel`s that carry all of that together.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ class LoadedModel:
     decode: DecodeSettings
     source: Path
     metadata: dict
+
+    @property
+    def decode_settings(self) -> DecodeSettings:
+        return self.decode
 
     @property
     def num_classes(self) -> int:
@@ -76,7 +81,8 @@ def load_predictor(path: str | Path, model_name: str | None = None) -> list[Load
 
 def _metadata_name(model_dir: Path) -> str | None:
     try:
-        return json.loads((model_dir / METADATA_FILE).read_text()).get("name")
+        meta = json.loads((model_dir / METADATA_FILE).read_text())
+        return meta.get("name") or meta.get("model")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -130,9 +136,9 @@ def _stretch_from(meta: dict, model_file: Path) -> tuple[float, float] | None:
             run_config = loaded if isinstance(loaded, dict) else {}
         except (OSError, UnicodeDecodeError, ValueError):
             run_config = {}
-    sources = [meta, meta.get("decode"), meta.get("config"), (meta.get("config") or {}).get("data")
-               if isinstance(meta.get("config"), dict) else None, run_config, run_config.get("data"),
-               run_config.get("decode")]
+    model_config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    sources = [meta, meta.get("decode"), model_config, model_config.get("data"),
+               run_config, run_config.get("decode"), run_config.get("data")]
     for source in sources:
         if not isinstance(source, dict):
             continue
@@ -156,10 +162,11 @@ def _parse_stretch(value: Any, model_file: Path) -> tuple[float, float] | None:
 
 def _register_custom_objects() -> None:
     """Import virion's model code so any layer it registers with Keras can be deserialized."""
-    try:
-        import virion.models.registry  # noqa: F401
-    except ImportError:
-        pass
+    for module in ("virion.models.batchnorm", "virion.models.registry"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
 
 
 def _load_model_file(model_file: Path) -> LoadedModel:
@@ -192,7 +199,7 @@ def _load_model_file(model_file: Path) -> LoadedModel:
             f"{model_file}: model input is {shape[1]}x{shape[2]} but {METADATA_FILE} says input_size {input_size}; "
             "use the metadata.json of this model"
         )
-    name = meta.get("name") or model_file.parent.name
+    name = meta.get("name") or meta.get("model") or model_file.parent.name
     settings = DecodeSettings(size=input_size, stretch=_stretch_from(meta, model_file))
     return LoadedModel(
         name=str(name),

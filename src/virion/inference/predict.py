@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import csv
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from virion.data.decode import DecodeError, DecodeSettings, decode_rgb
+from virion.data.layout import IMAGE_EXTENSIONS
 from virion.errors import VirionError
 from virion.inference.loading import LoadedModel
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 ENSEMBLE_NAME = "ensemble"
 
 
@@ -36,6 +37,8 @@ class PredictionRow:
 
 @dataclass
 class PredictionResult:
+    """All rows plus the inputs in order, so CSVs and tables can line up with the files given."""
+
     rows: list[PredictionRow] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # every input, in order
@@ -45,22 +48,13 @@ class PredictionResult:
         return [r for r in self.rows if r.model == model]
 
 
-def _image_extensions() -> set[str]:
-    try:  # one list of extensions for the project, owned by the data layer
-        from virion.data.layout import IMAGE_EXTENSIONS as layout_extensions
-
-        return {e.lower() for e in layout_extensions}
-    except ImportError:
-        return IMAGE_EXTENSIONS
-
-
 def collect_inputs(inputs) -> list[Path]:
     """Image files named directly or found (recursively) in folders: sorted, no hidden files.
 
     A file named directly is kept whatever its extension, so that a bad file is reported
     as unreadable rather than silently dropped; in folders only image extensions count.
     """
-    extensions = _image_extensions()
+    extensions = {e.lower() for e in IMAGE_EXTENSIONS}
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -103,10 +97,18 @@ def _as_probabilities(scores: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _predict_batch(model, batch_uint8: np.ndarray, tta: bool) -> np.ndarray:
+def _predict_batch(model, batch_uint8: np.ndarray, tta: bool, pad_to: int | None = None) -> np.ndarray:
+    """Softmax for one batch (mean over the 8 dihedral views with `tta`).
+
+    A short batch is padded to `pad_to` by repeating its last image, so the compiled predict
+    function keeps one input shape instead of being traced again for the last, partial batch.
+    """
+    n = len(batch_uint8)
     x = batch_uint8.astype("float32")
+    if pad_to is not None and n < pad_to:
+        x = np.concatenate([x, np.repeat(x[-1:], pad_to - n, axis=0)])
     views = dihedral_views(x) if tta else [x]
-    probs = [_as_probabilities(model.predict_on_batch(v)) for v in views]
+    probs = [_as_probabilities(model.predict_on_batch(v)[:n]) for v in views]
     return np.mean(probs, axis=0)
 
 
@@ -159,21 +161,29 @@ def predict_files(
 
     from tqdm.auto import tqdm
 
-    total = len(files) * len(groups)
-    with tqdm(total=total, desc="predict", unit="img", file=sys.stderr,
-              disable=not progress or len(files) <= batch_size) as bar:
-        for settings, group in groups.items():
-            for start in range(0, len(files), batch_size):
-                chunk = files[start:start + batch_size]
-                images, ok, failed = _decode_batch(chunk, settings)
-                for i, reason in failed:
-                    failures.setdefault(start + i, reason)
-                if images:
-                    batch = np.stack(images)
-                    idx = [start + i for i in ok]
-                    for m in group:
-                        probs[m.name][idx] = _predict_batch(m.model, batch, tta)
-                bar.update(len(chunk))
+    tasks = [(settings, group, start) for settings, group in groups.items()
+             for start in range(0, len(files), batch_size)]
+    pad_to = batch_size if len(files) > batch_size else None
+    # Decode the next batch in a background thread while the model works on this one
+    # (decoders and TensorFlow both release the GIL for their heavy parts).
+    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
+        total=len(files) * len(groups), desc="predict", unit="img", file=sys.stderr,
+        disable=not progress or len(files) <= batch_size,
+    ) as bar:
+        pending = pool.submit(_decode_batch, files[:batch_size], tasks[0][0]) if tasks else None
+        for k, (settings, group, start) in enumerate(tasks):
+            images, ok, failed = pending.result()
+            if k + 1 < len(tasks):
+                next_settings, _, next_start = tasks[k + 1]
+                pending = pool.submit(_decode_batch, files[next_start:next_start + batch_size], next_settings)
+            for i, reason in failed:
+                failures.setdefault(start + i, reason)
+            if images:
+                batch = np.stack(images)
+                idx = [start + i for i in ok]
+                for m in group:
+                    probs[m.name][idx] = _predict_batch(m.model, batch, tta, pad_to)
+            bar.update(len(images) + len(failed))
 
     result = PredictionResult(files=files, top_k=top_k)
     result.unreadable = [(files[i], failures[i]) for i in sorted(failures)]

@@ -61,14 +61,21 @@ def _normalize_weights(weights) -> str:
     return text.lower() if text.lower() in ("none", "imagenet") else text
 
 
-def model_info(name: str, weights=None) -> ModelInfo:
-    """Facts about model `name`; `weights` (default: the model's default) sets `base_frozen`."""
+_DEFAULT = object()
+
+
+def model_info(name: str, weights=_DEFAULT) -> ModelInfo:
+    """Facts about model `name` trained with `weights` (default: the model's default weights).
+
+    `weights` is read as `build_model` reads it ("imagenet", "none"/None, or a path), so
+    `base_frozen` tells the metadata whether the base trained or stayed frozen.
+    """
     _check_name(name)
     display, kind, scaling, last_conv, default = _FACTS[name]
     if kind == "scratch":
         used = "none"  # ResNet-50 always starts from random initialization
     else:
-        used = default if weights is None else _normalize_weights(weights)
+        used = default if weights is _DEFAULT else _normalize_weights(weights)
     return ModelInfo(
         name=name,
         display_name=display,

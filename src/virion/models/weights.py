@@ -112,7 +112,9 @@ def _download_imagenet(arch: str) -> Path:
             cache_dir=str(keras_home()),
         )
     except Exception as exc:  # URL errors, socket timeouts, hash mismatch, unwritable cache
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        # Keras puts the full URL in its message; the host is enough beside the file name.
+        text = str(exc).replace(spec.url, spec.url.split("/")[2])
+        reason = " ".join(text.split())[:200] or type(exc).__name__
         raise VirionError(offline_message(arch, reason)) from None
     finally:
         socket.setdefaulttimeout(previous)

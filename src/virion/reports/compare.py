@@ -71,12 +71,14 @@ def _weights_label(weights) -> str:
     return {"none": "random init", "imagenet": "ImageNet"}.get(text.lower(), Path(text).name if "/" in text else text)
 
 
-def _fmt(key: str, value) -> str:
+def format_cell(key: str, value) -> str:
     if value is None:
         return "–"
     if key in ("params",):
         return f"{int(value):,}"
-    if key in ("size_mb", "inference_images_per_second"):
+    if key == "size_mb":
+        return f"{value:.2f}"
+    if key == "inference_images_per_second":
         return f"{value:.1f}"
     if key == "train_seconds":
         return f"{value:.0f}"
@@ -86,10 +88,11 @@ def _fmt(key: str, value) -> str:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """The comparison as a Markdown table (also used by the HTML report's text)."""
+    """The comparison as a Markdown table (also what `virion compare` prints)."""
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" if k in ("run", "model", "weights") else "---:" for k, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(k, row.get(k)).replace("|", "\\|") for k, _ in COLUMNS) + " |" for row in rows]
+    body = ["| " + " | ".join(format_cell(k, row.get(k)).replace("|", "\\|") for k, _ in COLUMNS) + " |"
+            for row in rows]
     return "\n".join([header, rule, *body]) + "\n"
 
 

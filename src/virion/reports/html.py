@@ -16,7 +16,7 @@ from pathlib import Path
 
 from virion.errors import VirionError
 from virion.evaluation.evaluate import EVALUATION_DIR, model_dirs
-from virion.reports.compare import COLUMNS, _fmt, compare_runs
+from virion.reports.compare import COLUMNS, compare_runs, format_cell
 
 SPLITS = ("train", "validation", "test")
 TRANSFER_MODELS = {"xception", "densenet121"}
@@ -82,7 +82,7 @@ def _weights_statement(models: list[tuple[str, dict]]) -> tuple[str, str]:
         parts.append(f"ImageNet weights were NOT used for {', '.join(random_init)}: trained from random "
                      "initialization (not transfer learning).")
     if imagenet:
-        parts.append(f"ImageNet pre-trained weights were used for {', '.join(imagenet)} (base frozen).")
+        parts.append(f"ImageNet pre-trained weights were used for {', '.join(imagenet)}.")
     for n, w in files:
         parts.append(f"{n} started from the local weights file {w}.")
     if any(n == "resnet50" for n, _ in models):
@@ -178,12 +178,14 @@ def _model_section(model_dir: Path, meta: dict) -> str:
     out.append(_table(["fact", "value"], [[k, v] for k, v in facts if v is not None], left=2))
     summary = _read_json(ev / "summary.json")
     if summary is None:
-        out.append(f'<p class="banner warn">Not evaluated yet: run <code>virion evaluate {escape(str(model_dir.parent))}'
-                   "</code> and rebuild the report.</p>")
+        run = escape(str(model_dir.parent))
+        out.append(f'<p class="banner warn">Not evaluated yet: run <code>virion evaluate {run}</code>.</p>')
     else:
         out.append(f"<p>Test set: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>, "
                    f"macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
                    f"inference {summary.get('inference_images_per_second', 0):.1f} images/s.</p>")
+        if summary.get("warnings"):
+            out.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
     out.append('<div class="grid">' + _figure(ev / "curves.png", "accuracy and loss per epoch") + "</div>")
     out.append('<div class="grid">' + _figure(ev / "confusion_matrix.png", "confusion matrix (counts)")
                + _figure(ev / "confusion_matrix_normalized.png", "confusion matrix (row-normalized)") + "</div>")
@@ -203,7 +205,8 @@ def write_report(run_dir: Path) -> Path:
     dirs = model_dirs(run_dir)
     config = _read_json(run_dir / "config.json")
     if config is None:
-        raise VirionError(f"{run_dir / 'config.json'}: missing or unreadable; is this a run folder from `virion train`?")
+        raise VirionError(f"{run_dir / 'config.json'}: missing or unreadable; pass a run folder written by "
+                          "`virion train`")
     models = [(d.name, _read_json(d / "metadata.json") or {}) for d in dirs]
     evaluated = all((d / EVALUATION_DIR / "summary.json").is_file() for d in dirs)
     rows = compare_runs([run_dir]) if evaluated else []
@@ -218,7 +221,8 @@ def write_report(run_dir: Path) -> Path:
         "<h2>Comparison</h2>",
     ]
     if rows:
-        parts.append(_table([t for _, t in COLUMNS], [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows], left=2))
+        cells = [[format_cell(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
+        parts.append(_table([t for _, t in COLUMNS], cells, left=2))
         parts.append(_img(run_dir / "comparison.png", "model comparison"))
     else:
         parts.append(f'<p class="banner warn">Not every model is evaluated yet: run <code>virion evaluate '

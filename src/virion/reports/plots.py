@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 
@@ -55,6 +56,9 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], *, normalize: b
         linecolor="white", xticklabels=list(class_names), yticklabels=list(class_names), ax=ax,
         cbar_kws={"label": cbar_label, "shrink": 0.8}, annot_kws={"size": annot_size},
     )
+    if not normalize:  # counts are whole numbers: no 0.25-step colour-bar ticks
+        ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
+        ax.collections[0].colorbar.update_ticks()
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
@@ -98,6 +102,7 @@ def curves_figure(history: dict[str, list[float]], title: str = ""):
             if key in history:
                 ax.plot(x, history[key], style, markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(metric.capitalize())
         ax.grid(alpha=0.3)

@@ -91,7 +91,7 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        row = {"epoch": epoch + 1, "lr": current_lr(self.model)}
+        row = {"epoch": epoch + 1, "lr": f"{current_lr(self.model):.6g}"}
         for key in HISTORY_COLUMNS[1:-1]:
             value = logs.get(key)
             row[key] = "" if value is None else f"{float(value):.6g}"

@@ -78,10 +78,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from a plain dict (TOML, config.json); unknown keys are a user mistake."""
-        return cls().merged(values, source=source)
+        return cls().merged(values, source=source, skip_none=False)
 
-    def merged(self, overrides: dict[str, Any], source: str = "command line") -> TrainConfig:
-        """A copy with `overrides` applied (None values are ignored: "not given")."""
+    def merged(self, overrides: dict[str, Any], source: str = "command line", skip_none: bool = True) -> TrainConfig:
+        """A copy with `overrides` applied; with `skip_none`, None means "not given" (argparse)."""
         known = {f.name for f in dataclasses.fields(self)}
         values = dataclasses.asdict(self)
         for key, value in overrides.items():
@@ -89,9 +89,9 @@ class TrainConfig:
             if key not in known:
                 raise VirionError(f"{source}: unknown setting '{key}'; known settings: "
                                   f"{', '.join(sorted(known))}")
-            if value is None:
+            if value is None and skip_none:
                 continue
-            if key == "augment":
+            if key == "augment" and value is not None:
                 value = _merge_augment(values["augment"], value, source)
             values[key] = value
         config = TrainConfig(**values)

@@ -24,8 +24,8 @@ HISTORY_FILE = "history.csv"
 STATE_DIR = "state"
 
 
-def create_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
-    """Make `out` ready for a new run; refuse to clobber a previous one."""
+def check_run_dir(out: str | Path, *, overwrite: bool = False) -> None:
+    """Raise if `out` holds a previous run and `overwrite` is off (before any slow work)."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise VirionError(f"{run_dir}: exists and is not a folder; choose another --out")
@@ -33,6 +33,13 @@ def create_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
         if not overwrite:
             raise VirionError(f"{run_dir}: run folder already exists and is not empty; pass --overwrite "
                               f"to replace it, or --resume {run_dir} to continue it")
+
+
+def create_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Make `out` ready for a new run; refuse to clobber a previous one."""
+    run_dir = Path(out)
+    check_run_dir(run_dir, overwrite=overwrite)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -44,6 +51,13 @@ def model_dir(run_dir: str | Path, model_name: str) -> Path:
     return path
 
 
+def _umask_mode() -> int:
+    """The mode a plainly created file would get (mkstemp makes private 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (temp file then rename) so a crash never leaves half a file."""
     path = Path(path)
@@ -53,6 +67,7 @@ def write_json(path: str | Path, payload: Any) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
             fh.write("\n")
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

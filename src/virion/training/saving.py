@@ -16,6 +16,8 @@ from pathlib import Path
 
 import keras
 
+from virion.training.run_folder import _umask_mode
+
 
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
@@ -26,6 +28,7 @@ def _atomic(path: Path, write) -> Path:
     os.unlink(tmp)  # Keras refuses to overwrite without asking in some versions; give it a free name
     try:
         write(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

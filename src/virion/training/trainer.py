@@ -172,8 +172,8 @@ def train_run(config: TrainConfig, *, resume: bool = False,
         if not (run_dir / rf.CONFIG_FILE).is_file():
             raise VirionError(f"--resume {run_dir}: no config.json there; it is not a virion run folder")
     else:
-        run_dir = rf.create_run_dir(config.out, overwrite=config.overwrite)
-        rf.write_config(run_dir, config)
+        run_dir = Path(config.out)
+        rf.check_run_dir(run_dir, overwrite=config.overwrite)  # refuse early, create only once data is OK
 
     data = prepare_data(config, progress=progress)
     if resume:
@@ -182,9 +182,11 @@ def train_run(config: TrainConfig, *, resume: bool = False,
             print(f"warning: the data in {config.data} changed since this run started (fingerprint differs)",
                   flush=True)
     failures = list(data.train.failures) + list(data.validation.failures)
-    rf.write_dataset_info(run_dir, data.dataset, failures)
+    if resume:
+        rf.write_dataset_info(run_dir, data.dataset, failures)
     if failures and progress:
-        print(f"skipped {len(failures)} unreadable image(s); list in {run_dir / rf.SKIPPED_FILE}", flush=True)
+        print(f"skipped {len(failures)} unreadable image(s); they are listed in {run_dir / rf.SKIPPED_FILE}",
+              flush=True)
 
     from virion.models.registry import build_model
 
@@ -200,6 +202,10 @@ def train_run(config: TrainConfig, *, resume: bool = False,
             keras.utils.set_random_seed(config.seed)
             prebuilt[name] = build_model(name, data.num_classes, config.input_size, config.weights)
 
+        if not resume:
+            run_dir = rf.create_run_dir(config.out, overwrite=config.overwrite)
+            rf.write_config(run_dir, config)
+            rf.write_dataset_info(run_dir, data.dataset, failures)
         train_ds, val_ds = _pipelines(config, data)
         for name in config.models:
             folder = rf.model_dir(run_dir, name)
@@ -301,13 +307,13 @@ def train_model(name: str, config: TrainConfig, data: TrainData, folder: Path, *
                     folder, phase="head", val_x=val_ds, progress=progress, base_lr=config.learning_rate,
                     first_epoch=0, total_epochs=config.epochs, **common)
                 history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done,
-                                    callbacks=callbacks + list(extra_callbacks), class_weight=weights,
+                                    callbacks=callbacks + list(extra_callbacks), class_weight=weights, shuffle=False,
                                     verbose=verbose)
                 head_epochs = done + len(history.epoch)
             progress = cb.read_progress(state) or {}
             phase, done = "fine_tune", head_epochs
             if fine_tune and (state / cb.BEST_WEIGHTS).exists():
-                model.load_weights(state / cb.BEST_WEIGHTS)  # fine-tune from the best head
+                _load_best(model, state / cb.BEST_WEIGHTS)  # fine-tune from the best head
             progress = {**progress, "phase": "fine_tune", "head_epochs": head_epochs, "epochs_done": head_epochs}
             rf.write_json(state / cb.PROGRESS_FILE, progress)
             fresh_fine_tune = True
@@ -345,7 +351,7 @@ def _finish(name, config, data, folder, model, info, stem, epochs_run, timer, ji
     state = folder / "state"
     progress = cb.read_progress(state) or {}
     if (state / cb.BEST_WEIGHTS).exists():
-        model.load_weights(state / cb.BEST_WEIGHTS)
+        _load_best(model, state / cb.BEST_WEIGHTS)
     if not model.compiled:
         _compile(model, config.learning_rate, jit)
     files = save_model_files(model, folder, stem)
@@ -377,6 +383,15 @@ def _finish(name, config, data, folder, model, info, stem, epochs_run, timer, ji
         (state / leftover).unlink(missing_ok=True)
     rf.write_json(state / cb.PROGRESS_FILE, {**progress, "phase": "done", "epochs_done": int(epochs_run)})
     return result
+
+
+def _load_best(model: keras.Model, path: Path) -> None:
+    """Best-epoch weights; the optimizer part may be absent (head trained on cached features)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
 
 
 def _rate(progress: dict, timer: cb.EpochTimer) -> float:

@@ -108,9 +108,10 @@ def capsule_sdf(u, v, half_len: float, radius: float):
 
 def wobble(rng: np.random.Generator, amp: float, kmin: int = 2, kmax: int = 4):
     """A random smooth outline perturbation `f(phi)` (relative radius change) for pleomorphic shapes."""
-    ks = np.arange(kmin, kmax + 1)
-    a = rng.normal(0.0, amp, len(ks)) / np.sqrt(ks - kmin + 1)
-    p = rng.uniform(0, TAU, len(ks))
+    ks = list(range(kmin, kmax + 1))
+    # plain Python numbers: numpy float64 scalars would silently promote the float32 grids to float64
+    a = [float(x) / math.sqrt(k - kmin + 1) for x, k in zip(rng.normal(0.0, amp, len(ks)), ks)]
+    p = [float(x) for x in rng.uniform(0, TAU, len(ks))]
 
     def f(phi):
         out = 0.0
@@ -168,7 +169,7 @@ def adenovirus(rng, difficulty):
     for cx, cy in scatter(rng, n, base / 2, cluster=0.4):
         R = 0.5 * base * (1 + 0.025 * rng.standard_normal()) / math.cos(math.pi / 12)
         spacing = R / 5.3
-        phase = rng.uniform(0, TAU, 3)
+        phase = tuple(float(x) for x in rng.uniform(0, TAU, 3))
         roundness = rng.uniform(0.1, 0.35)
         contrast = rng.uniform(0.13, 0.2)
 
@@ -190,7 +191,7 @@ def papilloma(rng, difficulty):
     for cx, cy in scatter(rng, n, base / 2, cluster=0.6):
         R = 0.5 * base * (1 + 0.03 * rng.standard_normal())
         spacing = R / 2.9
-        phase = rng.uniform(0, TAU, 3)
+        phase = tuple(float(x) for x in rng.uniform(0, TAU, 3))
         empty = rng.random() < 0.2  # stain-penetrated empty capsid: dark centre
         contrast = rng.uniform(0.14, 0.22)
 
@@ -249,11 +250,11 @@ def _small_round(rng, difficulty, *, diameter, ragged):
     for cx, cy in scatter(rng, n, base / 2, cluster=0.5):
         R = 0.5 * base * (1 + 0.05 * jitter(difficulty) * rng.standard_normal())
         if ragged:
-            edge = wobble(rng, rng.uniform(0.015, 0.035), 5, 9)
+            edge = wobble(rng, rng.uniform(0.012, 0.03), 5, 9)
             cups = [(rng.uniform(0, TAU), rng.uniform(0.15, 0.6) * R) for _ in range(rng.integers(3, 7))]
             star = None
         else:
-            edge = wobble(rng, 0.01, 2, 3)
+            edge = wobble(rng, 0.012, 2, 7)  # round, but not a perfect circle either
             cups = [(0.0, 0.0)] if rng.random() < 0.3 else []
             star = (int(rng.choice([5, 6])), rng.uniform(0, TAU), rng.uniform(0.06, 0.12)) if rng.random() < 0.7 else None
         cup_c = rng.uniform(0.06, 0.12)
@@ -314,11 +315,6 @@ def _enveloped(rng, difficulty, *, diameter, sd, aspect_max, wobble_amp, stadium
     return particles
 
 
-def _penetrated(depth):
-    """Stain soaking into the envelope: the particle centre is darker than its edge."""
-    return lambda g, r, d, R: -depth * np.clip(-d / (0.8 * R), 0, 1)
-
-
 def influenza(rng, difficulty):
     """80-120 nm pleomorphic, sometimes elongated, with a dense fringe of 12 nm HA/NA spikes."""
     depth = rng.uniform(0.04, 0.12)
@@ -372,7 +368,7 @@ def rift_valley(rng, difficulty):
     """~95 nm round phlebovirus with a regular knobbly surface (icosahedral glycoprotein lattice)."""
     def surface(rng2, R):
         spacing = rng2.uniform(10, 12)
-        phase = rng2.uniform(0, TAU, 3)
+        phase = tuple(float(x) for x in rng2.uniform(0, TAU, 3))
         c = rng2.uniform(0.1, 0.16)
 
         def tex(g, r, d):
@@ -400,7 +396,7 @@ def nipah(rng, difficulty):
         rad = rng.uniform(0, 0.65)
         ang = rng.uniform(0, TAU)
         strands.append((rad * a * math.cos(ang), rad * b * math.sin(ang), rng.uniform(0, math.pi),
-                        rng.uniform(25, min(110, 0.6 * R)), rng.uniform(0.05, 0.09)))
+                        rng.uniform(25, min(110, 0.6 * R)), rng.uniform(0.07, 0.12)))
     depth = rng.uniform(0.06, 0.14)
     flen = 11 * rng.uniform(0.85, 1.15)
     # the crop is centred on the particle, but big ones are cut: place a random part in view
@@ -419,8 +415,8 @@ def nipah(rng, difficulty):
             across = np.abs(dv * ct - du * st)
             mask = np.clip((9 - across) * 0.6, 0, 1) * np.clip((half - np.abs(along)) * 0.3, 0, 1)
             chevrons = np.cos((along + 0.8 * across) * (TAU / 7.0))
-            tex = tex + mask * (c * chevrons + 0.02 + depth * 0.5)
-        return d, tex, fringe(d, phi * R, flen, 6.0, 0.17)
+            tex = tex + mask * (c * chevrons + 0.03 + depth * 0.5)
+        return d, tex, fringe(d, phi * R, flen, 7.5, 0.17)
 
     particles.append(Particle(cx, cy, rng.uniform(0, TAU), max(a, b) * 1.25 + flen + 8, field,
                               rng.uniform(0.58, 0.66), rim_offset=flen + 1, rim_width=4.0))
@@ -496,10 +492,12 @@ _FILO_WEIGHTS = {
 
 
 def _turtle(start, heading, steps):
-    """Walk (length, curvature) steps from `start`; returns the polyline points (k, 2)."""
+    """Walk (length, curvature) steps from `start`; returns the polyline points (k, 2) and the
+    (x, y, heading) at the end of each step, to find loop centres on a bent path."""
     pts = [start]
     x, y = start
     h = heading
+    marks = []
     for length, curv in steps:
         n = max(1, int(math.ceil(length / 15.0)))
         ds = length / n
@@ -507,7 +505,14 @@ def _turtle(start, heading, steps):
             h += curv * ds
             x, y = x + ds * math.cos(h), y + ds * math.sin(h)
             pts.append((x, y))
-    return np.asarray(pts, dtype=np.float64), h
+        marks.append((x, y, h))
+    return np.asarray(pts, dtype=np.float64), marks
+
+
+def _left_of(mark, dist, back=0.0):
+    """The point `dist` to the left of a path mark (the centre of a left turn), `back` behind it."""
+    x, y, h = mark
+    return np.array([x - back * math.cos(h) - dist * math.sin(h), y - back * math.sin(h) + dist * math.cos(h)])
 
 
 def _filament_paths(shape: str, rng, long: bool):
@@ -524,14 +529,13 @@ def _filament_paths(shape: str, rng, long: bool):
         arm = rng.uniform(200, 600)
         turn = math.pi if shape == "u" else rng.uniform(1.1, 1.5) * math.pi
         back = arm * rng.uniform(0.6, 1.0) if shape == "u" else rng.uniform(0, 80)
-        path, _ = _turtle((0.0, 0.0), 0.0, [(arm, wander()), (r_loop * turn, 1 / r_loop), (back + 1, wander())])
-        anchor = np.array([arm, r_loop]) + rng.normal(0, 20, 2)
-        return [path], anchor
+        path, marks = _turtle((0.0, 0.0), 0.0, [(arm, wander()), (r_loop * turn, 1 / r_loop), (back + 1, wander())])
+        return [path], _left_of(marks[0], r_loop) + rng.normal(0, 20, 2)
     if shape == "six":
         tail = rng.uniform(100, 600) if long else rng.uniform(60, 350)
-        path, _ = _turtle((0.0, 0.0), 0.0, [(tail, wander()), (r_loop * rng.uniform(1.7, 1.95) * math.pi, 1 / r_loop)])
-        anchor = np.array([tail, r_loop]) + rng.normal(0, 15, 2)
-        return [path], anchor
+        path, marks = _turtle((0.0, 0.0), 0.0, [(tail, wander()), (r_loop * rng.uniform(1.7, 1.95) * math.pi, 1 / r_loop)])
+        # look at the loop from the tail's side, so the stem of the "6" is usually in view
+        return [path], _left_of(marks[0], r_loop * rng.uniform(0.3, 1.0), back=rng.uniform(0.0, 0.9) * r_loop)
     if shape == "ring":
         path, _ = _turtle((0.0, 0.0), 0.0, [(r_loop * TAU, 1 / r_loop)])
         return [path], np.array([0.0, r_loop])

@@ -1,0 +1,128 @@
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from virion.training import callbacks as cb
+from virion.training.saving import load_model
+from virion.training.trainer import load_run_config, train_run
+
+
+def _history(folder):
+    with open(folder / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _val_images(config):
+    from virion.training.trainer import prepare_data
+
+    data = prepare_data(config, progress=False)
+    return np.repeat(data.validation.images[..., None], 3, axis=-1).astype("float32"), data
+
+
+def test_short_training_learns_and_writes_the_model_folder(tiny_data, tiny_registry, make_config, tmp_path):
+    config = make_config(tiny_data, tmp_path / "run", epochs=4)
+    result = train_run(config, post_training=False, progress=False)
+    folder = tmp_path / "run" / "resnet50"
+    rows = _history(folder)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert max(float(r["val_accuracy"]) for r in rows) > 1 / 3 + 0.1  # beats chance (3 classes)
+    assert all(0 <= float(r["val_macro_f1"]) <= 1 for r in rows)
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["class_names"] == ["class0", "class1", "class2"]
+    assert meta["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows), rel=1e-5)
+    assert meta["best_val_accuracy"] == result.models["resnet50"].best_val_accuracy
+    assert meta["epochs_run"] == 4 and meta["params"] > 0 and meta["data_fingerprint"]
+    assert set(meta["versions"]) >= {"python", "keras", "tensorflow", "numpy"}
+    for name in ("config.json", "dataset.json", "skipped_files.txt"):
+        assert (tmp_path / "run" / name).is_file()
+    assert not (folder / "state" / "last.keras").exists()  # bulky resume state removed once saved
+
+    # The saved model is the best epoch; both formats predict what it predicts.
+    x, _ = _val_images(config)
+    keras_model = load_model(folder / "resnet50_virus_classification.keras")
+    h5_model = load_model(folder / "resnet50_virus_classification.h5")
+    np.testing.assert_allclose(h5_model.predict(x, verbose=0), keras_model.predict(x, verbose=0), atol=1e-6)
+    best_acc = np.mean(np.argmax(keras_model.predict(x, verbose=0), -1) == _val_images(config)[1].validation.labels)
+    assert best_acc == pytest.approx(meta["best_val_accuracy"], abs=1e-6)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Ctrl-C right after epoch `after` (1-based) has finished and its state was saved."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+def test_resume_after_interrupt_runs_only_the_remaining_epochs(tiny_data, tiny_registry, make_config, tmp_path):
+    config = make_config(tiny_data, tmp_path / "run", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, extra_callbacks=[_Interrupt(after=1)], post_training=False, progress=False)
+    state = tmp_path / "run" / "resnet50" / "state"
+    assert json.loads((state / "progress.json").read_text())["epochs_done"] == 1
+    saved = load_model(state / "last.keras")
+    assert int(saved.optimizer.iterations) > 0
+
+    seen = _Epochs()
+    resumed = load_run_config(tmp_path / "run")
+    assert resumed.epochs == 3 and resumed.stretch is None
+    train_run(resumed, resume=True, extra_callbacks=[seen], post_training=False, progress=False)
+    assert seen.seen == [1, 2]
+    rows = _history(tmp_path / "run" / "resnet50")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # each epoch exactly once
+    meta = json.loads((tmp_path / "run" / "resnet50" / "metadata.json").read_text())
+    assert meta["epochs_run"] == 3
+
+    # Resuming a finished run trains nothing more.
+    seen = _Epochs()
+    train_run(resumed, resume=True, extra_callbacks=[seen], post_training=False, progress=False)
+    assert seen.seen == [] and len(_history(tmp_path / "run" / "resnet50")) == 3
+
+
+def test_feature_cache_trains_the_head_and_saves_the_full_model(tiny_data, tiny_registry, make_config, tmp_path):
+    weights = tmp_path / "fake.weights.h5"  # the stand-in builder ignores it; it only marks the base frozen
+    weights.write_bytes(b"")
+    config = make_config(tiny_data, tmp_path / "run", models=["xception"], weights=str(weights), epochs=5,
+                         feature_cache=2, augment={"horizontal_flip": True, "vertical_flip": True},
+                         fine_tune_epochs=1, unfreeze="base_conv", checkpoint_metric="val_macro_f1")
+    before = tiny_registry("xception", 3, 32, str(weights))
+    train_run(config, post_training=False, progress=False)
+    folder = tmp_path / "run" / "xception"
+    rows = _history(folder)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # 5 head epochs on features, 1 fine-tune
+    assert float(rows[4]["lr"]) == pytest.approx(3e-2) and float(rows[5]["lr"]) == pytest.approx(1e-5)
+    model = load_model(folder / "xception_virus_classification.keras")
+    assert model.input_shape == (None, 32, 32, 3)  # the full model, not the head
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["feature_cache"] == 2 and meta["fine_tuned"] is True
+    x, data = _val_images(config)
+    acc = np.mean(np.argmax(model.predict(x, verbose=0), -1) == data.validation.labels)
+    assert acc == pytest.approx(meta["best_val_accuracy"], abs=1e-6)
+    assert meta["best_val_accuracy"] > 1 / 3 + 0.1
+    assert not np.allclose(model.get_layer("head_dense").get_weights()[0],
+                           before.get_layer("head_dense").get_weights()[0])
+
+
+def test_balanced_class_weights():
+    from virion.training.trainer import class_weights
+
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[1] == pytest.approx(3 * w[0]) and w[2] == 1.0
