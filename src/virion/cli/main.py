@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 
 from virion import __version__
 from virion.errors import VirionError
@@ -45,7 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings are for people here, not for debugging: one line, no source excerpt."""
+    return f"virion: warning: {message}\n"
+
+
+def _quiet_backend_logs() -> None:
+    """TensorFlow/absl chatter (retracing notices, 'HDF5 is legacy') hides the progress bars."""
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:  # pragma: no cover - absl comes with TensorFlow
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
+    _quiet_backend_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -36,6 +36,9 @@ ARCHS = {
 }
 
 
+SCRATCH_BN_MOMENTUM = 0.9
+
+
 def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
         raise VirionError(
@@ -111,6 +114,10 @@ def build_transfer_model(
     for layer in base.layers:
         if layer.name not in NON_BASE_LAYERS:
             layer.trainable = not frozen
+            if not frozen and isinstance(layer, keras.layers.BatchNormalization):
+                # Trained from random initialization on a small dataset: let the inference-time
+                # statistics settle in tens of steps, not hundreds (see resnet50.BN_MOMENTUM).
+                layer.momentum = SCRATCH_BN_MOMENTUM
 
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
     x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)

@@ -42,7 +42,11 @@ def save_keras(model: keras.Model, path: str | Path) -> Path:
 
 
 def save_h5(model: keras.Model, path: str | Path) -> Path:
-    """Legacy HDF5 (the reference's format). Call after `save_keras` (see module docstring)."""
+    """Legacy HDF5 (the reference's format), for inference. Call after `save_keras`.
+
+    Written without the optimizer: Keras 3 cannot continue training from an `.h5` optimizer state
+    anyway (resume uses the `.keras` file), and the Adam moments would triple the file's size.
+    """
     # Keep the in-memory model whole too: the legacy writer pops "optimizer" from the live
     # compile config, which would break any later `.keras` save of this model.
     compile_config = getattr(getattr(model, "_compile_config", None), "config", None)
@@ -51,7 +55,7 @@ def save_h5(model: keras.Model, path: str | Path) -> Path:
     def write(tmp):
         with warnings.catch_warnings():  # Keras warns that .h5 is legacy; we write it on purpose
             warnings.simplefilter("ignore")
-            model.save(tmp)
+            model.save(tmp, include_optimizer=False)
     try:
         return _atomic(Path(path), write)
     finally:

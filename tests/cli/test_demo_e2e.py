@@ -1,0 +1,58 @@
+"""The one end-to-end test: the real `virion demo` command, at its smallest size, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from virion.cli.demo import PRESETS, new_run_dir
+
+MODELS = ("resnet50", "xception", "densenet121")
+
+
+def test_demo_runs_end_to_end_through_the_cli(tmp_path):
+    out = tmp_path / "demo"
+    virion = Path(sys.executable).with_name("virion")
+    command = [str(virion)] if virion.exists() else [sys.executable, "-m", "virion.cli.main"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(command + ["demo", "--preset", "tiny", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    # Offline (as in CI), the transfer models fall back to random initialization and say so.
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_size"] == PRESETS["tiny"].input_size
+    if config["weights"] == "none":
+        assert "RANDOM INITIALIZATION" in proc.stdout
+        assert "random initialization" in (run / "report.html").read_text().lower()
+
+    for name in MODELS:
+        folder = run / name
+        assert (folder / f"{name}_virus_classification.h5").stat().st_size > 0
+        assert (folder / f"{name}_virus_classification.keras").stat().st_size > 0
+        meta = json.loads((folder / "metadata.json").read_text())
+        assert len(meta["class_names"]) == 14
+        summary = json.loads((folder / "evaluation" / "summary.json").read_text())
+        assert 0.0 <= summary["accuracy"] <= 1.0
+        assert (folder / "evaluation" / "confusion_matrix.png").stat().st_size > 0
+        assert f"{name}: test accuracy" in proc.stdout
+    assert (run / "comparison.md").read_text().count("|") > 0
+    assert f"Report: {(run / 'report.html').resolve()}" in proc.stdout
+
+    # The synthetic data is generated once and reused by the next demo.
+    data = out / "synthetic-tiny-seed0"
+    assert len(list((data / "test").glob("*/*"))) >= 14
+
+
+def test_each_demo_gets_a_new_run_folder(tmp_path):
+    first = new_run_dir(tmp_path, "tiny")
+    first.mkdir(parents=True)
+    second = new_run_dir(tmp_path, "tiny")
+    assert second != first and not second.exists()
