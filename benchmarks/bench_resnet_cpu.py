@@ -160,8 +160,6 @@ class _BatchClock:
 
 def time_fit(model, data, args):
     """Images/s over `args.steps` steps after `args.warmup` untimed ones, in one fit call."""
-    import numpy as np
-
     x, y = data
     clock = _BatchClock()
     if model.__module__.startswith("tf_keras") or type(model).__module__.startswith("tf_keras"):
@@ -193,8 +191,6 @@ def time_fit(model, data, args):
 
 
 def run_train(args):
-    import numpy as np
-
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
     y = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, args.batch)]

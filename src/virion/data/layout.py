@@ -43,7 +43,7 @@ R_PATTERN = "class folder excluded by pattern '{pattern}'"
 R_NOT_LISTED = "class not in the chosen classes"
 R_SUBFOLDER = "sub-folder of a class folder (include_subfolders=True reads it)"
 R_LOOSE_FILE = "file outside a class folder"
-R_NOT_SPLIT = "folder is not a split (train/validation/val/test)"
+R_NOT_SPLIT = "not a split folder (train/validation/val/test)"
 
 
 @dataclass
@@ -273,7 +273,8 @@ def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclud
     ignored: list[tuple[Path, str]] = []
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry not in split_dirs.values():
-            ignored.append((entry, R_HIDDEN if _is_hidden(entry.name) else R_NOT_SPLIT))
+            reason = R_HIDDEN if _is_hidden(entry.name) else (R_NOT_SPLIT if entry.is_dir() else R_LOOSE_FILE)
+            ignored.append((entry, reason))
     if "train" not in split_dirs:
         raise VirionError(f"{root}: found {', '.join(sorted(p.name + '/' for p in split_dirs.values()))} but no "
                           f"train/ folder; add {root / 'train'} with one sub-folder per class")

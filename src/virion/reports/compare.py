@@ -46,7 +46,10 @@ def model_row(run_dir: Path, model_dir: Path) -> dict:
         raise VirionError(f"{model_dir}: not evaluated yet (no {EVALUATION_DIR}/summary.json); "
                           f"run `virion evaluate {run_dir}` first")
     summary = _load(summary_path)
-    size_mb = model_file(model_dir).stat().st_size / 1e6
+    # The .h5 is the inference model (no optimizer state); the .keras also carries Adam's moments
+    # for further training, which would triple the figure without saying anything about the model.
+    h5_files = sorted(model_dir.glob("*.h5"))
+    size_mb = (h5_files[0] if h5_files else model_file(model_dir)).stat().st_size / 1e6
     row = {
         "run": run_dir.name,
         "model": model_dir.name,
