@@ -89,4 +89,7 @@ def save_model_files(model: keras.Model, folder: str | Path, stem: str) -> dict[
 
 def load_model(path: str | Path, *, compile: bool = True) -> keras.Model:
     """Load a model we wrote ourselves (our files, so Lambda-style layers are trusted)."""
+    import virion.models.batchnorm  # noqa: F401 - registers virion>BatchNormalization for the loader
+    import virion.data.augment  # noqa: F401 - registers virion>TEMAugment
+
     return keras.saving.load_model(str(path), compile=compile, safe_mode=False)
