@@ -76,6 +76,9 @@ def register(subparsers) -> None:
                    "views and train the head on cached features (default off)")
     g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false", default=None,
                    help="GPU: train in float32 instead of mixed float16")
+    g.add_argument("--bf16", dest="mixed_precision", action="store_const", const="bfloat16",
+                   help="train in mixed bfloat16 (CPUs with AVX512_BF16/AMX: about 1.6x faster ResNet-50 "
+                   "steps here; softmax kept in float32)")
     g.add_argument("--no-xla", dest="xla", action="store_false", default=None,
                    help="GPU: do not compile the training step with XLA")
     g.add_argument("--tensorboard", action="store_true", default=None,

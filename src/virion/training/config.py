@@ -69,7 +69,7 @@ class TrainConfig:
     unfreeze: float | str = 0.3  # fraction of the base, or the name of the first layer to train
     fine_tune_lr: float = 1e-5
     feature_cache: int | None = None  # None = off; K = 0 plain features, K >= 1 augmented views
-    mixed_precision: str | bool = "auto"  # auto: on with a GPU, off on the CPU
+    mixed_precision: str | bool = "auto"  # auto: float16 with a GPU, off on the CPU; "bfloat16": mixed bf16
     xla: str | bool = "auto"  # auto: on with a GPU, off on the CPU (2.3x slower there)
     tensorboard: bool = False
     overwrite: bool = False
@@ -135,7 +135,7 @@ class TrainConfig:
             raise VirionError(f"{source}: 'unfreeze' as a fraction must be within 0..1, got {self.unfreeze}")
         for key, choices in (("lr_schedule", LR_SCHEDULES), ("class_weight", CLASS_WEIGHTS),
                              ("checkpoint_metric", CHECKPOINT_METRICS),
-                             ("mixed_precision", AUTO_FLAGS), ("xla", AUTO_FLAGS),
+                             ("mixed_precision", AUTO_FLAGS + ("bfloat16",)), ("xla", AUTO_FLAGS),
                              ("optimizer", ("adam",)), ("loss", ("categorical_crossentropy",))):
             if getattr(self, key) not in choices:
                 raise VirionError(f"{source}: '{key}' must be one of {', '.join(map(str, choices))}, "

@@ -124,14 +124,17 @@ class _Precision:
     """Mixed precision and XLA per the config: on for a GPU, off on the CPU (XLA made it 2.3x slower)."""
 
     def __init__(self, config: TrainConfig):
-        self.mixed = config.use_gpu_speedups(config.mixed_precision)
+        # "bfloat16" is an explicit choice for CPUs with AVX512_BF16/AMX (measured ~1.6x faster
+        # ResNet-50 steps here with our fused batch norm); "auto" means float16 on a GPU only.
+        self.policy = "mixed_bfloat16" if config.mixed_precision == "bfloat16" else "mixed_float16"
+        self.mixed = config.mixed_precision == "bfloat16" or config.use_gpu_speedups(config.mixed_precision)
         self.jit = config.use_gpu_speedups(config.xla)
         self._previous = None
 
     def __enter__(self):
         if self.mixed:
             self._previous = keras.mixed_precision.global_policy().name
-            keras.mixed_precision.set_global_policy("mixed_float16")
+            keras.mixed_precision.set_global_policy(self.policy)
         return self
 
     def __exit__(self, *exc):
