@@ -20,8 +20,11 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/virion demo
 
+# pytest exits 5 when it collected no tests: that is a failure, said plainly.
 test: install
-	$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache
