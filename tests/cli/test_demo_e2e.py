@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from virion.cli.demo import PRESETS, new_run_dir
+import pytest
+
+from virion.cli.demo import PRESETS, choose_weights, new_run_dir
+from virion.errors import VirionError
 
 MODELS = ("resnet50", "xception", "densenet121")
 
@@ -18,7 +21,9 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
     virion = Path(sys.executable).with_name("virion")
     command = [str(virion)] if virion.exists() else [sys.executable, "-m", "virion.cli.main"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(command + ["demo", "--preset", "tiny", "--out", str(out)],
+    # --weights none: "auto" would try the real ImageNet download, and tests never touch the
+    # network; the offline fallback of "auto" is tested below with the download made to fail.
+    proc = subprocess.run(command + ["demo", "--preset", "tiny", "--out", str(out), "--weights", "none"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -26,12 +31,11 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
-    # Offline (as in CI), the transfer models fall back to random initialization and say so.
     config = json.loads((run / "config.json").read_text())
     assert config["input_size"] == PRESETS["tiny"].input_size
-    if config["weights"] == "none":
-        assert "RANDOM INITIALIZATION" in proc.stdout
-        assert "random initialization" in (run / "report.html").read_text().lower()
+    assert config["weights"] == "none"
+    assert "RANDOM INITIALIZATION" in proc.stdout
+    assert "random initialization" in (run / "report.html").read_text().lower()
 
     for name in MODELS:
         folder = run / name
@@ -56,3 +60,20 @@ def test_each_demo_gets_a_new_run_folder(tmp_path):
     first.mkdir(parents=True)
     second = new_run_dir(tmp_path, "tiny")
     assert second != first and not second.exists()
+
+
+def test_auto_weights_fall_back_to_none_when_the_download_fails(monkeypatch):
+    def no_network(arch, weights):
+        raise VirionError(f"--weights imagenet: could not get the ImageNet weights for {arch}")
+
+    monkeypatch.setattr("virion.models.weights.imagenet_available", lambda arch: False)
+    monkeypatch.setattr("virion.models.weights.resolve_weights", no_network)
+    weights, note = choose_weights("auto", ["resnet50", "xception", "densenet121"])
+    assert weights == "none"
+    assert "RANDOM INITIALIZATION" in note
+
+
+def test_auto_weights_use_imagenet_when_cached(monkeypatch):
+    monkeypatch.setattr("virion.models.weights.imagenet_available", lambda arch: True)
+    monkeypatch.setattr("virion.models.weights.resolve_weights", pytest.fail)  # no download needed
+    assert choose_weights("auto", ["xception"])[0] == "imagenet"

@@ -49,7 +49,7 @@ def test_confusion_matrix_and_summary_by_hand(evaluated, known_set, helpers):
     recall = [2 / 3, 2 / 3, 2 / 3, 0.0]
     assert summary["macro_precision"] == pytest.approx(np.mean(precision))
     assert summary["macro_recall"] == pytest.approx(np.mean(recall))
-    assert summary["inference_images_per_second"] > 0
+    assert "inference_images_per_second" in summary  # measured, so its value is not asserted
     assert any("precision set to 0 for class 'Rift Valley'" in w for w in summary["warnings"])
     assert json.loads((out / "summary.json").read_text())["accuracy"] == pytest.approx(6 / 11)
 

@@ -68,6 +68,9 @@ def register(subparsers) -> None:
 def choose_weights(requested: str, models: list[str]) -> tuple[str, str]:
     """Pick the transfer-model weights; returns (weights, a sentence saying what was chosen and why)."""
     transfer = [m for m in models if m in TRANSFER_MODELS]
+    if requested == "none":
+        return "none", ("Xception and DenseNet121 are trained from RANDOM INITIALIZATION with the whole "
+                        "network unfrozen (--weights none, as requested)")
     if requested != "auto":
         return requested, f"transfer-model weights: {requested} (as requested)"
     if not transfer:
