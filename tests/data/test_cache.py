@@ -41,7 +41,7 @@ def test_first_call_decodes_second_reuses(tmp_path, split, monkeypatch):
     np.testing.assert_array_equal(first.labels, split.labels)
     assert first.files == split.files and first.failures == []
     assert sum(name.endswith(".npy") for name in _cache_files(cache)) == 1
-    assert not any(name.endswith(".tmp") for name in _cache_files(cache))
+    assert not any(".tmp" in name for name in _cache_files(cache))
 
     def boom(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")

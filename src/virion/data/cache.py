@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virion.atomic import TMP_MARK, atomic_write_text
 from virion.data import decode as _decode
 from virion.data.decode import DecodeError, DecodeSettings
 from virion.data.layout import Split
@@ -134,7 +134,7 @@ def write_failures(failures, path) -> Path:
     for f, reason in failures:
         clean = " ".join(str(reason).split())  # one line, no tabs
         lines.append(f"{f}\t{clean}\n")
-    _atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines))
     return path
 
 
@@ -165,19 +165,6 @@ def _open_images(npy: Path, meta: dict, size: int) -> np.ndarray | None:
     return images
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
 def _unlink(path) -> None:
     try:
         os.unlink(path)
@@ -188,7 +175,7 @@ def _unlink(path) -> None:
 def _remove_stale_tmp(root: Path) -> None:
     """Temp files left by a killed build (a crash cannot run its own clean-up)."""
     now = time.time()
-    for tmp in root.glob(".*.tmp"):
+    for tmp in root.glob(f".*{TMP_MARK}*"):
         try:
             if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
                 tmp.unlink()
@@ -274,7 +261,7 @@ def _build(files: list[Path], settings: DecodeSettings, npy: Path, meta_path: Pa
             "decode_seconds": round(time.perf_counter() - started, 3),
             "workers": workers,
         }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        atomic_write_text(meta_path, json.dumps(meta, indent=1))
         return meta
     finally:
         _unlink(tmp)

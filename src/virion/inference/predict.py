@@ -8,6 +8,7 @@ of the same size share one decode. Unreadable files are listed with a reason, ne
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virion.atomic import atomic_write_text
 from virion.data.decode import DecodeError, DecodeSettings, decode_rgb
 from virion.data.layout import IMAGE_EXTENSIONS
 from virion.errors import VirionError
@@ -222,24 +224,23 @@ def write_csv(result: PredictionResult, path: str | Path) -> Path:
         by_file.setdefault(r.file, []).append(r)
     errors = dict(result.unreadable)
     k = result.top_k
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(csv_header(k))
-        for f in result.files:
-            if f in errors:
-                writer.writerow([str(f), "", "", ""] + [""] * (2 * k) + [errors[f]])
-                continue
-            for r in by_file.get(f, []):
-                cells = [str(r.file), r.model, r.class_name, f"{r.confidence:.6f}"]
-                for j in range(k):
-                    if j < len(r.top_k):
-                        cells += [r.top_k[j][0], f"{r.top_k[j][1]:.6f}"]
-                    else:
-                        cells += ["", ""]
-                writer.writerow(cells + [""])
-    tmp.replace(path)
-    return path
+    rows = []
+    rows.append(csv_header(k))
+    for f in result.files:
+        if f in errors:
+            rows.append([str(f), "", "", ""] + [""] * (2 * k) + [errors[f]])
+            continue
+        for r in by_file.get(f, []):
+            cells = [str(r.file), r.model, r.class_name, f"{r.confidence:.6f}"]
+            for j in range(k):
+                if j < len(r.top_k):
+                    cells += [r.top_k[j][0], f"{r.top_k[j][1]:.6f}"]
+                else:
+                    cells += ["", ""]
+            rows.append(cells + [""])
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return atomic_write_text(path, text.getvalue())
 
 
 def format_table(result: PredictionResult) -> str:

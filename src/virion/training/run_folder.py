@@ -7,13 +7,12 @@ says `--overwrite` (start again) or `--resume` (continue it).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from virion.atomic import atomic_write_text
 from virion.errors import VirionError
 
 CONFIG_FILE = "config.json"
@@ -51,28 +50,9 @@ def model_dir(run_dir: str | Path, model_name: str) -> Path:
     return path
 
 
-def _umask_mode() -> int:
-    """The mode a plainly created file would get (mkstemp makes private 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (temp file then rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

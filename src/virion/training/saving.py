@@ -9,36 +9,17 @@ model where a good one was.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import keras
 
-from virion.training.run_folder import _umask_mode
-
-
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keras picks the format from the suffix, so the temp name keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # Keras refuses to overwrite without asking in some versions; give it a free name
-    try:
-        write(tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from virion.atomic import atomic_write
 
 
 def save_keras(model: keras.Model, path: str | Path) -> Path:
     """Native format: architecture, weights, compile config and optimizer state (resumable)."""
-    return _atomic(Path(path), lambda tmp: model.save(tmp))
+    return atomic_write(path, lambda tmp: model.save(tmp))
 
 
 def save_h5(model: keras.Model, path: str | Path) -> Path:
@@ -57,7 +38,7 @@ def save_h5(model: keras.Model, path: str | Path) -> Path:
             warnings.simplefilter("ignore")
             model.save(tmp, include_optimizer=False)
     try:
-        return _atomic(Path(path), write)
+        return atomic_write(path, write)
     finally:
         if optimizer_entry is not None and "optimizer" not in compile_config:
             compile_config["optimizer"] = optimizer_entry
@@ -69,14 +50,7 @@ def save_weights(model: keras.Model, path: str | Path) -> Path:
     name = path.name
     if not name.endswith(".weights.h5"):
         raise ValueError(f"{path}: weights file names must end in .weights.h5")
-    tmp = path.with_name(f".{name[:-len('.weights.h5')]}.tmp-{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, model.save_weights)
 
 
 def save_model_files(model: keras.Model, folder: str | Path, stem: str) -> dict[str, Path]:
