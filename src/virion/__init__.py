@@ -4,6 +4,40 @@ import os as _os
 
 # Quiet TensorFlow's C++ start-up chatter before any backend is imported; users can override.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Keras reads KERAS_BACKEND at its import: default to an installed backend (TensorFlow if present);
+# `virion.backend.select_backend` picks per machine (JAX on a GPU) before Keras loads.
+from virion.backend import set_default_env as _set_default_env  # noqa: E402
+
+_set_default_env()
 
 __version__ = "0.1.0"
+
+# The notebook API. Imported lazily (PEP 562) so that `import virion` stays fast and loads no
+# TensorFlow/Keras: each name is looked up on first use.
+__all__ = ["train", "evaluate", "load", "synth", "compare", "report", "TrainConfig", "Classifier"]
+
+_LAZY = {
+    "train": ("virion.workflow", "train"),  # train(config=None, **settings) -> RunResult
+    "evaluate": ("virion.workflow", "evaluate"),  # evaluate(run_dir, data=None) -> {model: summary}
+    "compare": ("virion.workflow", "compare"),
+    "report": ("virion.workflow", "report"),
+    "load": ("virion.inference.classifier", "load"),  # load(path, models=None) -> Classifier
+    "synth": ("virion.data.synth", "generate_dataset"),  # synth(out, per_class=..., size=...) -> Path
+    "TrainConfig": ("virion.training.config", "TrainConfig"),
+    "Classifier": ("virion.inference.classifier", "Classifier"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'virion' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from virion.cli.demo import PRESETS, choose_weights, new_run_dir
+from virion.workflow import PRESETS, choose_weights, new_run_dir
 from virion.errors import VirionError
 
 MODELS = ("resnet50", "xception", "densenet121")

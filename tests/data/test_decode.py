@@ -234,3 +234,31 @@ def test_bad_settings():
         DecodeSettings(size=0)
     with pytest.raises(ValueError):
         DecodeSettings(stretch=(99.0, 1.0))
+
+
+def test_samples_per_pixel_are_counted(tmp_path):
+    """More than 4 samples a pixel is refused from the header; 4 (RGBA) still decodes."""
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    with tifffile.TiffFile(tmp_path / "five.tif") as t:
+        assert t.pages[0].samplesperpixel == 5
+    with pytest.raises(DecodeError, match="5 samples per pixel") as info:
+        decode_image(tmp_path / "five.tif", DecodeSettings(size=8))
+    assert str(tmp_path / "five.tif") in str(info.value)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 1] = 200
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    assert abs(int(decode_image(tmp_path / "rgba.tif", DecodeSettings(size=8))[0, 0]) - round(0.587 * 200)) <= 1
+
+
+def test_decoded_bytes_are_counted_not_just_pixels(tmp_path):
+    """64x64 pixels pass a 5000-pixel limit, but 16-bit RGBA needs 8 bytes a pixel (> 4 x 5000 bytes)."""
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64, 4), np.uint16), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    settings = DecodeSettings(size=16, max_pixels=5000)
+    assert settings.max_bytes == 20000 and "max_bytes" not in settings.to_json()  # cache keys unchanged
+    with pytest.raises(DecodeError, match="bytes") as info:
+        decode_image(tmp_path / "a.tif", settings)
+    assert "refusing" in info.value.reason
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((64, 64), np.uint16))  # 2 bytes a pixel: fits
+    assert decode_image(tmp_path / "b.tif", settings).shape == (16, 16)

@@ -113,7 +113,8 @@ def make_run(root: Path, models: dict[str, dict], *, data: Path | None = None, s
 @pytest.fixture(scope="session")
 def evaluated_run(tmp_path_factory, known_set):
     """A two-model run, each model evaluated on the known set (arrays, no data layer needed)."""
-    from virion.evaluation.evaluate import evaluate_model, load_model, model_file
+    from virion.evaluation.evaluate import evaluate_model
+    from virion.run.loading import find_model_file, load_keras_model
 
     run = make_run(tmp_path_factory.mktemp("runs") / "demo-run",
                    {"resnet50": {"weights": "none"}, "xception": {"weights": "none", "train_seconds": 30.0}},
@@ -121,8 +122,9 @@ def evaluated_run(tmp_path_factory, known_set):
     for name in ("resnet50", "xception"):
         mdir = run / name
         with pytest.warns(RuntimeWarning):  # class 3 is never predicted
-            evaluate_model(load_model(model_file(mdir)), known_set["images"], known_set["labels"], CLASS_NAMES,
+            evaluate_model(load_keras_model(find_model_file(mdir)), known_set["images"], known_set["labels"], CLASS_NAMES,
                            mdir / "evaluation", files=known_set["files"], history_csv=mdir / "history.csv",
+                           model_name=name,
                            batch_size=4)
     return run
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from virion.reports import plots
+from virion.evaluation import plots
+from virion.reports import plots as report_plots
 
 FOURTEEN = ["Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa", "Marburg",
             "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley", "Rotavirus"]
@@ -41,8 +42,7 @@ def test_confusion_heatmap_labels_in_class_order(tmp_path, normalize):
     assert len(annotations) == 14 * 14
     small = plots.confusion_figure(cm[:3, :3], FOURTEEN[:3])
     assert fig.get_size_inches()[0] > small.get_size_inches()[0]  # grows with the class count
-    plots.plt.close(small)
-    path = plots._save(fig, tmp_path / "cm.png")
+    path = plots.save_figure(fig, tmp_path / "cm.png")
     _png_ok(path, min_side=600)
 
 
@@ -60,7 +60,6 @@ def test_curves_from_history_csv(tmp_path, helpers):
     np.testing.assert_allclose(acc_ax.get_lines()[0].get_xdata(), [1, 2, 3, 4])  # epochs counted from 1
     np.testing.assert_allclose(acc_ax.get_lines()[1].get_ydata(), [0.35, 0.45, 0.55, 0.65])
     np.testing.assert_allclose(loss_ax.get_lines()[0].get_ydata(), [1.5, 1.2, 0.9, 0.6])
-    plots.plt.close(fig)
     _png_ok(plots.plot_curves(history, tmp_path / "curves.png"))
 
 
@@ -69,12 +68,10 @@ def test_mistakes_grid_and_placeholder(tmp_path):
     fig = plots.mistakes_figure(images, ["Ebola", "Orf", "CCHF"], ["Orf", "Ebola", "Lassa"], [0.9, 0.8, 0.5])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "true: Ebola\npred: Orf (90%)" and len(titles) == 3
-    plots.plt.close(fig)
     _png_ok(plots.plot_mistakes(images, ["Ebola", "Orf", "CCHF"], ["Orf", "Ebola", "Lassa"], [0.9, 0.8, 0.5],
                                 tmp_path / "m.png"))
     fig = plots.mistakes_figure([], [], [], [])
     assert any("no mistakes" in t.get_text() for ax in fig.axes for t in ax.texts)
-    plots.plt.close(fig)
     assert plots.plot_mistakes([], [], [], [], tmp_path / "none.png").stat().st_size > 500
 
 
@@ -83,10 +80,9 @@ def test_comparison_chart(tmp_path):
              "weighted_f1": 0.88},
             {"label": "xception", "accuracy": 0.5, "macro_precision": 0.4, "macro_recall": 0.3, "macro_f1": 0.35,
              "weighted_f1": 0.45}]
-    fig = plots.comparison_figure(rows)
+    fig = report_plots.comparison_figure(rows)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resnet50", "xception"]
     heights = [p.get_height() for p in ax.patches]
     np.testing.assert_allclose(heights, [0.9, 0.8, 0.7, 0.75, 0.88, 0.5, 0.4, 0.3, 0.35, 0.45])
-    plots.plt.close(fig)
-    _png_ok(plots.plot_comparison(rows, tmp_path / "cmp.png"))
+    _png_ok(report_plots.plot_comparison(rows, tmp_path / "cmp.png"))

@@ -9,7 +9,7 @@ from PIL import Image
 
 from virion.cli.main import main
 from virion.errors import VirionError
-from virion.evaluation.gradcam import find_last_conv_layer, gradcam, overlay
+from virion.inference.gradcam import find_last_conv_layer, gradcam, overlay
 
 
 def _check_heatmap(heatmap, shape):

@@ -12,19 +12,26 @@ import pytest
 from virion.cli.main import main
 from virion.data.decode import decode_rgb
 from virion.errors import VirionError
-from virion.inference.loading import load_predictor
-from virion.inference.predict import (
-    collect_inputs,
-    dihedral_views,
-    format_table,
-    predict_files,
-    write_csv,
-)
+from virion.inference import Classifier
+from virion.inference.batching import dihedral_views
+from virion.inference.inputs import collect_inputs
+from virion.inference.predict import format_table, write_csv
+from virion.run.loading import load_models as load_predictor
 
 
 @pytest.fixture(scope="module")
 def models(run_dir):
     return load_predictor(run_dir)
+
+
+@pytest.fixture(scope="module")
+def clf(run_dir):
+    return Classifier.load(run_dir)
+
+
+def by_source(predictions):
+    """{source: probabilities} of one Predictions."""
+    return {s: p for s, p in zip(predictions.sources, predictions.probabilities)}
 
 
 @pytest.fixture(scope="module")
@@ -78,22 +85,53 @@ def test_missing_or_bad_metadata_is_a_clear_error(tmp_path, run_dir):
         load_predictor(tmp_path / "nothing_here")
 
 
-def test_predict_formats_and_unreadable_file_not_fatal(models, files, image_dir):
+def test_predict_formats_and_unreadable_file_not_fatal(clf, models, files, image_dir):
     model = models[0]
-    result = predict_files([model], files, top_k=2, progress=False)
-    assert [f.name for f, _ in result.unreadable] == ["broken.tif"]
-    assert result.unreadable[0][1].strip()  # a reason is given
-    predicted = [r.file.name for r in result.rows]
-    assert predicted == ["TWO.PNG", "one.png", "sixteen.tiff", "eight.tif"]
-    for row in result.rows:
+    result = clf.predict(files, model="tiny")
+    assert [f.rsplit("/", 1)[-1] for f, _ in result.failures] == ["broken.tif"]
+    assert result.failures[0][1].strip()  # a reason is given
+    assert [s.rsplit("/", 1)[-1] for s in result.sources] == ["TWO.PNG", "one.png", "sixteen.tiff", "eight.tif"]
+    for source, probs, top in zip(result.sources, result.probabilities, result.top_k(2)):
         # The prediction is the model applied to the training decoder's output (16-bit TIFF included).
-        expected = model.model.predict_on_batch(decode_rgb(row.file, model.decode)[None].astype("float32"))[0]
-        np.testing.assert_allclose(row.probabilities, expected, rtol=1e-4, atol=1e-6)
-        assert row.class_name == model.class_names[int(np.argmax(expected))]
-        assert row.confidence == pytest.approx(float(expected.max()), rel=1e-4)
-        assert len(row.top_k) == 2 and row.top_k[0][1] >= row.top_k[1][1]
-    table = format_table(result)
+        expected = model.model.predict_on_batch(decode_rgb(source, model.decode)[None].astype("float32"))[0]
+        np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+        assert top[0][0] == model.class_names[int(np.argmax(expected))]
+        assert top[0][1] == pytest.approx(float(expected.max()), rel=1e-4)
+        assert len(top) == 2 and top[0][1] >= top[1][1]
+    assert result.predicted == [t[0][0] for t in result.top_k(1)]
+    table = format_table([result])
     assert "sixteen.tiff" in table and "broken.tif" in table and "unreadable" in table
+
+
+def test_arrays_and_pil_images_decode_exactly_as_their_files(clf, image_dir, tmp_path):
+    """uint8, uint16, float and RGB arrays, and PIL images: the same answer as the same pixels in a file."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    gray8 = rng.integers(0, 255, (50, 70), dtype=np.uint8)
+    gray16 = (1000 + 20 * rng.integers(0, 150, (45, 45))).astype(np.uint16)
+    rgb = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    floats = rng.uniform(-1.0, 3.0, (36, 36)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "g8.tif", gray8)
+    tifffile.imwrite(tmp_path / "g16.tif", gray16)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "f.tif", floats)
+    from_files = clf.predict([tmp_path / n for n in ("g8.tif", "g16.tif", "rgb.tif", "f.tif")], model="tiny")
+    from_arrays = clf.predict([gray8, gray16, rgb, floats], model="tiny")
+    assert from_arrays.sources == ["array[0]", "array[1]", "array[2]", "array[3]"]
+    np.testing.assert_allclose(from_arrays.probabilities, from_files.probabilities, atol=1e-6)
+    # A PIL image and a (N, H, W) batch take the same path.
+    pil = clf.predict(Image.fromarray(gray8), model="tiny")
+    np.testing.assert_allclose(pil.probabilities[0], from_files.probabilities[0], atol=1e-6)
+    batch = clf.predict(np.stack([gray8, gray8[::-1]]), model="tiny")
+    assert batch.probabilities.shape == (2, 3)
+    np.testing.assert_allclose(batch.probabilities[0], from_files.probabilities[0], atol=1e-6)
+    # decode() shows what the model sees.
+    seen = clf.decode([gray8, tmp_path / "g8.tif"], model="tiny40")
+    assert seen.shape == (2, 40, 40) and seen.dtype == np.uint8 and np.array_equal(seen[0], seen[1])
+    with pytest.raises(VirionError, match="not an image"):
+        clf.predict([{"a": 1}])
 
 
 def test_sixteen_bit_tiff_is_stretched_not_saturated(models, image_dir):
@@ -103,12 +141,10 @@ def test_sixteen_bit_tiff_is_stretched_not_saturated(models, image_dir):
 
 
 def test_h5_and_keras_give_the_same_predictions(run_dir, files):
-    keras_model = load_predictor(run_dir / "tiny" / "tiny_virus_classification.keras")
-    h5_model = load_predictor(run_dir / "tiny" / "tiny_virus_classification.h5")
-    a = predict_files(keras_model, files, progress=False)
-    b = predict_files(h5_model, files, progress=False)
-    assert [r.class_name for r in a.rows] == [r.class_name for r in b.rows]
-    np.testing.assert_allclose([r.probabilities for r in a.rows], [r.probabilities for r in b.rows], atol=1e-6)
+    a = Classifier.load(run_dir / "tiny" / "tiny_virus_classification.keras").predict(files)
+    b = Classifier.load(run_dir / "tiny" / "tiny_virus_classification.h5").predict(files)
+    assert a.predicted == b.predicted
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
 
 
 def test_tta_is_a_distribution_and_invariant_to_dihedral_turns(models, tmp_path):
@@ -120,15 +156,16 @@ def test_tta_is_a_distribution_and_invariant_to_dihedral_turns(models, tmp_path)
     Image.fromarray(np.rot90(image).copy()).save(tmp_path / "x_rot.png")
     Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "x_flip.png")
     files = sorted(tmp_path.glob("*.png"))
-    plain = predict_files(models[:1], files, tta=False, progress=False)
-    tta = predict_files(models[:1], files, tta=True, progress=False)
-    probs = np.array([r.probabilities for r in tta.rows])
+    clf = Classifier(models[:1])
+    plain = clf.predict(files, tta=False)
+    tta = clf.predict(files, tta=True)
+    probs = tta.probabilities
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs >= 0).all()
     # Averaging over the whole dihedral group makes the answer independent of orientation...
     np.testing.assert_allclose(probs[1:], np.repeat(probs[:1], 2, axis=0), atol=1e-5)
     # ...which the un-augmented model is not.
-    plain_probs = np.array([r.probabilities for r in plain.rows])
+    plain_probs = plain.probabilities
     assert not np.allclose(plain_probs[0], plain_probs[1], atol=1e-5)
 
 
@@ -139,45 +176,49 @@ def test_dihedral_views_are_the_eight_distinct_symmetries():
     assert len({v.tobytes() for v in views}) == 8
 
 
-def test_ensemble_averages_models_and_needs_same_classes(models, files, tmp_path, make_tiny_model, save_model):
-    single = predict_files(models, files, progress=False)
-    ensemble = predict_files(models, files, ensemble=True, progress=False)
-    assert {r.model for r in single.rows} == {"tiny", "tiny40"}
-    assert {r.model for r in ensemble.rows} == {"ensemble"}
-    assert len(ensemble.rows) == len(single.rows) // 2
-    for row in ensemble.rows:
-        per_model = [r.probabilities for r in single.rows if r.file == row.file]
-        np.testing.assert_allclose(row.probabilities, np.mean(per_model, axis=0), atol=1e-6)
+def test_ensemble_averages_models_and_needs_same_classes(clf, models, files, tmp_path, make_tiny_model, save_model):
+    single = clf.predict_each(files)
+    ensemble = clf.predict(files, model="ensemble")
+    assert [p.model for p in single] == ["tiny", "tiny40"] and ensemble.model == "ensemble"
+    assert clf.predict(files).model == "ensemble"  # the default with several models
+    assert len(ensemble.sources) == len(single[0].sources)
+    np.testing.assert_allclose(ensemble.probabilities, np.mean([p.probabilities for p in single], axis=0), atol=1e-6)
     other = save_model(make_tiny_model(32), tmp_path / "other", "other", ["x", "y", "z"], 32)
-    with pytest.raises(VirionError, match="--ensemble.*different class lists"):
-        predict_files(models + load_predictor(other), files, ensemble=True, progress=False)
+    with pytest.raises(VirionError, match="ensemble.*different class lists"):
+        Classifier(models + load_predictor(other)).predict(files, model="ensemble")
 
 
-def test_batches_give_the_same_answer_as_one_batch(models, files):
-    big = predict_files(models, files, batch_size=64, progress=False)
-    small = predict_files(models, files, batch_size=2, progress=False)
-    np.testing.assert_allclose([r.probabilities for r in big.rows], [r.probabilities for r in small.rows], atol=1e-5)
-    assert [f for f, _ in big.unreadable] == [f for f, _ in small.unreadable]
+def test_batches_give_the_same_answer_as_one_batch(clf, files):
+    big = clf.predict_each(files, batch_size=64)
+    small = clf.predict_each(files, batch_size=2)
+    for a, b in zip(big, small):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert a.failures == b.failures
 
 
-def test_csv_lines_up_with_files(models, files, tmp_path):
-    result = predict_files(models, files, top_k=3, progress=False)
-    path = write_csv(result, tmp_path / "out" / "p.csv")
+def test_csv_lines_up_with_files(clf, models, files, tmp_path):
+    result = clf.predict_each(files)
+    path = write_csv(result, tmp_path / "out" / "p.csv", top_k=3)
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["file", "model", "class", "confidence", "top1_class", "top1_confidence", "top2_class",
+                             "top2_confidence", "top3_class", "top3_confidence", "error"]
     readable = [f for f in files if f.name != "broken.tif"]
     assert [r["file"] for r in rows if not r["error"]] == [str(f) for f in readable for _ in models]
     assert [r["file"] for r in rows] == [str(f) for f in files for _ in (models if f.name != "broken.tif" else [0])]
     broken = next(r for r in rows if r["error"])
     assert broken["file"].endswith("broken.tif") and broken["class"] == ""
-    by_key = {(str(r.file), r.model): r for r in result.rows}
+    by_key = {(s, p.model): row for p in result for s, row in zip(p.sources, p.probabilities)}
     for r in rows:
         if r["error"]:
             continue
-        row = by_key[(r["file"], r["model"])]
-        assert r["class"] == row.class_name == r["top1_class"]
-        assert float(r["confidence"]) == pytest.approx(row.confidence, abs=1e-6)
+        probs = by_key[(r["file"], r["model"])]
+        assert r["class"] == r["top1_class"] == clf.class_names[int(np.argmax(probs))]
+        assert float(r["confidence"]) == pytest.approx(float(probs.max()), abs=1e-6)
         assert float(r["top1_confidence"]) >= float(r["top2_confidence"]) >= float(r["top3_confidence"])
+    # Predictions.to_rows gives the very rows of the CSV for one model.
+    one = result[0].to_rows(3)
+    assert [r["file"] for r in one] == [r["file"] for r in rows if r["model"] in ("tiny", "")]
 
 
 def test_cli_predict_writes_csv_and_refuses_overwrite(run_dir, image_dir, tmp_path, capsys):

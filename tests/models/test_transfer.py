@@ -1,4 +1,4 @@
-"""Xception / DenseNet121 transfer models: flat graph, in-graph preprocess_input, frozen base in
+"""Xception / DenseNet121 (the reference's) transfer models: flat graph, in-graph preprocess_input, frozen base in
 inference mode, the reference head, local weights files, fine-tuning, save/reload."""
 
 import h5py
@@ -31,7 +31,7 @@ def write_notop_h5(model, path):
     return path
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHS))
+@pytest.fixture(scope="module", params=sorted(SIZES))  # the reference's two; others: test_backbones.py
 def arch_case(request, tmp_path_factory):
     """One randomly initialized reference base written to a notop .h5, and models built from it."""
     arch = request.param

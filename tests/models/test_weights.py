@@ -55,7 +55,7 @@ def test_offline_imagenet_names_the_three_ways_out(arch, empty_keras_home, monke
     (call,) = calls
     assert call["fname"] == IMAGENET_WEIGHTS[arch].file_name
     assert call["cache_dir"] == str(empty_keras_home) and call["cache_subdir"] == "models"
-    assert call["file_hash"] == IMAGENET_WEIGHTS[arch].md5
+    assert call["file_hash"] == IMAGENET_WEIGHTS[arch].file_hash
     assert call["timeout"] is not None and call["timeout"] <= 60
     assert socket.getdefaulttimeout() == before
 
@@ -121,3 +121,55 @@ def test_cached_imagenet_file_goes_through_keras_applications(empty_keras_home, 
         for got, want in zip(ours.get_weights(), theirs.get_weights()):
             np.testing.assert_array_equal(got, want)
     assert not any(layer.trainable_weights for layer in loaded)  # pretrained: frozen
+
+
+def test_file_names_urls_and_hashes_are_keras_own():
+    """The Keras cache names: a file Keras downloaded (or one put there by hand) is found by both."""
+    import inspect
+
+    from keras.src.applications import convnext, densenet, efficientnet_v2
+
+    assert IMAGENET_WEIGHTS["densenet201"].url == densenet.DENSENET201_WEIGHT_PATH_NO_TOP
+    assert IMAGENET_WEIGHTS["densenet201"].file_name == densenet.DENSENET201_WEIGHT_PATH_NO_TOP.rsplit("/", 1)[1]
+    for arch, constructor, module, key in [
+        ("efficientnetv2b0", keras.applications.EfficientNetV2B0, efficientnet_v2, "b0"),
+        ("efficientnetv2s", keras.applications.EfficientNetV2S, efficientnet_v2, "-s"),
+        ("convnext_tiny", keras.applications.ConvNeXtTiny, convnext, "convnext_tiny"),
+    ]:
+        spec = IMAGENET_WEIGHTS[arch]
+        name = inspect.signature(constructor).parameters["name"].default
+        assert spec.file_name == f"{name}_notop.h5"
+        assert spec.url == module.BASE_WEIGHTS_PATH + spec.file_name
+        assert spec.file_hash == module.WEIGHTS_HASHES[key][1]
+
+
+def test_sha256_hashes_are_checked_too(empty_keras_home, monkeypatch):
+    """ConvNeXt's files carry a sha256 (not md5): a cached copy is verified with the right one."""
+    target = cached_weights_path("convnext_tiny")
+    assert target.name == "convnext_tiny_notop.h5"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"pretend weights")
+    monkeypatch.setattr(keras.utils, "get_file", _fail_download([]))
+    assert not imagenet_available("convnext_tiny")  # the real hash does not match
+    with pytest.raises(VirionError, match="convnext_tiny_notop.h5"):
+        resolve_weights("convnext_tiny", "imagenet")
+    spec = IMAGENET_WEIGHTS["convnext_tiny"]
+    sha256 = hashlib.sha256(target.read_bytes()).hexdigest()
+    monkeypatch.setitem(wmod.IMAGENET_WEIGHTS, "convnext_tiny", WeightsFile(spec.file_name, spec.url, sha256))
+    assert imagenet_available("convnext_tiny")
+    assert resolve_weights("convnext_tiny", "imagenet") == str(target)
+    # an md5 entry is checked as an md5 (Keras' rule: the hash's length says which)
+    md5 = hashlib.md5(target.read_bytes()).hexdigest()
+    monkeypatch.setitem(wmod.IMAGENET_WEIGHTS, "convnext_tiny", WeightsFile(spec.file_name, spec.url, md5))
+    assert imagenet_available("convnext_tiny")
+    monkeypatch.setitem(wmod.IMAGENET_WEIGHTS, "convnext_tiny", WeightsFile(spec.file_name, spec.url, md5[::-1]))
+    assert not imagenet_available("convnext_tiny")
+
+
+@pytest.mark.parametrize("arch", ["densenet201", "efficientnetv2b0", "efficientnetv2s", "convnext_tiny"])
+def test_a_folder_of_keras_named_files_serves_the_new_backbones(arch, tmp_path):
+    name = IMAGENET_WEIGHTS[arch].file_name
+    with pytest.raises(VirionError, match=name):
+        resolve_weights(arch, str(tmp_path))
+    (tmp_path / name).write_bytes(b"")
+    assert resolve_weights(arch, str(tmp_path)) == str(tmp_path / name)

@@ -147,20 +147,33 @@ def test_cli_writes_the_layout(tmp_path, capsys):
     assert "per_class" in capsys.readouterr().err
 
 
-def _particle_area(img: np.ndarray) -> float:
-    """Share of pixels brighter than the dark stain (about 0.34) and its pooled rims: particle area."""
-    return float((img > 0.5).mean())
+def _particle_area(name: str, rng, size: int) -> float:
+    """Share of the field covered by the class's virus particles (geometry, not exposure)."""
+    _, mask = render_image(name, rng, size, 0.0, return_mask=True)
+    return float((mask > 0.5).mean())
 
 
 def test_particle_size_separates_small_and_big_classes():
     """Astrovirus (~30 nm) particles cover much less of the field than a Cowpox brick (~250x350 nm)."""
-    astro = [_particle_area(render_image("Astrovirus", image_rng(0, 1, i), 64, 0.0)) for i in range(12)]
-    cow = [_particle_area(render_image("Cowpox", image_rng(0, 3, i), 64, 0.0)) for i in range(12)]
+    astro = [_particle_area("Astrovirus", image_rng(0, 1, i), 64) for i in range(12)]
+    cow = [_particle_area("Cowpox", image_rng(0, 3, i), 64) for i in range(12)]
     assert np.mean(cow) > 3 * np.mean(astro) and max(astro) < min(cow)
 
 
 def test_every_class_shows_a_particle():
-    """A crop is centred on a particle: no class may produce an empty field (e.g. a filament off-screen)."""
+    """A crop is centred on a particle: no class may produce an empty field (e.g. a filament
+    off-screen), and the particle must stand out from the stain around it at any exposure."""
     for ci, name in enumerate(CLASS_NAMES):
-        areas = [_particle_area(render_image(name, image_rng(2, ci, i), 48, 0.0)) for i in range(6)]
-        assert min(areas) > 0.004, (name, areas)
+        for i in range(6):
+            img, mask = render_image(name, image_rng(2, ci, i), 48, 0.0, return_mask=True)
+            inside, outside = mask > 0.5, mask < 0.05
+            assert inside.mean() > 0.004, (name, i, inside.mean())
+            if outside.mean() > 0.05:  # a big particle may fill the whole field
+                assert img[inside].mean() > img[outside].mean() + 0.03, (name, i)
+
+
+def test_mask_does_not_change_the_image():
+    a = render_image("Papilloma", image_rng(0, 11, 0), 64)
+    b, mask = render_image("Papilloma", image_rng(0, 11, 0), 64, return_mask=True)
+    np.testing.assert_array_equal(a, b)
+    assert mask.shape == a.shape and 0 < mask.mean() < 1

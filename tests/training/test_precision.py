@@ -23,5 +23,5 @@ def test_auto_stays_float32_without_a_gpu(monkeypatch):
 
 
 def test_unknown_precision_is_a_one_line_error():
-    with pytest.raises(VirionError, match="mixed_precision"):
+    with pytest.raises(VirionError, match="mixed.precision"):
         TrainConfig().merged({"mixed_precision": "fp8"})

@@ -5,9 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from virion.training import callbacks as cb
-from virion.training.saving import load_model
+from virion.run.loading import load_keras_model
 from virion.training.trainer import load_run_config, train_run
+
+
+def load_model(path, compile=True):
+    return load_keras_model(path, compile=compile)
 
 
 def _history(folder):
@@ -40,7 +43,8 @@ def test_short_training_learns_and_writes_the_model_folder(tiny_data, tiny_regis
     assert set(meta["versions"]) >= {"python", "keras", "tensorflow", "numpy"}
     for name in ("config.json", "dataset.json", "skipped_files.txt"):
         assert (tmp_path / "run" / name).is_file()
-    assert not (folder / "state" / "last.keras").exists()  # bulky resume state removed once saved
+    assert sorted(p.name for p in (folder / "state").iterdir()) == ["progress.json"]  # resume files removed
+    assert json.loads((folder / "state" / "progress.json").read_text())["phase"] == "done"
 
     # The saved model is the best epoch; both formats predict what it predicts.
     x, _ = _val_images(config)
@@ -77,8 +81,9 @@ def test_resume_after_interrupt_runs_only_the_remaining_epochs(tiny_data, tiny_r
     with pytest.raises(KeyboardInterrupt):
         train_run(config, extra_callbacks=[_Interrupt(after=1)], post_training=False, progress=False)
     state = tmp_path / "run" / "resnet50" / "state"
-    assert json.loads((state / "progress.json").read_text())["epochs_done"] == 1
-    saved = load_model(state / "last.keras")
+    committed = json.loads((state / "progress.json").read_text())
+    assert committed["epochs_done"] == 1 and committed["model_file"] == "last-e0001.keras"
+    saved = load_model(state / committed["model_file"])
     assert int(saved.optimizer.iterations) > 0
 
     seen = _Epochs()
@@ -126,3 +131,46 @@ def test_balanced_class_weights():
 
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w[1] == pytest.approx(3 * w[0]) and w[2] == 1.0
+
+
+def test_console_has_a_header_per_model_and_one_line_per_epoch_when_not_a_terminal(
+        tiny_data, tiny_registry, make_config, tmp_path, capsys):
+    config = make_config(tiny_data, tmp_path / "run", models=["resnet50", "densenet121"], epochs=2)
+    train_run(config, progress=True)
+    out = capsys.readouterr().out
+    assert "training resnet50 (1/2), 2 epochs" in out and "training densenet121 (2/2), 2 epochs" in out
+    assert "\r" not in out and "\x1b" not in out  # no progress bars in a log file
+    epoch_lines = [line for line in out.splitlines() if " - loss: " in line]
+    assert len(epoch_lines) == 4, out  # 2 models x 2 epochs, one line each
+
+
+def test_early_stopping_and_plateau_counters_survive_a_resume():
+    """Keras resets them in on_train_begin; ours put the committed counters back (and only once)."""
+    from virion.training.callbacks import ResumableEarlyStopping, ResumablePlateau
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    stopper = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=2,
+                                     state={"wait": 1, "best": 0.9, "best_epoch": 2, "stopped_epoch": 0})
+    plateau = ResumablePlateau(monitor="val_accuracy", mode="max", patience=2, factor=0.5,
+                               state={"wait": 1, "best": 0.9, "cooldown_counter": 0})
+    for callback in (stopper, plateau):
+        callback.set_model(model)
+        callback.on_train_begin()
+    model.stop_training = False
+    stopper.on_epoch_end(3, {"val_accuracy": 0.8})
+    plateau.on_epoch_end(3, {"val_accuracy": 0.8})
+    assert model.stop_training  # patience 2: one committed miss + this one
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05)
+    stopper.on_train_begin()  # the next epoch's fit() call must not reset them
+    assert stopper.wait == 2 and stopper.get_state()["best"] == pytest.approx(0.9)
+
+
+def test_counters_are_committed_with_the_epoch(tiny_data, tiny_registry, make_config, tmp_path):
+    config = make_config(tiny_data, tmp_path / "run", epochs=2, early_stopping=5, lr_schedule="plateau")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, extra_callbacks=[_Interrupt(after=2)], progress=False)
+    progress = json.loads((tmp_path / "run" / "resnet50" / "state" / "progress.json").read_text())
+    assert set(progress["callbacks"]) == {"early_stopping", "plateau"}
+    assert progress["callbacks"]["early_stopping"]["wait"] in (0, 1)
+    assert progress["callbacks"]["early_stopping"]["best"] == pytest.approx(progress["best"])

@@ -20,10 +20,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from virion.reports.compare import compare_runs, markdown_table
+    from virion.reports.compare import markdown_table
+    from virion.workflow import compare
 
     out = args.out if args.out is not None or len(args.runs) != 1 else args.runs[0]
-    rows = compare_runs(args.runs, out_dir=args.out)
+    rows = compare(args.runs, out=args.out)
     print(markdown_table(rows), end="")
     print(f"written: {Path(out) / 'comparison.md'}, comparison.csv, comparison.png" if out else "")
     return 0

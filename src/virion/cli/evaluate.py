@@ -17,11 +17,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="evaluate a run's models on the test set (reports, matrices, plots, report.html)",
         description="Evaluate every model of a training run on its unshuffled test set and write "
-        "RUN/<model>/evaluation/, RUN/comparison.{md,csv,png} and RUN/report.html.",
+        "RUN/<model>/evaluation/, RUN/comparison.{md,csv,png} and RUN/report.html. With --data OTHER, "
+        "the test split of OTHER goes to RUN/<model>/evaluation-OTHER/, comparison-OTHER.* and "
+        "report-OTHER.html; the run's own evaluation is kept.",
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `virion train` (runs/NAME)")
     parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="dataset folder, when it moved since training (default: the path in RUN/config.json)")
+                        help="evaluate on this dataset's test split instead of the run's own (the run's data, moved, "
+                        "counts as its own; default: the path in RUN/config.json)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="images per inference batch (default: the run's batch size)")
     parser.add_argument("--no-report", action="store_true",
@@ -30,19 +33,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from virion import workflow
     from virion.errors import VirionError
-    from virion.evaluation.evaluate import evaluate_run
 
     if args.batch_size is not None and args.batch_size < 1:
         raise VirionError(f"--batch-size {args.batch_size}: must be a positive number of images")
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning  # restored on exit
-        results = evaluate_run(args.run, data=args.data, batch_size=args.batch_size)
+        results = workflow.evaluate(args.run, args.data, batch_size=args.batch_size, with_report=False)
     print(f"{'model':<14} {'accuracy':>9} {'macro F1':>9} {'images/s':>9}")
     for name, s in results.items():
         print(f"{name:<14} {s['accuracy']:>9.4f} {s['macro_f1']:>9.4f} {s['inference_images_per_second']:>9.1f}")
     if not args.no_report:
-        from virion.reports.html import write_report
-
-        print(f"report: {write_report(args.run)}")
+        print(f"report: {workflow.report(args.run, workflow.data_name_of(results))}")
     return 0

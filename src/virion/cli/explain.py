@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from pathlib import Path
 
 from virion.errors import VirionError
-
-DISPLAY_SIZE = 256  # pixels per side of the image shown in the PNG
 
 
 def register(subparsers) -> None:
@@ -35,90 +31,31 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _preferred_layer(loaded) -> str | None:
-    """The architecture's known last conv layer (registry or metadata), if anyone recorded it."""
-    if loaded.metadata.get("last_conv_layer"):
-        return str(loaded.metadata["last_conv_layer"])
-    try:
-        from virion.models.registry import model_info
-
-        return getattr(model_info(loaded.name), "last_conv_layer", None)
-    except Exception:  # unknown architecture name or registry not available: search instead
-        return None
-
-
-def _safe_stem(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("_") or "image"
-
-
-def write_explanation(path: Path, image, heatmap, title: str) -> None:
-    """Image and overlay side by side, saved as PNG (no pyplot: safe in threads and headless)."""
-    from matplotlib.figure import Figure
-
-    from virion.evaluation.gradcam import overlay
-
-    fig = Figure(figsize=(8, 4.4), dpi=100)
-    axes = fig.subplots(1, 2)
-    axes[0].imshow(image, cmap="gray" if image.ndim == 2 else None)
-    axes[0].set_title("image")
-    axes[1].imshow(overlay(image, heatmap))
-    axes[1].set_title("Grad-CAM")
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-
-
 def run(args) -> int:
-    from virion.data.decode import DecodeError, decode_rgb
-    from virion.evaluation.gradcam import find_last_conv_layer, gradcam_with_probabilities
-    from virion.inference.loading import load_predictor
-    from virion.inference.predict import collect_inputs
+    from virion.inference.classifier import Classifier
+    from virion.inference.explain import explain_files
+    from virion.inference.inputs import collect_inputs
+    from virion.fs import check_output_dir
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise VirionError(f"--out {out}: is a file; give a folder for the PNGs")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise VirionError(f"--out {out}: folder is not empty; choose a new folder or pass --overwrite")
+    check_output_dir(out, "--out")  # before any model is loaded: unwritable place, --out under a file
     files = collect_inputs(args.images)
     if not files:
         raise VirionError(f"no image files found in {' '.join(map(str, args.images))}; pass image files or folders")
-    models = load_predictor(args.model_path, args.model_name)
-    for m in models:
+    clf = Classifier.load(args.model_path, args.model_name)
+    for m in clf.models:
         if args.class_name is not None and args.class_name not in m.class_names:
             raise VirionError(f"--class {args.class_name}: not a class of model {m.name}; "
                               f"choose one of: {', '.join(m.class_names)}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    written, unreadable, used = 0, [], set()
-    for m in models:
-        layer = args.layer or find_last_conv_layer(m.model, preferred=_preferred_layer(m))
-        class_index = m.class_names.index(args.class_name) if args.class_name is not None else None
-        for f in files:
-            try:
-                image = decode_rgb(f, m.decode)
-                # Shown larger than the model sees it; the heatmap is upsampled onto it.
-                shown = decode_rgb(f, dataclasses.replace(m.decode, size=max(DISPLAY_SIZE, m.input_size)))
-            except (DecodeError, OSError, ValueError) as exc:
-                if len(models) == 1 or m is models[0]:
-                    unreadable.append((f, str(exc)))
-                continue
-            heatmap, index, confidence, probs = gradcam_with_probabilities(m.model, image, class_index, layer)
-            predicted = int(probs.argmax())
-            title = f"{f.name} | {m.name}: {m.class_names[predicted]} ({probs[predicted]:.1%})"
-            if index != predicted:
-                title += f"\nexplaining {m.class_names[index]} ({confidence:.1%})"
-            stem = _safe_stem(f) + (f"_{m.name}" if len(models) > 1 else "")
-            name, n = f"{stem}.png", 2
-            while name in used:
-                name, n = f"{stem}_{n}.png", n + 1
-            used.add(name)
-            write_explanation(out / name, shown, heatmap, title)
-            written += 1
+    written, unreadable, layers = explain_files(clf, files, out, class_name=args.class_name, layer=args.layer)
     for f, reason in unreadable:
         print(f"virion: warning: skipped unreadable {f}: {reason}")
     if not written:
         raise VirionError(f"none of the {len(files)} input file(s) could be read as an image; check paths and formats")
-    print(f"{written} Grad-CAM image(s) written to {out} (layer {'per model' if len(models) > 1 else layer})")
+    layer = next(iter(layers.values()), "") if len(layers) == 1 else "per model"
+    print(f"{written} Grad-CAM image(s) written to {out} (layer {layer})")
     return 0

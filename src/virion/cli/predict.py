@@ -50,37 +50,41 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    # Heavy imports (Keras/TensorFlow) only when the command runs, so `virion --help` stays fast.
-    from virion.inference.loading import load_predictor
-    from virion.inference.predict import collect_inputs, format_table, predict_files, write_csv
+    # Keras/TensorFlow load only when the command runs, so `virion --help` stays fast.
+    from virion.inference.classifier import ENSEMBLE, Classifier
+    from virion.inference.inputs import collect_inputs
+    from virion.inference.predict import format_table, unreadable, write_csv
+    from virion.fs import check_output_file
 
-    if not Path(args.model_path).exists():
-        raise VirionError(f"{args.model_path}: no such file or folder; pass a .keras/.h5 model, a model folder "
-                          "or a run folder")
     out: Path | None = args.out
     if out is not None:
-        if out.exists() and not args.overwrite:
-            raise VirionError(f"--out {out}: file exists; choose another name or pass --overwrite")
         if out.exists() and out.is_dir():
             raise VirionError(f"--out {out}: is a folder; give a CSV file name")
+        if out.exists() and not args.overwrite:
+            raise VirionError(f"--out {out}: file exists; choose another name or pass --overwrite")
+        check_output_file(out, "--out")  # before any model is loaded: unwritable place, --out under a file
     files = collect_inputs(args.inputs)
     if not files:
         raise VirionError(f"no image files found in {' '.join(map(str, args.inputs))}; "
                           "pass .png/.jpg/.tif/... files or folders that hold them")
-    models = load_predictor(args.model_path, args.model_name)
-    if args.ensemble and len(models) < 2:
-        print(f"virion: note: --ensemble with one model ({models[0].name}) is that model's prediction")
-    result = predict_files(models, files, top_k=args.top_k, tta=args.tta, ensemble=args.ensemble,
-                           batch_size=args.batch_size, progress=args.progress)
-    if not result.rows:
-        reasons = "; ".join(f"{f}: {why}" for f, why in result.unreadable[:3]).replace("\n", " ")
+    clf = Classifier.load(args.model_path, args.model_name)
+    if args.ensemble and len(clf.model_names) < 2:
+        print(f"virion: note: --ensemble with one model ({clf.model_names[0]}) is that model's prediction")
+    if args.ensemble and len(clf.model_names) > 1:
+        results = [clf.predict(files, model=ENSEMBLE, tta=args.tta, batch_size=args.batch_size,
+                               progress=args.progress)]
+    else:
+        results = clf.predict_each(files, tta=args.tta, batch_size=args.batch_size, progress=args.progress)
+    if not any(p.sources for p in results):
+        reasons = "; ".join(f"{f}: {why}" for f, why in unreadable(results)[:3]).replace("\n", " ")
         raise VirionError(f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
                           "check the paths and file formats")
-    used = ", ".join(f"{m.name} ({m.input_size}px)" for m in models)
-    mode = (" averaged as an ensemble" if args.ensemble and len(models) > 1 else "") + (", with TTA" if args.tta else "")
+    used = ", ".join(f"{m.name} ({m.input_size}px)" for m in clf.models)
+    mode = (" averaged as an ensemble" if args.ensemble and len(clf.model_names) > 1 else "") \
+        + (", with TTA" if args.tta else "")
     print(f"{len(files)} image(s), model(s): {used}{mode}")
-    print(format_table(result))
+    print(format_table(results))
     if out is not None:
-        write_csv(result, out)
+        write_csv(results, out, args.top_k)
         print(f"predictions written to {out}")
     return 0

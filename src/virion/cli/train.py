@@ -1,162 +1,193 @@
 """`virion train`: train ResNet-50 / Xception / DenseNet121 into a run folder (or resume one).
 
-Every option defaults to None here ("not given"), so a TOML config file can set it and the
-command line still wins where it is given.
+The options are generated from `TrainConfig`'s field metadata (help, choices, flag), so a new
+setting is one edit in `virion/training/config.py`. Every option defaults to None here ("not
+given"), so a preset and a TOML config file can set it and the command line still wins. This
+module only parses, checks and calls the library: no TensorFlow import until `run`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
-from virion.training.config import CHECKPOINT_METRICS, CLASS_WEIGHTS, LR_SCHEDULES, MODEL_NAMES
+from virion.errors import VirionError
+from virion.training import config as cfg
+
+_GROUPS = {"run": "run", "training": "training", "data": "data", "augmentation": "augmentation (training images only)"}
 
 
-def _unfreeze(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _default_text(key: str) -> str:
+    value = getattr(cfg.TrainConfig(), key) if key in cfg.FIELDS else cfg.TrainConfig().augment[key]
+    if value is None:
+        return "off" if key in ("early_stopping", "feature_cache") else "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _feature_cache(text: str):
-    if text.lower() in ("off", "none"):
-        return "off"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give off or a number of augmented views (0, 1, 2, ...)")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the number of views must be 0 or more")
-    return value
+def _add_setting(group, key: str) -> None:
+    meta = cfg.FIELDS[key].metadata
+    flag = cfg.flag_of(key)
+    if flag is None:
+        return
+    help_text = meta["help"]
+    kind = meta["kind"]
+    kwargs: dict = {"dest": key, "default": None}
+    if key == "preset":
+        names = cfg.preset_names()
+        help_text = "start from a named recipe (the config file and options given here win): " + "; ".join(
+            f"{n}: {cfg.preset_summary(n).rstrip('.')}" for n in names) + f" (default {cfg.DEFAULT_PRESET})"
+        kwargs.update(metavar="|".join(names))
+    elif kind == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind == "choice":
+        kwargs.update(choices=meta["choices"])
+    elif kind == "list":
+        kwargs.update(nargs="+", metavar=meta.get("metavar"))
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+    else:  # numbers and special values stay text here; TrainConfig checks and converts them with one message
+        kwargs.update(metavar=meta.get("metavar"))
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+    if key not in ("data", "out", "preset", "models") and "default" not in help_text:
+        help_text += f" (default {_default_text(key)})"
+    group.add_argument(flag, help=help_text, **kwargs)
+    for alias, constant, alias_help in meta.get("aliases", ()):
+        group.add_argument(alias, dest=key, action="store_const", const=constant, help=alias_help)
+
+
+def _add_augment(group) -> None:
+    defaults = cfg.TrainConfig().augment
+    for key in defaults:  # every AugmentConfig field gets a flag, described or not
+        help_text, metavar = cfg.AUGMENT_HELP.get(key, (key.replace("_", " "), "X"))
+        kwargs: dict = {"dest": "augment_" + key, "default": None,
+                        "help": f"{help_text} (default {_default_text(key)})"}
+        if isinstance(defaults[key], bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = metavar
+        group.add_argument(cfg.flag_of(key), **kwargs)
+    group.add_argument("--no-augment", action="store_true", help="no augmentation at all (every value above off)")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train the models into a run folder (runs/NAME), or resume one",
-        description="Train each requested model with the reference settings (128x128, batch 64, 20 epochs, "
-        "Adam 1e-3) unless a --config TOML file or an option says otherwise; saves <model>.keras, "
-        "<model>.h5, metadata.json and history.csv per model under --out, then evaluates them.")
-    g = p.add_argument_group("run")
-    g.add_argument("--data", metavar="DIR", help="dataset folder: one sub-folder per class, "
-                   "train/validation/test split folders, or a CSV manifest")
-    g.add_argument("--models", nargs="+", choices=MODEL_NAMES, metavar="MODEL",
-                   help=f"models to train, any of {', '.join(MODEL_NAMES)} (default: all three)")
-    g.add_argument("--out", metavar="RUN", help="run folder to create, e.g. runs/NAME")
-    g.add_argument("--config", metavar="FILE.toml", type=Path,
-                   help="TOML file with any of the settings below (options given here win)")
-    g.add_argument("--resume", metavar="RUN", type=Path,
-                   help="continue an interrupted run folder with its own settings")
-    g.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an existing, non-empty --out folder")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, metavar="N", help="epochs of training (default 20)")
-    g.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 64)")
-    g.add_argument("--input-size", type=int, metavar="PX", help="images are resized to PX x PX (default 128)")
-    g.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
-    g.add_argument("--seed", type=int, metavar="N", help="seed for the split, initial weights and "
-                   "augmentation order (default 0)")
-    g.add_argument("--weights", metavar="imagenet|none|PATH",
-                   help="transfer models' base: imagenet (Keras cache/download, the default), none "
-                   "(random init, whole network trained) or a local weights file")
-    g.add_argument("--fine-tune-epochs", type=int, metavar="N",
-                   help="after the head, unfreeze the top of the base and train N more epochs (default 0)")
-    g.add_argument("--unfreeze", type=_unfreeze, metavar="FRACTION|LAYER",
-                   help="part of the base to unfreeze for fine-tuning: a fraction or a layer name (default 0.3)")
-    g.add_argument("--fine-tune-lr", type=float, metavar="LR", help="learning rate for fine-tuning (default 1e-5)")
-    g.add_argument("--class-weight", choices=CLASS_WEIGHTS, help="balanced: weight classes by inverse "
-                   "frequency (default none)")
-    g.add_argument("--checkpoint-metric", choices=CHECKPOINT_METRICS,
-                   help="validation metric that picks the best epoch (default val_accuracy)")
-    g.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without improvement of the checkpoint metric (default off)")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning-rate schedule (default none)")
-    g.add_argument("--feature-cache", type=_feature_cache, metavar="off|K",
-                   help="frozen-base models: run the base once per image (0) or per each of K augmented "
-                   "views and train the head on cached features (default off)")
-    g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false", default=None,
-                   help="GPU: train in float32 instead of mixed float16")
-    g.add_argument("--bf16", dest="mixed_precision", action="store_const", const="bfloat16",
-                   help="train in mixed bfloat16 (CPUs with AVX512_BF16/AMX: about 1.6x faster ResNet-50 "
-                   "steps here; softmax kept in float32)")
-    g.add_argument("--no-xla", dest="xla", action="store_false", default=None,
-                   help="GPU: do not compile the training step with XLA")
-    g.add_argument("--tensorboard", action="store_true", default=None,
-                   help="write TensorBoard logs under each model folder")
-    g = p.add_argument_group("data")
-    g.add_argument("--classes", nargs="+", metavar="NAME", help="train on these classes only")
-    g.add_argument("--exclude", nargs="+", metavar="NAME", help="leave these class folders out")
-    g.add_argument("--include-subfolders", action="store_true", default=None,
-                   help="also take images from sub-folders of each class folder")
-    g.add_argument("--val-fraction", type=float, metavar="F", help="share of images for validation (default 0.2)")
-    g.add_argument("--test-fraction", type=float, metavar="F", help="share of images for the test set (default 0.2)")
-    contrast = g.add_mutually_exclusive_group()
-    contrast.add_argument("--stretch", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                          help="contrast stretch between these percentiles (default 0.5 99.5)")
-    contrast.add_argument("--linear", action="store_true", default=None,
-                          help="plain linear scaling by the image's dtype instead of a percentile stretch")
-    g.add_argument("--strict", action="store_true", default=None,
-                   help="stop at the first unreadable image instead of skipping it")
-    g = p.add_argument_group("augmentation (training images only)")
-    g.add_argument("--rotation", type=float, metavar="DEG", help="max rotation either way (default 20)")
-    g.add_argument("--shift", type=float, metavar="F", help="max shift as a fraction of the size (default 0.2)")
-    g.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random left-right flips (default on)")
-    g.add_argument("--vertical-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random up-down flips (default off)")
-    g.add_argument("--rot90", action=argparse.BooleanOptionalAction, default=None,
-                   help="random quarter turns (default off)")
-    g.add_argument("--zoom", type=float, metavar="F", help="random zoom within 1 +- F (default 0)")
-    g.add_argument("--brightness", type=float, metavar="F", help="random brightness shift, fraction of 255 (default 0)")
-    g.add_argument("--contrast", type=float, metavar="F", help="random contrast factor within 1 +- F (default 0)")
-    g.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+        description="Train each requested model into a run folder: <model>.keras, <model>.h5, metadata.json and "
+        "history.csv per model under --out, then evaluate them. Settings come from the preset (default: "
+        "reference = 128x128, batch 64, 20 epochs, Adam 1e-3), then a --config TOML file, then the options "
+        "given here. `--print-config` shows the resolved settings as TOML.")
+    groups = {name: p.add_argument_group(title) for name, title in _GROUPS.items()}
+    groups["run"].add_argument("--config", metavar="FILE.toml", type=Path,
+                               help="TOML file with any of the settings below (options given here win); "
+                               "see --print-config")
+    groups["run"].add_argument("--resume", metavar="RUN", type=Path,
+                               help="continue an interrupted run folder with its own settings")
+    groups["run"].add_argument("--print-config", action="store_true",
+                               help="print the resolved settings as TOML and exit (nothing is trained)")
+    for key, f in cfg.FIELDS.items():
+        _add_setting(groups[f.metadata.get("group", "training")], key)
+    _add_augment(groups["augmentation"])
     p.set_defaults(func=run)
-
-
-_AUGMENT_FLAGS = ("rotation", "shift", "horizontal_flip", "vertical_flip", "rot90", "zoom", "brightness", "contrast")
-_SETTINGS = ("data", "models", "out", "overwrite", "epochs", "batch_size", "input_size", "learning_rate", "seed",
-             "weights", "fine_tune_epochs", "unfreeze", "fine_tune_lr", "class_weight", "checkpoint_metric",
-             "early_stopping", "lr_schedule", "feature_cache", "mixed_precision", "xla", "tensorboard", "classes",
-             "exclude", "include_subfolders", "val_fraction", "test_fraction", "strict")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The settings given on the command line (None = not given)."""
-    values = {key: getattr(args, key, None) for key in _SETTINGS}
-    if getattr(args, "stretch", None):
-        values["stretch"] = tuple(args.stretch)
-    if getattr(args, "linear", None):
-        values["stretch"] = "linear"
-    augment = {key: getattr(args, key, None) for key in _AUGMENT_FLAGS}
+    values = {key: getattr(args, key, None) for key in cfg.FIELDS if key != "augment"}
+    augment = {key: getattr(args, "augment_" + key, None) for key in cfg.TrainConfig().augment}
     if getattr(args, "no_augment", False):
-        augment = {"rotation": 0.0, "shift": 0.0, "horizontal_flip": False, "vertical_flip": False,
-                   "rot90": False, "zoom": 0.0, "brightness": 0.0, "contrast": 0.0}
+        none = dataclasses.asdict(cfg.AugmentConfig.none())
+        augment.update({k: v for k, v in none.items() if k not in ("fill_mode", "interpolation")})
     if any(v is not None for v in augment.values()):
-        values["augment"] = augment
+        values["augment"] = _typed_augment(augment)
     return values
 
 
-def run(args: argparse.Namespace) -> int:
-    from virion.errors import VirionError
-    from virion.training.config import load_config
-    from virion.training.trainer import load_run_config, train_run
+def _typed_augment(augment: dict) -> dict:
+    """Numbers given as text on the command line; a bad one is a one-line error naming the flag."""
+    out = {}
+    for key, value in augment.items():
+        if isinstance(value, str) and key not in ("fill_mode", "interpolation"):
+            try:
+                value = float(value)
+            except ValueError:
+                raise VirionError(f"{cfg.flag_of(key)} {value}: expected a number") from None
+        out[key] = value
+    return out
 
+
+def _resume_config(args: argparse.Namespace, overrides: dict):
+    from virion.run import store
+    from virion.training.distribute import prepare_process
+
+    try:  # the run's backend must be chosen before the trainer imports Keras
+        saved = store.read_json(Path(args.resume) / "config.json")
+    except Exception:  # noqa: BLE001 - load_run_config below says what is wrong with the folder
+        saved = {}
+    prepare_process(saved.get("backend") or "auto")
+    from virion.training.trainer import load_run_config
+
+    given = [k for k, v in overrides.items() if v is not None and k != "data"]
+    if args.config is not None or given:
+        drop = ", ".join(cfg.flag_of(k) or k for k in given) or "--config"
+        raise VirionError(f"--resume {args.resume}: a resumed run keeps its own settings (config.json); drop {drop}")
+    config = load_run_config(args.resume)
+    if overrides.get("data"):  # the data may have moved
+        config = config.merged({"data": overrides["data"]})
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     if args.resume is not None:
-        given = [k for k, v in overrides.items() if v is not None and k not in ("data",)]
-        if args.config is not None or given:
-            raise VirionError(f"--resume {args.resume}: a resumed run keeps its own settings (config.json); "
-                              f"drop {', '.join('--' + k.replace('_', '-') for k in given) or '--config'}")
-        config = load_run_config(args.resume)
-        if overrides.get("data"):  # the data may have moved
-            config = config.merged({"data": overrides["data"]})
-        train_run(config, resume=True)
-        return 0
-    config = load_config(args.config, overrides)
-    if not config.data:
-        raise VirionError("--data DIR is required (a folder with one sub-folder per class)")
-    if not config.out:
-        raise VirionError("--out RUN is required (the run folder to create, e.g. runs/NAME)")
-    result = train_run(config)
-    print(f"run folder: {result.run_dir}")
+        args.run_dir = str(args.resume)
+        config = _resume_config(args, overrides)
+    else:
+        config = cfg.load_config(args.config, overrides)
+        if args.print_config:
+            sys.stdout.write(config.to_toml())
+            return 0
+        if not config.data:
+            raise VirionError("--data DIR is required (a folder with one sub-folder per class)")
+        if not config.out:
+            raise VirionError("--out RUN is required (the run folder to create, e.g. runs/NAME)")
+        args.run_dir = config.out
+    config.check_environment()  # inputs exist, --out writable, extras installed: before any data is read
+    return _train(config, resume=args.resume is not None)
+
+
+def _train(config, *, resume: bool) -> int:
+    from virion.training.distribute import prepare_process
+
+    # Backend and multi-machine start first: Keras reads its backend once, at its import.
+    prepare_process(config.backend, coordinator=config.coordinator, num_processes=config.num_processes,
+                    process_id=config.process_id)
+    from virion import workflow
+
+    result = workflow.train(config, resume=resume)
+    print(next_steps(result.run_dir, config.data))
     return 0
+
+
+def next_steps(run_dir, data=None) -> str:
+    """What to try after training, with the real paths (printed at the end of `virion train`)."""
+    run = _quote(run_dir)
+    images = _quote(Path(data) / "test") if data and (Path(data) / "test").is_dir() else "IMAGES..."
+    lines = [f"run folder: {run_dir}", "next:",
+             f"  virion evaluate {run}  # again, or on other data with --data DIR",
+             f"  virion predict {run} {images} --out predictions.csv",
+             f"  virion explain {run} {images} --out {_quote(Path(run_dir) / 'gradcam')}",
+             f"  virion serve {run}  # a local web page: upload images, see classes and Grad-CAM"]
+    return "\n".join(lines)
+
+
+def _quote(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))

@@ -6,116 +6,33 @@ RandomFlip) still make one pass each. Here every geometric change (rotation, shi
 90° turns) is folded into ONE 3×3 matrix per image and applied in ONE call to
 `keras.ops.image.affine_transform` on a single channel, which is where almost all the time went.
 
+After the warp come the intensity changes, each per image: Gaussian blur (one separable
+pass, reflect padding), gamma, brightness/contrast, Gaussian noise. `mix_batch` mixes whole
+training batches (mixup / cutmix) on (images, one-hot labels).
+
 Only `keras.ops` / `keras.random` are used, so the layer can also sit inside a model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import keras
 
-from virion.errors import VirionError
+from virion.data.augment_config import (  # noqa: F401 - re-export
+    FILL_MODES,
+    INTERPOLATIONS,
+    AugmentConfig,
+    MixConfig,
+)
 
-FILL_MODES = ("nearest", "reflect", "constant", "wrap")
-INTERPOLATIONS = ("bilinear", "nearest")
-
-# Columns of the per-image uniform noise matrix, one random draw per column.
+# Columns of the per-image uniform noise matrix, one random draw per column. The first
+# BASE_NOISE_DIM are the reference's draws (unchanged, so default runs stay reproducible);
+# the TEM options use the last three.
 _ANGLE, _SHIFT_X, _SHIFT_Y, _ZOOM, _HFLIP, _VFLIP, _ROT90, _BRIGHT, _CONTRAST = range(9)
-NOISE_DIM = 9
-
-
-@dataclass
-class AugmentConfig:
-    """What the training pipeline may do to an image; defaults are the reference's settings.
-
-    rotation: max degrees either way (reference: 20). shift: max fraction of width/height
-    either way (reference: 0.2). zoom: content scale drawn from [1 - zoom, 1 + zoom].
-    brightness: max shift as a fraction of 255. contrast: factor drawn from
-    [1 - contrast, 1 + contrast] around each image's mean. rot90: random quarter turns, valid
-    for TEM since particles have no "up". fill_mode "nearest" matches ImageDataGenerator's
-    default; "reflect" avoids the edge streaks that nearest leaves after large shifts.
-    interpolation "bilinear" matches the reference (scipy order 1).
-    """
-
-    rotation: float = 20.0
-    shift: float = 0.2
-    horizontal_flip: bool = True
-    vertical_flip: bool = False
-    rot90: bool = False
-    zoom: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    fill_mode: str = "nearest"
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        """No augmentation at all (the layer becomes the identity)."""
-        return cls(rotation=0.0, shift=0.0, horizontal_flip=False, vertical_flip=False,
-                   rot90=False, zoom=0.0, brightness=0.0, contrast=0.0)
-
-    def validate(self) -> None:
-        """Reject values that would silently produce garbage images."""
-        def bad(option: str, value: Any, fix: str) -> VirionError:
-            return VirionError(f"augmentation option {option}={value!r} is invalid: {fix}")
-
-        for name in ("rotation", "shift", "zoom", "brightness", "contrast"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, value, "give a finite number")
-            setattr(self, name, float(value))
-        if not 0.0 <= self.rotation <= 180.0:
-            raise bad("rotation", self.rotation, "use degrees between 0 and 180")
-        if not 0.0 <= self.shift < 1.0:
-            raise bad("shift", self.shift, "use a fraction of the image size in [0, 1)")
-        if not 0.0 <= self.zoom < 1.0:
-            raise bad("zoom", self.zoom, "use a fraction in [0, 1), e.g. 0.1 for ±10%")
-        if not 0.0 <= self.brightness <= 1.0:
-            raise bad("brightness", self.brightness, "use a fraction of 255 in [0, 1]")
-        if not 0.0 <= self.contrast < 1.0:
-            raise bad("contrast", self.contrast, "use a fraction in [0, 1), e.g. 0.2 for ±20%")
-        for name in ("horizontal_flip", "vertical_flip", "rot90"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, getattr(self, name), "use true or false")
-        if self.fill_mode not in FILL_MODES:
-            raise bad("fill_mode", self.fill_mode, f"choose one of {', '.join(FILL_MODES)}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise bad("interpolation", self.interpolation, f"choose one of {', '.join(INTERPOLATIONS)}")
-
-    @property
-    def geometric(self) -> bool:
-        """True when any warp is drawn (otherwise the affine pass is skipped)."""
-        return bool(self.rotation or self.shift or self.zoom or self.horizontal_flip
-                    or self.vertical_flip or self.rot90)
-
-    @property
-    def photometric(self) -> bool:
-        return bool(self.brightness or self.contrast)
-
-    @property
-    def enabled(self) -> bool:
-        return self.geometric or self.photometric
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "AugmentConfig":
-        """Build from a config file / metadata dict; unknown keys are a user mistake, not ignored."""
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise VirionError(f"unknown augmentation option(s) {', '.join(unknown)}: "
-                              f"use only {', '.join(sorted(known))}")
-        return cls(**data)
+_GAMMA, _BLUR, _NOISE = 9, 10, 11
+BASE_NOISE_DIM = 9
+NOISE_DIM = 12
 
 
 def affine_matrices(angle, shift_x, shift_y, scale, flip_x, flip_y, quarter_turns, height, width):
@@ -181,16 +98,30 @@ class TEMAugment(keras.layers.Layer):
         self.supports_masking = False
 
     def sample_noise(self, batch_size):
-        """Uniform [0, 1) draws, one row of NOISE_DIM per image, from the layer's seed generator."""
-        return keras.random.uniform((batch_size, NOISE_DIM), seed=self.seed_generator)
+        """Uniform [0, 1) draws, one row of NOISE_DIM per image, from the layer's seed generator.
 
-    def call(self, images, training=None, noise=None):
+        The TEM columns are drawn (a second draw) only when a TEM option is on, so the default
+        configuration draws exactly what earlier releases drew.
+        """
+        base = keras.random.uniform((batch_size, BASE_NOISE_DIM), seed=self.seed_generator)
+        if self.config.tem:
+            extra = keras.random.uniform((batch_size, NOISE_DIM - BASE_NOISE_DIM), seed=self.seed_generator)
+        else:
+            extra = keras.ops.zeros((batch_size, NOISE_DIM - BASE_NOISE_DIM), "float32")
+        return keras.ops.concatenate([base, extra], axis=1)
+
+    def call(self, images, training=None, noise=None, pixel_noise=None):
         ops = keras.ops
         cfg = self.config
         if not training or not cfg.enabled:
             return ops.cast(images, "float32")
         shape = ops.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
+        if cfg.noise_std and pixel_noise is None:
+            if noise is not None:
+                raise ValueError("TEMAugment: noise_std > 0 with explicit `noise` needs `pixel_noise` too "
+                                 "(standard normal, the shape of the images)")
+            pixel_noise = keras.random.normal(shape, seed=self.seed_generator)
         if noise is None:
             noise = self.sample_noise(batch)
         noise = ops.cast(noise, "float32")
@@ -215,6 +146,11 @@ class TEMAugment(keras.layers.Layer):
             images = ops.image.affine_transform(
                 images, matrices, interpolation=cfg.interpolation, fill_mode=cfg.fill_mode,
                 fill_value=0, data_format="channels_last")
+        if cfg.blur_sigma:
+            images = gaussian_blur(images, noise[:, _BLUR] * cfg.blur_sigma, cfg.blur_sigma)
+        if cfg.gamma:
+            exponent = ops.reshape(ops.exp(spread(_GAMMA, math.log1p(cfg.gamma))), (-1, 1, 1, 1))
+            images = 255.0 * ops.power(ops.clip(images / 255.0, 0.0, 1.0), exponent)
         if cfg.photometric:
             # Contrast about each image's own mean keeps the stain background level; brightness
             # is an additive offset in grey levels. Clip: a uint8 model input must stay in 0..255.
@@ -222,15 +158,131 @@ class TEMAugment(keras.layers.Layer):
             factor = ops.reshape(1.0 + spread(_CONTRAST, cfg.contrast), (-1, 1, 1, 1))
             offset = ops.reshape(spread(_BRIGHT, cfg.brightness * 255.0), (-1, 1, 1, 1))
             images = ops.clip((images - mean) * factor + mean + offset, 0.0, 255.0)
+        if cfg.noise_std:
+            std = ops.reshape(noise[:, _NOISE] * (cfg.noise_std * 255.0), (-1, 1, 1, 1))
+            images = ops.clip(images + std * ops.cast(pixel_noise, "float32"), 0.0, 255.0)
         return images
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def compute_output_spec(self, images, training=None, noise=None):
+    def compute_output_spec(self, images, training=None, noise=None, pixel_noise=None):
         return keras.KerasTensor(images.shape, dtype="float32")
 
     def get_config(self):
         config = super().get_config()
         config.update({"config": self.config.to_dict(), "seed": self.seed})
         return config
+
+
+def gaussian_blur(images, sigma, max_sigma: float):
+    """Blur each image of (B, H, W, C) float32 with its own Gaussian `sigma` (B,) pixels.
+
+    Separable, r = ceil(3 * max_sigma) (less for tiny images), reflect padding so borders keep
+    their level; sigma 0 is the identity (a one-tap kernel). The batch is folded into the
+    channels so that each image's kernel is one depthwise convolution (twice as fast as shifted
+    sums on CPU).
+    """
+    ops = keras.ops
+    radius = math.ceil(3.0 * float(max_sigma))
+    static = images.shape
+    for dim in (static[1], static[2]):
+        if isinstance(dim, int):
+            radius = min(radius, dim - 1)
+    if radius <= 0:
+        return images
+    taps = 2 * radius + 1
+    shape = ops.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    offsets = ops.cast(ops.arange(-radius, radius + 1), "float32")
+    s = ops.maximum(ops.cast(sigma, "float32"), 1e-3)[:, None]
+    weights = ops.exp(-0.5 * ops.square(offsets[None, :] / s))
+    weights = weights / ops.sum(weights, axis=1, keepdims=True)  # (B, taps)
+    weights = ops.transpose(ops.repeat(weights, channels, axis=0))  # (taps, B*C), image-major
+    x = ops.reshape(ops.transpose(images, (1, 2, 0, 3)), (1, height, width, -1))  # (1, H, W, B*C)
+    x = ops.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="reflect")
+    x = ops.depthwise_conv(x, ops.reshape(weights, (1, taps, -1, 1)), padding="valid")
+    x = ops.depthwise_conv(x, ops.reshape(weights, (taps, 1, -1, 1)), padding="valid")
+    return ops.transpose(ops.reshape(x, (height, width, batch, channels)), (2, 0, 1, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# mixup / cutmix on whole batches
+
+MIX_DIM = 4  # uniform draws per image: apply?, cutmix instead of mixup?, box centre y, box centre x
+_MIX_APPLY, _MIX_WHICH, _MIX_BOX_Y, _MIX_BOX_X = range(MIX_DIM)
+
+
+def mix_batch(images, labels, config: MixConfig, lam_mixup, lam_cutmix, partner, uniforms):
+    """Mix each image (and its one-hot label) with a partner image of the same batch.
+
+    Deterministic given its draws, so any random source fits (`sample_mix` below for a
+    `keras.random` seed, stateless per-batch draws in `virion.data.pipeline`):
+    lam_mixup, lam_cutmix: (B,) Beta draws, the share of each image's own content;
+    partner: (B,) int, the index of the image mixed in (a permutation of the batch);
+    uniforms: (B, MIX_DIM) uniform [0, 1) draws.
+    mixup blends the two images; cutmix pastes a box of the partner covering 1 - lam of the
+    image, and the label weight follows the box's true (clipped, whole-pixel) area.
+    Returns (images float32, labels float32). For training batches only.
+    """
+    ops = keras.ops
+    images = ops.cast(images, "float32")
+    labels = ops.cast(labels, "float32")
+    if not config.enabled:
+        return images, labels
+    shape = ops.shape(images)
+    height, width = ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+    u = ops.cast(uniforms, "float32")
+    apply = u[:, _MIX_APPLY] < config.mix_prob
+    if config.mixup and config.cutmix:
+        cut = u[:, _MIX_WHICH] < 0.5
+    else:
+        cut = ops.full_like(apply, bool(config.cutmix))
+    lam = ops.where(cut, ops.cast(lam_cutmix, "float32"), ops.cast(lam_mixup, "float32"))
+    lam = ops.where(apply, ops.clip(lam, 0.0, 1.0), 1.0)
+    other = ops.take(images, partner, axis=0)
+    other_labels = ops.take(labels, partner, axis=0)
+
+    # cutmix box, whole pixels: centre uniform over the image, sides sqrt(1 - lam) of the image's.
+    side = ops.sqrt(1.0 - lam)
+    cy, cx = u[:, _MIX_BOX_Y] * height, u[:, _MIX_BOX_X] * width
+    cut_h, cut_w = ops.round(side * height), ops.round(side * width)
+    top, left = ops.floor(cy - cut_h / 2.0), ops.floor(cx - cut_w / 2.0)
+    y0, y1 = ops.clip(top, 0.0, height), ops.clip(top + cut_h, 0.0, height)
+    x0, x1 = ops.clip(left, 0.0, width), ops.clip(left + cut_w, 0.0, width)
+    rows = ops.cast(ops.arange(shape[1]), "float32")[None, :, None, None]
+    cols = ops.cast(ops.arange(shape[2]), "float32")[None, None, :, None]
+
+    def per_image(v):
+        return ops.reshape(v, (-1, 1, 1, 1))
+
+    inside = ((rows >= per_image(y0)) & (rows < per_image(y1))
+              & (cols >= per_image(x0)) & (cols < per_image(x1)))
+    box_lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    use_box = cut & apply
+    box = per_image(use_box) & inside
+    blend = per_image(lam) * images + per_image(1.0 - lam) * other
+    mixed = ops.where(box, other, ops.where(per_image(use_box), images, blend))
+    weight = ops.where(use_box, box_lam, lam)[:, None]
+    return mixed, weight * labels + (1.0 - weight) * other_labels
+
+
+def sample_mix(batch_size: int, config: MixConfig, seed=None):
+    """Draws for `mix_batch` from `keras.random` (seed: int, SeedGenerator or None)."""
+    ops, rnd = keras.ops, keras.random
+    ones = ops.ones((batch_size,), "float32")
+    lam_mixup = rnd.beta((batch_size,), config.mixup, config.mixup, seed=seed) if config.mixup else ones
+    lam_cutmix = rnd.beta((batch_size,), config.cutmix, config.cutmix, seed=seed) if config.cutmix else ones
+    partner = ops.argsort(rnd.uniform((batch_size,), seed=seed))
+    uniforms = rnd.uniform((batch_size, MIX_DIM), seed=seed)
+    return lam_mixup, lam_cutmix, partner, uniforms
+
+
+def random_mix_batch(images, labels, config: MixConfig | dict, seed=None):
+    """`mix_batch` with draws from `keras.random`: the one-call form for eager use and tests."""
+    if isinstance(config, dict):
+        config = MixConfig.from_dict(config)
+    if not config.enabled:
+        return keras.ops.cast(images, "float32"), keras.ops.cast(labels, "float32")
+    batch = int(keras.ops.shape(images)[0])
+    return mix_batch(images, labels, config, *sample_mix(batch, config, seed))

@@ -9,14 +9,24 @@ build never leaves a cache that looks valid.
 
 Files that cannot be decoded are skipped and reported with ``warnings.warn`` (category
 `SkippedFilesWarning`), and returned in `SplitArrays.failures`; ``strict=True`` makes them an error.
+
+Housekeeping: each use of an entry touches its sidecar, so the sidecar's time is the entry's last
+use. After a new entry is written, least-recently-used entries are removed while the folder is
+above a size cap ($VIRION_CACHE_MAX_GB, default 20; 0 turns the cap off) and entries unused for
+longer than $VIRION_CACHE_MAX_AGE_DAYS (off unless set) are removed too. Entries opened or built
+by the current process, entries used in the last hour (another run may be reading them) and
+entries still being written are never removed. `cache_info` and `clear_cache` back
+``virion cache info|clear``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
@@ -24,6 +34,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +49,15 @@ FORMAT_VERSION = 1
 # Below this many files a process pool costs more (start-up, imports) than it saves.
 PARALLEL_MIN_FILES = 64
 _STALE_TMP_SECONDS = 6 * 3600
+
+DEFAULT_MAX_GB = 20.0
+MAX_GB_ENV = "VIRION_CACHE_MAX_GB"
+MAX_AGE_ENV = "VIRION_CACHE_MAX_AGE_DAYS"
+# An entry used this recently may be open in another run: pruning leaves it alone.
+_RECENT_USE_SECONDS = 3600
+_ENTRY_NAME = re.compile(r"^([0-9a-f]{40})\.(npy|json)$")
+# Keys opened or built by this process: never pruned or cleared under a running job.
+_IN_USE: set[str] = set()
 
 
 class SkippedFilesWarning(UserWarning):
@@ -99,19 +119,27 @@ def load_split_arrays(split: Split, settings: DecodeSettings, *, cache_dir: Path
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise VirionError(f"{root}: cannot create the decode cache folder ({exc.strerror}); "
-                          f"set VIRION_CACHE_DIR or --cache-dir to a writable folder") from None
+        raise VirionError(f"{root}: cannot create the decode cache folder ({exc.strerror or exc}); "
+                          f"set the environment variable VIRION_CACHE_DIR to a writable folder") from None
     key = cache_key(files, settings)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
+    _IN_USE.add(key)
 
+    built = False
     meta = _read_meta(meta_path, key)
     if meta is None:
         _remove_stale_tmp(root)
         meta = _build(files, settings, npy, meta_path, key, split.name, workers, progress)
+        built = True
     images = _open_images(npy, meta, size)
     if images is None:  # sidecar present but array damaged (e.g. edited by hand): rebuild
         meta = _build(files, settings, npy, meta_path, key, split.name, workers, progress)
         images = _open_images(npy, meta, size)
+        built = True
+    if built:
+        _prune_quietly(root)
+    else:
+        _touch(meta_path)
 
     failed = {int(i): reason for i, reason in meta["failures"]}
     kept = [i for i in range(len(files)) if i not in failed]
@@ -124,6 +152,225 @@ def load_split_arrays(split: Split, settings: DecodeSettings, *, cache_dir: Path
         warnings.warn(f"skipped {len(failures)} of {len(files)} {split.name} image(s) that could not be decoded: "
                       f"{first}{', ...' if len(failures) > 3 else ''}", SkippedFilesWarning, stacklevel=2)
     return SplitArrays(images, labels[kept], [files[i] for i in kept], failures)
+
+
+# --------------------------------------------------------------------------------------------
+# housekeeping
+
+
+@dataclass
+class CacheEntry:
+    """One cached split: `<key>.npy` and its `<key>.json` sidecar."""
+
+    key: str
+    files: list[Path]
+    bytes: int
+    last_used: float  # the sidecar's mtime (touched on every use), seconds since the epoch
+    complete: bool  # False: an array without its sidecar (a build killed between the two renames)
+
+
+@dataclass
+class CacheInfo:
+    """What `cache_info` reports; `summary()` is the text of ``virion cache info``."""
+
+    folder: Path
+    entries: int
+    bytes: int
+    oldest: datetime | None  # least recent use
+    newest: datetime | None  # most recent use
+    incomplete: int = 0
+    temp_files: int = 0
+    max_bytes: int | None = None
+    max_age_days: float | None = None
+
+    def summary(self) -> str:
+        def when(t):
+            return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "-"
+
+        cap = f"{self.max_bytes / 1e9:g} GB (${MAX_GB_ENV})" if self.max_bytes else f"off (${MAX_GB_ENV}=0)"
+        age = f"{self.max_age_days:g} days" if self.max_age_days else f"off (set ${MAX_AGE_ENV})"
+        used = f"last used: oldest {when(self.oldest)}, newest {when(self.newest)}"
+        lines = [f"Decode cache {self.folder} ($VIRION_CACHE_DIR to move it)",
+                 f"  entries: {self.entries}, {_human(self.bytes)}; {used}",
+                 f"  size cap: {cap}; age limit: {age}"]
+        if self.incomplete or self.temp_files:
+            lines.append(f"  also {self.incomplete} incomplete entr{'y' if self.incomplete == 1 else 'ies'} and "
+                         f"{self.temp_files} temporary file(s) (builds in progress or interrupted)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"folder": str(self.folder), "entries": self.entries, "bytes": self.bytes,
+                "oldest": self.oldest.isoformat() if self.oldest else None,
+                "newest": self.newest.isoformat() if self.newest else None,
+                "incomplete": self.incomplete, "temp_files": self.temp_files,
+                "max_bytes": self.max_bytes, "max_age_days": self.max_age_days}
+
+
+@dataclass
+class PruneResult:
+    """Entries removed by `clear_cache` / `prune_cache`, and what was kept because it was in use."""
+
+    removed: int = 0
+    freed_bytes: int = 0
+    kept_in_use: int = 0
+
+    def summary(self) -> str:
+        kept = f"; kept {self.kept_in_use} in use" if self.kept_in_use else ""
+        return f"removed {self.removed} cache entr{'y' if self.removed == 1 else 'ies'}, freed {_human(self.freed_bytes)}{kept}"
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _env_number(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise VirionError(f"${name}={raw!r}: give a number of at least 0 (0 turns this limit off)")
+    return value or None
+
+
+def cache_limits() -> tuple[int | None, float | None]:
+    """(max bytes, max age in days) from $VIRION_CACHE_MAX_GB (default 20) and $VIRION_CACHE_MAX_AGE_DAYS."""
+    gb = _env_number(MAX_GB_ENV, DEFAULT_MAX_GB)
+    return (int(gb * 1e9) if gb else None), _env_number(MAX_AGE_ENV, None)
+
+
+def _resolve_dir(cache_dir) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def _entries(root: Path) -> tuple[list[CacheEntry], int]:
+    """Cache entries in `root` (only names virion writes) and the number of temp files."""
+    parts: dict[str, dict[str, os.stat_result]] = {}
+    temps = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return [], 0
+    for name in names:
+        m = _ENTRY_NAME.match(name)
+        if m is None:
+            temps += name.startswith(".") and TMP_MARK in name
+            continue
+        try:
+            parts.setdefault(m.group(1), {})[m.group(2)] = os.stat(root / name)
+        except OSError:
+            continue
+    entries = []
+    for key, found in parts.items():
+        stamp = found["json"].st_mtime if "json" in found else found["npy"].st_mtime
+        entries.append(CacheEntry(key, [root / f"{key}.{ext}" for ext in sorted(found)],
+                                  sum(st.st_size for st in found.values()), stamp,
+                                  complete="json" in found and "npy" in found))
+    entries.sort(key=lambda e: e.last_used)
+    return entries, temps
+
+
+def cache_info(cache_dir=None) -> CacheInfo:
+    """Entries, bytes and the oldest/newest use of the decode cache (default folder: $VIRION_CACHE_DIR)."""
+    root = _resolve_dir(cache_dir)
+    entries, temps = _entries(root)
+    complete = [e for e in entries if e.complete]
+    max_bytes, max_age = cache_limits()
+
+    def stamp(t):
+        return datetime.fromtimestamp(t, tz=timezone.utc)
+
+    return CacheInfo(root, len(complete), sum(e.bytes for e in entries),
+                     stamp(complete[0].last_used) if complete else None,
+                     stamp(complete[-1].last_used) if complete else None,
+                     incomplete=len(entries) - len(complete), temp_files=temps,
+                     max_bytes=max_bytes, max_age_days=max_age)
+
+
+def _remove(entry: CacheEntry, result: PruneResult) -> None:
+    # Sidecar first: without it the entry no longer looks valid, even if the array outlives us.
+    for path in sorted(entry.files, key=lambda p: p.suffix != ".json"):
+        _unlink(path)
+    result.removed += 1
+    result.freed_bytes += entry.bytes
+
+
+def clear_cache(cache_dir=None) -> PruneResult:
+    """Remove every decode-cache entry, except those this process is using and builds in progress.
+
+    Only files virion writes (``<key>.npy``/``.json`` and stale temp files) are touched, so a
+    cache folder shared with other files is safe.
+    """
+    root = _resolve_dir(cache_dir)
+    result = PruneResult()
+    entries, _ = _entries(root)
+    now = time.time()
+    for entry in entries:
+        if entry.key in _IN_USE or (not entry.complete and now - entry.last_used < _STALE_TMP_SECONDS):
+            result.kept_in_use += 1  # in use here, or an array whose sidecar is about to be written
+            continue
+        _remove(entry, result)
+    _remove_stale_tmp(root)
+    return result
+
+
+def prune_cache(cache_dir=None, *, max_bytes: int | None = None, max_age_days: float | None = None,
+                now: float | None = None) -> PruneResult:
+    """Remove least-recently-used entries until the cache fits `max_bytes`, and entries unused for
+    more than `max_age_days`. Limits default to `cache_limits()` (environment); None = no limit.
+
+    Entries this process uses, entries used within the last hour and incomplete ones younger
+    than the stale-temp age are kept, even if the cache stays above the cap.
+    """
+    root = _resolve_dir(cache_dir)
+    env_bytes, env_age = cache_limits()
+    max_bytes = env_bytes if max_bytes is None else (int(max_bytes) or None)
+    max_age_days = env_age if max_age_days is None else (float(max_age_days) or None)
+    now = time.time() if now is None else now
+    result = PruneResult()
+    entries, _ = _entries(root)
+    total = sum(e.bytes for e in entries)
+    for entry in entries:  # least recently used first
+        if entry.key in _IN_USE:
+            result.kept_in_use += 1
+            continue
+        age = now - entry.last_used
+        too_old = max_age_days is not None and age > max_age_days * 86400
+        over = max_bytes is not None and total > max_bytes
+        stale_partial = not entry.complete and age > _STALE_TMP_SECONDS
+        if not (too_old or over or stale_partial):
+            continue
+        if age < _RECENT_USE_SECONDS or (not entry.complete and not stale_partial):
+            result.kept_in_use += 1
+            continue
+        _remove(entry, result)
+        total -= entry.bytes
+    return result
+
+
+def _prune_quietly(root: Path) -> None:
+    """Prune after a new entry; a bad limit or an unremovable file must not fail the run."""
+    try:
+        prune_cache(root)
+    except VirionError as exc:
+        warnings.warn(f"decode cache not pruned: {exc}", RuntimeWarning, stacklevel=3)
+    except OSError:
+        pass
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as used now (its sidecar's mtime is its last use)."""
+    try:
+        os.utime(path)
+    except OSError:  # read-only cache: still usable, just not tracked
+        pass
 
 
 def write_failures(failures, path) -> Path:

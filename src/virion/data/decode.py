@@ -15,13 +15,22 @@ Choices (and why):
   alpha almost always have it opaque, and dropping it keeps the pixel values unchanged.
 - Resizing to (size, size) ignores the aspect ratio (as the reference pipeline did) and uses
   Pillow's Lanczos filter on float data, which is antialiased when shrinking.
-- Hostile files: an image whose header declares more than `max_pixels` pixels is refused before
-  any pixel buffer is allocated; every failure is a `DecodeError` naming the file and the reason.
+- Hostile files: the header is read first and every sample counted (width x height x depth of the
+  page used x samples per pixel x bytes per sample) before any pixel buffer is allocated: more
+  than `max_pixels` pixels, a decoded buffer above `DecodeSettings.max_bytes` (4 bytes per allowed
+  pixel, 1 GiB by default), or more than 4 samples per pixel (gray, gray+alpha, RGB, RGBA or
+  CMYK; virion supports no other multi-channel case: export the channel you want as its own
+  image) is refused. Every failure is a `DecodeError` naming the file and the reason; what
+  tifffile logs while reading a file is kept out of the terminal and, if the file fails, added
+  to the reason.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +40,10 @@ from PIL import Image
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Percentiles on a strided sample above this many pixels: same answer to within noise, far faster.
 _PERCENTILE_SAMPLE = 1 << 20
+# Gray, gray+alpha, RGB, RGBA / CMYK. More is a multi-channel stack (or a forged header).
+MAX_SAMPLES_PER_PIXEL = 4
+# Bytes a pixel takes inside Pillow ("1", "L", "P" one byte; 16-bit modes two; all others four).
+_PIL_ONE_BYTE = ("1", "L", "P")
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,65 @@ class DecodeSettings:
                                  f"got {self.stretch}")
             object.__setattr__(self, "stretch", (lo, hi))
 
+    @property
+    def max_bytes(self) -> int:
+        """Largest decoded buffer allowed before conversion: 4 bytes per allowed pixel.
+
+        Derived, not stored, so the cache key and saved settings stay what they were.
+        """
+        return 4 * int(self.max_pixels)
+
     def to_json(self) -> dict:
         return {"size": int(self.size), "stretch": list(self.stretch) if self.stretch else None,
                 "max_pixels": int(self.max_pixels)}
+
+
+class _TiffLogCapture(logging.Filter):
+    """Keeps tifffile's log records (hundreds of lines for a folder of odd TIFFs) out of the
+    terminal while this thread decodes, and hands them to the failure reason instead.
+
+    Outside `decode_image` (no capture active in the thread) records pass through untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        records = getattr(self.local, "records", None)
+        if records is None:
+            return True
+        try:
+            records.append(record.getMessage())
+        except (TypeError, ValueError):  # a malformed log call must not break decoding
+            records.append(str(record.msg))
+        return False
+
+    @contextmanager
+    def capture(self):
+        previous = getattr(self.local, "records", None)
+        self.local.records = []
+        try:
+            yield self.local.records
+        finally:
+            self.local.records = previous
+
+
+_TIFF_LOG = _TiffLogCapture()
+logging.getLogger("tifffile").addFilter(_TIFF_LOG)
+
+
+def _log_note(messages: list[str]) -> str:
+    """The first tifffile message, shortened, without tifffile's '<TiffPage ...>' object prefix."""
+    if not messages:
+        return ""
+    text = " ".join(str(messages[0]).split())
+    if text.startswith("<") and "> " in text:
+        text = text.split("> ", 1)[1]
+    if len(text) > 160:
+        text = text[:157] + "..."
+    more = f" (+{len(messages) - 1} more)" if len(messages) > 1 else ""
+    return f"; tifffile: {text}{more}"
 
 
 class DecodeError(Exception):
@@ -75,19 +144,23 @@ def decode_image(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarra
         raise DecodeError(path, f"cannot read the file ({exc.strerror or exc})") from None
     if not head:
         raise DecodeError(path, "file is empty (0 bytes)")
-    try:
-        if head in _TIFF_MAGIC:
-            gray = _read_tiff(path, settings)
-        else:
-            gray = _read_pillow(path, settings)
-        return _resize(gray, settings.size)
-    except DecodeError:
-        raise
-    except MemoryError:
-        raise DecodeError(path, "not enough memory to decode the image") from None
-    except Exception as exc:  # any decoder failure on a bad file becomes one clear message
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DecodeError(path, f"cannot decode ({type(exc).__name__}: {reason})") from None
+    with _TIFF_LOG.capture() as logged:
+        try:
+            if head in _TIFF_MAGIC:
+                gray = _read_tiff(path, settings)
+            else:
+                gray = _read_pillow(path, settings)
+            return _resize(gray, settings.size)
+        except DecodeError as exc:
+            if logged and not exc.reason.endswith("refusing to decode"):
+                raise DecodeError(path, exc.reason + _log_note(logged)) from None
+            raise
+        except MemoryError:
+            raise DecodeError(path, "not enough memory to decode the image") from None
+        except Exception as exc:  # any decoder failure on a bad file becomes one clear message
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DecodeError(path, f"cannot decode ({type(exc).__name__}: {reason})"
+                              + _log_note(logged)) from None
 
 
 def decode_rgb(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
@@ -98,14 +171,31 @@ def decode_rgb(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _refuse_if_huge(path: Path, width: int, height: int, depth: int, settings: DecodeSettings) -> None:
-    pixels = int(width) * int(height) * max(int(depth), 1)
+def _refuse_if_huge(path: Path, width: int, height: int, depth: int, settings: DecodeSettings,
+                    samples: int = 1, bytes_per_sample: int = 1) -> None:
+    """Refuse, from the header alone, an image whose decoded buffer would be too large.
+
+    Every sample counts: width x height x depth (of the one page used) x samples per pixel x
+    bytes per sample. A 2 MB TIFF can declare 8192x8192 pixels of 32 or 65,535 samples each.
+    """
+    depth, samples, bytes_per_sample = max(int(depth), 1), int(samples), max(int(bytes_per_sample), 1)
+    pixels = int(width) * int(height) * depth
     if pixels > settings.max_pixels:
         raise DecodeError(path, f"header declares {width}x{height}" + (f"x{depth}" if depth > 1 else "")
                           + f" = {pixels:,} pixels, more than the limit of {settings.max_pixels:,} "
                           f"(DecodeSettings.max_pixels); refusing to decode")
-    if pixels == 0:
-        raise DecodeError(path, f"header declares an empty image ({width}x{height})")
+    if pixels == 0 or samples < 1:
+        raise DecodeError(path, f"header declares an empty image ({width}x{height}, {samples} samples per pixel)")
+    if samples > MAX_SAMPLES_PER_PIXEL:
+        raise DecodeError(path, f"header declares {samples:,} samples per pixel ({width}x{height}); virion reads "
+                          f"at most {MAX_SAMPLES_PER_PIXEL} (gray, gray+alpha, RGB, RGBA/CMYK): save the "
+                          f"channel to use as a grayscale image; refusing to decode")
+    nbytes = pixels * samples * bytes_per_sample
+    if nbytes > settings.max_bytes:
+        raise DecodeError(path, f"header declares {width}x{height}" + (f"x{depth}" if depth > 1 else "")
+                          + f" pixels of {samples} x {bytes_per_sample}-byte samples = {nbytes:,} bytes, more "
+                          f"than the limit of {settings.max_bytes:,} (4 x DecodeSettings.max_pixels); "
+                          f"refusing to decode")
 
 
 def _read_tiff(path: Path, settings: DecodeSettings) -> np.ndarray:
@@ -115,7 +205,7 @@ def _read_tiff(path: Path, settings: DecodeSettings) -> np.ndarray:
         if not tif.pages:
             raise DecodeError(path, "TIFF file has no pages")
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-        _refuse_if_huge(path, page.imagewidth, page.imagelength, getattr(page, "imagedepth", 1), settings)
+        _check_tiff_page(path, page, settings)
         data = page.asarray()
         axes = page.axes
     data = np.asarray(data)
@@ -131,6 +221,34 @@ def _read_tiff(path: Path, settings: DecodeSettings) -> np.ndarray:
     return _to_gray_float(data, settings)
 
 
+def _check_tiff_page(path: Path, page, settings: DecodeSettings) -> None:
+    """Count the samples of the page (and of one tile) from its tags, before any pixel is read."""
+    samples = int(getattr(page, "samplesperpixel", 1) or 1)
+    dtype = getattr(page, "dtype", None)
+    if dtype is not None:
+        itemsize = np.dtype(dtype).itemsize
+    else:
+        bits = getattr(page, "bitspersample", 8)
+        bits = max(bits) if isinstance(bits, tuple) else int(bits or 8)
+        itemsize = max(1, -(-bits // 8))
+    depth = int(getattr(page, "imagedepth", 1) or 1)
+    _refuse_if_huge(path, page.imagewidth, page.imagelength, depth, settings, samples, itemsize)
+    if getattr(page, "is_tiled", False):  # a forged tile size is decoded into a buffer of its own
+        tile = (int(page.tilewidth) * int(page.tilelength) * max(int(getattr(page, "tiledepth", 1) or 1), 1)
+                * samples * itemsize)
+        if tile > settings.max_bytes:
+            raise DecodeError(path, f"header declares {page.tilewidth}x{page.tilelength} tiles of {tile:,} bytes, "
+                              f"more than the limit of {settings.max_bytes:,}; refusing to decode")
+
+
+def _pillow_bytes_per_pixel(mode: str) -> int:
+    if mode in _PIL_ONE_BYTE:
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
 def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bomb warnings are handled below; palette notices are noise
@@ -141,7 +259,8 @@ def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
                                     f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels); refusing to decode") from None
         with im:
             width, height = im.size
-            _refuse_if_huge(path, width, height, 1, settings)
+            # Pillow holds every mode in 1, 2 or 4 bytes a pixel, whatever the bands.
+            _refuse_if_huge(path, width, height, 1, settings, 1, _pillow_bytes_per_pixel(im.mode))
             im.seek(0)  # first frame of an animated GIF / multi-page file
             im.load()
             mode = im.mode
@@ -217,3 +336,21 @@ def _resize(gray: np.ndarray, size: int) -> np.ndarray:
     if gray.shape != (size, size):
         gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.LANCZOS))
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
+def decode_array(array, settings: DecodeSettings = DecodeSettings(), name: str = "array") -> np.ndarray:
+    """An in-memory image decoded exactly as a file with the same pixels: uint8 (size, size).
+
+    array: (H, W) or (H, W, 1|3|4) of any dtype (uint8 kept, uint16/float stretched or scaled per
+    `settings`, colour to luminance, alpha dropped). `name` appears in the DecodeError message.
+    """
+    data = np.asarray(array)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        data = _luminance(data)
+    if data.ndim != 2 or data.dtype.kind not in "uifb":
+        raise DecodeError(name, f"expected an (H, W) or (H, W, 3) array of numbers, got shape {data.shape} "
+                                f"of {data.dtype}")
+    _refuse_if_huge(Path(name), data.shape[1], data.shape[0], 1, settings)
+    return _resize(_to_gray_float(data, settings), settings.size)

@@ -9,8 +9,10 @@ order), the momentum and variance conventions, inference when `training=False` o
 `trainable=False`, and `get_config()` are those of `keras.layers.BatchNormalization`, so weight
 files and parameter counts match the stock layer.
 
-Saved models record it as `virion>BatchNormalization`; import `virion.models.batchnorm` (any
-`virion.models` import that pulls it in) before `keras.saving.load_model`.
+It is a training-time detail: the final `.keras`/`.h5` files hold the stock
+`keras.layers.BatchNormalization` with the same weights (`virion.training.saving.inference_model`),
+so they load with plain Keras without virion. Only the resume state under `state/` records it, as
+`virion>BatchNormalization` (registered here; `virion.run.loading` imports this module).
 """
 
 from __future__ import annotations

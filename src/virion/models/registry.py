@@ -8,8 +8,7 @@ import keras
 
 from virion.errors import VirionError
 from virion.models import resnet50, transfer
-
-MODEL_NAMES = ("resnet50", "xception", "densenet121")
+from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES  # noqa: F401 - re-export
 
 
 @dataclass(frozen=True)
@@ -30,22 +29,27 @@ class ModelInfo:
     base_frozen: bool  # False for the scratch model and for transfer models with weights "none"
 
 
+_DISPLAY = {
+    "xception": "Xception",
+    "densenet121": "DenseNet121",
+    "densenet201": "DenseNet201",
+    "efficientnetv2b0": "EfficientNetV2-B0",
+    "efficientnetv2s": "EfficientNetV2-S",
+    "convnext_tiny": "ConvNeXt-Tiny",
+}
+
 _FACTS = {
     "resnet50": ("ResNet-50 (from scratch)", "scratch", "x/255", resnet50.LAST_CONV_LAYER, "none"),
-    "xception": (
-        "Xception (transfer)",
-        "transfer",
-        "x/127.5-1 (Xception preprocess_input)",
-        transfer.ARCHS["xception"][1],
-        "imagenet",
-    ),
-    "densenet121": (
-        "DenseNet121 (transfer)",
-        "transfer",
-        "ImageNet mean/std (DenseNet preprocess_input)",
-        transfer.ARCHS["densenet121"][1],
-        "imagenet",
-    ),
+    **{
+        arch: (
+            f"{_DISPLAY[arch]} (transfer)",
+            "transfer",
+            transfer.SCALING_TEXT[transfer.PREPROCESSING[arch]],
+            transfer.ARCHS[arch].last_conv,
+            "imagenet",
+        )
+        for arch in transfer.ARCHS
+    },
 }
 
 

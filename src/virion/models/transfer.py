@@ -1,23 +1,32 @@
-"""Xception and DenseNet121 by transfer learning, each as one flat functional graph.
+"""Transfer models on `keras.applications` bases, each as one functional graph with our head.
 
-The ImageNet base is created on the model's own scaled input tensor (not wrapped as a nested
-sub-model), so every inner layer, the last convolutional feature map included, is reachable with
-`model.get_layer(name)` for Grad-CAM and fine-tuning. The input is raw 0..255 pixels; each base's
-`preprocess_input` is done in-graph with a serializable `Rescaling` layer (no Lambda), so `.h5`
-and `.keras` files reload without custom objects. The head is the reference's:
-GlobalAveragePooling2D -> Dense(256, ReLU) -> Dropout(0.5) -> Dense(num_classes, softmax).
+The backbones: Xception and DenseNet121 (the reference's), DenseNet201, EfficientNetV2 B0/S and
+ConvNeXt Tiny. The base is created on the model's own scaled input tensor (not wrapped as a
+nested sub-model), so every inner layer, the last feature map included, is reachable with
+`model.get_layer(name)` for Grad-CAM and fine-tuning (ConvNeXt's graph is re-laid flat from
+copies of its layers, see `_flat_convnext`). The input is raw 0..255 pixels;
+each family's ImageNet preprocessing is done in-graph by one serializable `Rescaling` layer named
+"preprocess" (no Lambda; EfficientNetV2's and ConvNeXt's own `include_preprocessing` layers are
+replaced by it, same arithmetic), so `.h5` and `.keras` files reload without custom code. The
+head is the reference's: GlobalAveragePooling2D -> Dense(256, ReLU) -> Dropout(0.5) ->
+Dense(num_classes, softmax in float32).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import NamedTuple
 
 import keras
 
 from virion.errors import VirionError
+from virion.models import application_layers  # noqa: F401 - ConvNeXt's LayerScale loads from .h5
+from virion.models.catalog import MIN_INPUT_SIZE
 from virion.models.weights import resolve_weights
 
-# torchvision's ImageNet statistics, which `keras.applications.densenet.preprocess_input` uses.
+# torchvision's ImageNet statistics, used by DenseNet's `preprocess_input` ("torch" mode) and by
+# the in-model preprocessing of EfficientNetV2-B* and ConvNeXt.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -29,12 +38,43 @@ NON_BASE_LAYERS = frozenset((INPUT_LAYER, SCALING_LAYER) + HEAD_LAYERS)
 # Fraction of the base's layers `unfreeze_top` opens when given neither a fraction nor a layer.
 DEFAULT_UNFREEZE_FRACTION = 0.2
 
+
+class Arch(NamedTuple):
+    """One backbone: its keras.applications constructor, last feature-map layer, smallest input."""
+
+    application: str
+    last_conv: str  # output = the last 4-D feature map: the head's input and Grad-CAM's layer
+    min_size: int
+
+
 ARCHS = {
-    # arch: (keras.applications constructor name, last conv feature map layer, min input size)
-    "xception": ("Xception", "block14_sepconv2_act", 71),
-    "densenet121": ("DenseNet121", "relu", 32),
+    "xception": Arch("Xception", "block14_sepconv2_act", MIN_INPUT_SIZE["xception"]),
+    "densenet121": Arch("DenseNet121", "relu", MIN_INPUT_SIZE["densenet121"]),
+    "densenet201": Arch("DenseNet201", "relu", MIN_INPUT_SIZE["densenet201"]),
+    "efficientnetv2b0": Arch("EfficientNetV2B0", "top_activation", MIN_INPUT_SIZE["efficientnetv2b0"]),
+    "efficientnetv2s": Arch("EfficientNetV2S", "top_activation", MIN_INPUT_SIZE["efficientnetv2s"]),
+    # Keras leaves ConvNeXt's last LayerNormalization unnamed ("layer_normalization_<n>" varies by
+    # process); `build_transfer_model` re-creates it under this fixed name with the same weights.
+    "convnext_tiny": Arch("ConvNeXtTiny", "top_layernorm", MIN_INPUT_SIZE["convnext_tiny"]),
 }
 
+# What each base expects on raw 0..255 input, as keras.applications does it:
+# "tf" = x/127.5 - 1 (Xception's preprocess_input); "torch" = x/255 then ImageNet mean/std
+# (DenseNet's preprocess_input; EfficientNetV2-B0's and ConvNeXt's include_preprocessing layers);
+# "v2" = x/128 - 1 (include_preprocessing of EfficientNetV2-S/M/L).
+PREPROCESSING = {
+    "xception": "tf",
+    "densenet121": "torch",
+    "densenet201": "torch",
+    "efficientnetv2b0": "torch",
+    "efficientnetv2s": "v2",
+    "convnext_tiny": "torch",
+}
+SCALING_TEXT = {
+    "tf": "x/127.5-1 (Xception preprocess_input)",
+    "torch": "x/255 then ImageNet mean/std (torch-mode preprocess_input)",
+    "v2": "x/128-1 (EfficientNetV2-S include_preprocessing)",
+}
 
 SCRATCH_BN_MOMENTUM = 0.9
 
@@ -47,14 +87,17 @@ def _check_arch(arch: str) -> None:
 
 
 def scaling_layer(arch: str) -> keras.layers.Rescaling:
-    """The in-graph equivalent of `keras.applications.<arch>.preprocess_input` on 0..255 input.
+    """The in-graph equivalent of `arch`'s keras.applications preprocessing on 0..255 input.
 
-    Xception: x / 127.5 - 1 ("tf" mode). DenseNet121: x / 255, then (x - mean) / std per channel
-    ("torch" mode), folded into one per-channel scale and offset.
+    "torch" mode, x/255 then (x - mean) / std per channel, is folded into one per-channel scale
+    and offset.
     """
     _check_arch(arch)
-    if arch == "xception":
+    mode = PREPROCESSING[arch]
+    if mode == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=SCALING_LAYER)
+    if mode == "v2":
+        return keras.layers.Rescaling(1.0 / 128.0, offset=-1.0, name=SCALING_LAYER)
     scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
     offset = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
     return keras.layers.Rescaling(scale, offset=offset, name=SCALING_LAYER)
@@ -65,67 +108,126 @@ def base_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.name not in NON_BASE_LAYERS]
 
 
+def _leaves(layer: keras.layers.Layer):
+    """`layer` itself, or the layers inside it when it is a nested block (ConvNeXt's Sequentials)."""
+    if isinstance(layer, keras.Model):
+        for inner in layer.layers:
+            yield from _leaves(inner)
+    else:
+        yield layer
+
+
 def base_is_frozen(model: keras.Model) -> bool:
     """True when no base layer has trainable weights (pretrained base, before fine-tuning)."""
     return not any(layer.trainable_weights for layer in base_layers(model))
 
 
+def _copy(layer: keras.layers.Layer, tensor, name: str | None = None):
+    """Apply a fresh copy of `layer` (same config and weights, optionally a new name) to `tensor`."""
+    config = layer.get_config() | ({"name": name} if name else {})
+    copy = layer.__class__.from_config(config)
+    output = copy(tensor)
+    copy.set_weights(layer.get_weights())
+    return output
+
+
+def _flat_convnext(base: keras.Model, x, top_name: str):
+    """ConvNeXt's graph again, from copies of its layers, in the form the other bases have.
+
+    Keras builds ConvNeXt with its stem and downsampling steps as nested Sequential models, each
+    residual sum as a bare `+` (an operation the legacy `.h5` format cannot reload), and its last
+    LayerNormalization named by a per-process counter. The copy is flat, sums with `Add` layers
+    named "<block>_add", and names the last normalization `top_name`, so `.keras` and `.h5` files
+    reload, and Grad-CAM, `--unfreeze LAYER` and metadata can name every layer. Weights (already
+    loaded into `base` by keras.applications) come along; the order of weighted layers is kept.
+    """
+    layers = [layer for layer in base.layers if layer.name not in NON_BASE_LAYERS]
+    block_input = None
+    for index, layer in enumerate(layers):
+        if isinstance(layer, keras.Model):  # stem / downsampling block: its layers, in order
+            for inner in layer.layers:
+                x = _copy(inner, x)
+        elif index == len(layers) - 1:
+            if not isinstance(layer, keras.layers.LayerNormalization):  # pragma: no cover - Keras changed
+                raise TypeError(f"{base.name}: expected a LayerNormalization last, got {layer.name!r}")
+            x = _copy(layer, x, name=top_name)
+        else:
+            if layer.name.endswith("_depthwise_conv"):  # a block starts: keep its input for the sum
+                block_input = x
+            x = _copy(layer, x)
+            for last in ("_identity", "_stochastic_depth"):  # a block ends: the residual sum
+                if layer.name.endswith(last):
+                    x = keras.layers.Add(name=layer.name.removesuffix(last) + "_add")([block_input, x])
+    return x
+
+
 def build_transfer_model(
     arch: str, num_classes: int, input_shape=(128, 128, 3), weights="imagenet"
 ) -> keras.Model:
-    """Xception or DenseNet121 base + the reference head, as one flat functional model.
+    """A keras.applications base + the reference head, as one functional model.
 
     Args:
-        arch: "xception" or "densenet121".
+        arch: a key of `ARCHS` ("xception", "densenet121", "densenet201", "efficientnetv2b0",
+            "efficientnetv2s", "convnext_tiny").
         num_classes: size of the softmax.
-        input_shape: (H, W, 3) of raw 0..255 pixels; Xception needs H, W >= 71, DenseNet >= 32.
+        input_shape: (H, W, 3) of raw 0..255 pixels; H, W >= `ARCHS[arch].min_size`.
         weights: "imagenet" (Keras cache / download), "none" (random initialization) or a path
             to a local weights file. With pretrained weights the base is frozen and its batch
             normalization runs in inference mode (a Keras 3 BatchNormalization with
-            trainable=False uses its moving statistics even when training=True). With "none"
-            the whole network trains, base included.
+            trainable=False uses its moving statistics even when training=True; EfficientNetV2's
+            stochastic-depth Dropout layers stay active in training passes, as in Keras). With
+            "none" the whole network trains, base included, with batch-norm momentum 0.9.
     """
     _check_arch(arch)
-    app_name, _, min_size = ARCHS[arch]
+    spec = ARCHS[arch]
     input_shape = tuple(input_shape)
-    if min(input_shape[:2]) < min_size:
+    if min(input_shape[:2]) < spec.min_size:
         raise VirionError(
-            f"--input-size {input_shape[0]} is too small for {arch}; use {min_size} or more"
+            f"--input-size {input_shape[0]} is too small for {arch}; use {spec.min_size} or more"
         )
     weights_path = resolve_weights(arch, weights)
 
     # --- functional model ---
     inputs = keras.Input(shape=input_shape, name=INPUT_LAYER)
     scaled = scaling_layer(arch)(inputs)
-    constructor = getattr(keras.applications, app_name)
+    constructor = getattr(keras.applications, spec.application)
+    options = {}
+    if "include_preprocessing" in inspect.signature(constructor).parameters:
+        options["include_preprocessing"] = False  # done by our "preprocess" layer above
     try:
-        base = constructor(include_top=False, weights=weights_path, input_tensor=scaled)
+        base = constructor(include_top=False, weights=weights_path, input_tensor=scaled, **options)
     except Exception as exc:
         if weights_path is None:
             raise
         reason = " ".join(str(exc).split())[:200]
         raise VirionError(
-            f"--weights {weights_path}: cannot load it into {app_name} without its top "
+            f"--weights {weights_path}: cannot load it into {spec.application} without its top "
             f"(include_top=False) ({reason}); pass that model's notop weights file, imagenet "
             f"or none"
         ) from None
+    if arch.startswith("convnext"):
+        features = _flat_convnext(base, scaled, spec.last_conv)
+    else:
+        features = base.output
 
-    frozen = weights_path is not None
-    for layer in base.layers:
-        if layer.name not in NON_BASE_LAYERS:
-            layer.trainable = not frozen
-            if not frozen and isinstance(layer, keras.layers.BatchNormalization):
-                # Trained from random initialization on a small dataset: let the inference-time
-                # statistics settle in tens of steps, not hundreds (see resnet50.BN_MOMENTUM).
-                layer.momentum = SCRATCH_BN_MOMENTUM
-
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(0.5, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
-    return keras.Model(inputs, outputs, name=arch)
+    model = keras.Model(inputs, outputs, name=arch)
+
+    frozen = weights_path is not None
+    for layer in base_layers(model):
+        layer.trainable = not frozen
+        if not frozen:
+            for leaf in _leaves(layer):
+                if isinstance(leaf, keras.layers.BatchNormalization):
+                    # Trained from random initialization on a small dataset: let the inference-time
+                    # statistics settle in tens of steps, not hundreds (see resnet50.BN_MOMENTUM).
+                    leaf.momentum = SCRATCH_BN_MOMENTUM
+    return model
 
 
 def unfreeze_top(
@@ -134,8 +236,9 @@ def unfreeze_top(
     """Open the top of the base for fine-tuning; batch normalization stays frozen.
 
     Frozen BN keeps the pretrained statistics and runs in inference mode, which is what keeps
-    fine-tuning on a small dataset from wrecking the base. Recompile the model afterwards so
-    the change takes effect.
+    fine-tuning on a small dataset from wrecking the base. (ConvNeXt has layer normalization
+    instead, which has no running statistics and trains with the layers around it.) Recompile
+    the model afterwards so the change takes effect.
 
     Args:
         model: a model from `build_transfer_model`.
@@ -172,5 +275,8 @@ def unfreeze_top(
             layer.trainable = False
             continue
         layer.trainable = True
-        opened += bool(layer.weights)
+        for leaf in _leaves(layer):
+            if isinstance(leaf, keras.layers.BatchNormalization):
+                leaf.trainable = False
+        opened += bool(layer.trainable_weights)
     return opened

@@ -30,7 +30,7 @@ class WeightsFile:
 
     file_name: str
     url: str
-    md5: str
+    file_hash: str  # md5 (32 hex digits) or sha256 (64), as keras.applications gives it
 
 
 # The same names, URLs and hashes `keras.applications` uses (include_top=False), so a file put in
@@ -45,6 +45,26 @@ IMAGENET_WEIGHTS = {
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
         f"{_BASE_URL}/densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "30ee3e1110167f948a6b9946edeeb738",
+    ),
+    "densenet201": WeightsFile(
+        "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        f"{_BASE_URL}/densenet/densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "c13680b51ded0fb44dff2d8f86ac8bb1",
+    ),
+    "efficientnetv2b0": WeightsFile(
+        "efficientnetv2-b0_notop.h5",
+        f"{_BASE_URL}/efficientnet_v2/efficientnetv2-b0_notop.h5",
+        "893217f2bb855e2983157299931e43ff",
+    ),
+    "efficientnetv2s": WeightsFile(
+        "efficientnetv2-s_notop.h5",
+        f"{_BASE_URL}/efficientnet_v2/efficientnetv2-s_notop.h5",
+        "af0682fb74e8c54910f2d4393339c070",
+    ),
+    "convnext_tiny": WeightsFile(
+        "convnext_tiny_notop.h5",
+        f"{_BASE_URL}/convnext/convnext_tiny_notop.h5",
+        "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
     ),
 }
 
@@ -70,8 +90,9 @@ def cached_weights_path(arch: str) -> Path:
     return keras_home() / "models" / _weights_file(arch).file_name
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def _file_hash(path: Path, like: str) -> str:
+    """The file's md5 or sha256 hex digest, whichever `like` (a known hash) is (as Keras decides)."""
+    digest = hashlib.sha256() if len(like) == 64 else hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -83,8 +104,8 @@ def imagenet_available(arch: str) -> bool:
 
     Lets the demo choose `weights="none"` offline without trying a download.
     """
-    path = cached_weights_path(arch)
-    return path.is_file() and _md5(path) == _weights_file(arch).md5
+    path, spec = cached_weights_path(arch), _weights_file(arch)
+    return path.is_file() and _file_hash(path, spec.file_hash) == spec.file_hash
 
 
 def offline_message(arch: str, reason: str = "") -> str:
@@ -108,7 +129,7 @@ def _download_imagenet(arch: str) -> Path:
             spec.file_name,
             spec.url,
             cache_subdir="models",
-            file_hash=spec.md5,
+            file_hash=spec.file_hash,
             cache_dir=str(keras_home()),
         )
     except Exception as exc:  # URL errors, socket timeouts, hash mismatch, unwritable cache
@@ -125,10 +146,11 @@ def resolve_weights(arch: str, weights: str | os.PathLike | None) -> str | None:
     """Turn `--weights` into what `keras.applications` should load: a local file path, or None.
 
     Args:
-        arch: "xception" or "densenet121".
+        arch: a transfer model name (a key of `IMAGENET_WEIGHTS`).
         weights: "imagenet" (Keras cache, downloaded if missing), "none"/None (random init),
-            or a path to a local weights file (the ImageNet notop `.h5` format, or a Keras 3
-            `.weights.h5` / `.keras` file of the same base).
+            a folder holding `arch`'s file under its Keras name, or a path to a local weights
+            file (the ImageNet notop `.h5` format, or a Keras 3 `.weights.h5` / `.keras` file of
+            the same base).
 
     Returns:
         None for random initialization, otherwise the path of an existing weights file.
@@ -138,11 +160,18 @@ def resolve_weights(arch: str, weights: str | os.PathLike | None) -> str | None:
         return None
     if isinstance(weights, str) and weights.lower() == "imagenet":
         cached = cached_weights_path(arch)
-        if cached.is_file() and _md5(cached) == spec.md5:
+        if cached.is_file() and _file_hash(cached, spec.file_hash) == spec.file_hash:
             return str(cached)
         return str(_download_imagenet(arch))
 
     path = Path(weights).expanduser()
+    if path.is_dir():  # a folder of weight files under Keras' own names (one folder serves every model)
+        if not (path / spec.file_name).is_file():
+            raise VirionError(
+                f"--weights {weights}: the folder has no {spec.file_name} for {arch}; put that file there, "
+                f"or give per-model weights ({arch}=PATH|imagenet|none)"
+            )
+        path = path / spec.file_name
     if not path.is_file():
         raise VirionError(
             f"--weights {weights}: no such file; pass imagenet, none, or the path of an existing "

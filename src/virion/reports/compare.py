@@ -1,19 +1,22 @@
 """One table of every model from one or more runs: quality, size and speed side by side.
 
-Reads what training (`metadata.json`, the `.keras` file) and evaluation (`evaluation/summary.json`)
-already wrote, so comparing is instant and never re-runs a model.
+Reads what training (`metadata.json`, the model files) and evaluation (`evaluation/summary.json`)
+already wrote, so comparing is instant and never re-runs a model. With `data_name`, the evaluations
+on other data (`evaluation-<data>/`) are compared instead, into `comparison-<data>.*`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Sequence
 
+from virion.atomic import atomic_write_text
 from virion.errors import VirionError
-from virion.evaluation.evaluate import EVALUATION_DIR, model_dirs, model_file
 from virion.evaluation.metrics import write_csv
 from virion.reports import plots
+from virion.run import layout, store
+from virion.run.loading import find_model_file
 
 COLUMNS = (
     ("run", "run"),
@@ -28,28 +31,27 @@ COLUMNS = (
     ("train_seconds", "training time (s)"),
     ("inference_images_per_second", "inference (images/s)"),
     ("weights", "weights"),
+    ("status", "status"),  # "trained", or "FAILED: why" for a model whose training failed (no metrics)
 )
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise VirionError(f"{path}: cannot read it ({exc}); re-run `virion train` / `virion evaluate`") from None
-
-
-def model_row(run_dir: Path, model_dir: Path) -> dict:
+def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> dict:
     """The comparison row of one trained and evaluated model."""
-    meta = _load(model_dir / "metadata.json")
-    summary_path = model_dir / EVALUATION_DIR / "summary.json"
+    meta = store.read_json(model_dir / layout.METADATA_FILE)
+    if meta.get("status") == "failed":  # no model file and no evaluation: a row that says so
+        return {"run": run_dir.name, "model": model_dir.name, "weights": weights_label(meta.get("weights")),
+                "status": f"FAILED: {meta.get('failure') or 'training failed'}"}
+    evaluation = layout.evaluation_dir(model_dir, data_name)
+    summary_path = evaluation / layout.SUMMARY_FILE
     if not summary_path.is_file():
-        raise VirionError(f"{model_dir}: not evaluated yet (no {EVALUATION_DIR}/summary.json); "
-                          f"run `virion evaluate {run_dir}` first")
-    summary = _load(summary_path)
+        again = f" --data {data_name}" if data_name else ""
+        raise VirionError(f"{model_dir}: not evaluated yet (no {evaluation.name}/{layout.SUMMARY_FILE}); "
+                          f"run `virion evaluate {run_dir}{again}` first")
+    summary = store.read_json(summary_path)
     # The .h5 is the inference model (no optimizer state); the .keras also carries Adam's moments
     # for further training, which would triple the figure without saying anything about the model.
     h5_files = sorted(model_dir.glob("*.h5"))
-    size_mb = (h5_files[0] if h5_files else model_file(model_dir)).stat().st_size / 1e6
+    size_mb = (h5_files[0] if h5_files else find_model_file(model_dir)).stat().st_size / 1e6
     row = {
         "run": run_dir.name,
         "model": model_dir.name,
@@ -62,16 +64,26 @@ def model_row(run_dir: Path, model_dir: Path) -> dict:
         "size_mb": float(size_mb),
         "train_seconds": float(meta["train_seconds"]) if meta.get("train_seconds") is not None else None,
         "inference_images_per_second": float(summary["inference_images_per_second"]),
-        "weights": _weights_label(meta.get("weights")),
+        "weights": weights_label(meta.get("weights")),
+        "status": "trained",
     }
     return row
 
 
-def _weights_label(weights) -> str:
+def weights_label(weights) -> str:
     if weights is None:
         return ""
     text = str(weights)
     return {"none": "random init", "imagenet": "ImageNet"}.get(text.lower(), Path(text).name if "/" in text else text)
+
+
+def short_number(value: float, decimals: int = 4) -> str:
+    """At most `decimals` decimals and 4 significant digits: 0.5455, 95.12, 123.5, 1,234, 12,346."""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    whole_digits = len(str(int(abs(value)))) if abs(value) >= 1 else 0
+    return f"{value:,.{max(0, min(decimals, 4 - whole_digits))}f}"
 
 
 def format_cell(key: str, value) -> str:
@@ -80,13 +92,13 @@ def format_cell(key: str, value) -> str:
     if key in ("params",):
         return f"{int(value):,}"
     if key == "size_mb":
-        return f"{value:.2f}"
+        return short_number(value, 2)
     if key == "inference_images_per_second":
-        return f"{value:.1f}"
+        return short_number(value, 1)
     if key == "train_seconds":
-        return f"{value:.0f}"
+        return f"{value:,.0f}"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return short_number(value)
     return str(value)
 
 
@@ -99,10 +111,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None) -> list[dict]:
+def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_name: str | None = None) -> list[dict]:
     """Collect one row per model of every run; write comparison.md/.csv/.png into out_dir.
 
-    out_dir defaults to the run folder when a single run is compared.
+    out_dir defaults to the run folder when a single run is compared. data_name: compare the
+    evaluations on that other data (written as comparison-<data>.*).
     """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -112,12 +125,14 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None) -> list[
             raise VirionError("comparing several runs: say where to write the table with --out DIR")
         out_dir = run_dirs[0]
     out_dir = Path(out_dir)
-    rows = [model_row(run_dir, model_dir) for run_dir in run_dirs for model_dir in model_dirs(run_dir)]
+    rows = [model_row(run_dir, model_dir, data_name) for run_dir in run_dirs
+            for model_dir in layout.model_dirs(run_dir)]
     several = len({r["run"] for r in rows}) > 1
     for row in rows:  # the chart's legend: the model alone unless several runs are mixed
         row["label"] = f"{row['run']}/{row['model']}" if several else row["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.md").write_text(markdown_table(rows), encoding="utf-8")
-    write_csv([{k: row[k] for k, _ in COLUMNS} for row in rows], out_dir / "comparison.csv")
-    plots.plot_comparison(rows, out_dir / "comparison.png")
+    stem = layout.comparison_stem(data_name)
+    atomic_write_text(out_dir / f"{stem}.md", markdown_table(rows))
+    write_csv([{k: row.get(k) for k, _ in COLUMNS} for row in rows], out_dir / f"{stem}.csv")
+    plots.plot_comparison([r for r in rows if r["status"] == "trained"], out_dir / f"{stem}.png", title=f"Model comparison on {data_name}" if data_name else "")
     return rows

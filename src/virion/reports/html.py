@@ -14,9 +14,11 @@ import json
 from html import escape
 from pathlib import Path
 
-from virion.errors import VirionError
-from virion.evaluation.evaluate import EVALUATION_DIR, model_dirs
-from virion.reports.compare import COLUMNS, compare_runs, format_cell
+from virion.atomic import atomic_write_text
+from virion.reports.compare import COLUMNS, compare_runs, format_cell, short_number, weights_label
+from virion.run import layout, store
+from virion.run.schema import is_synthetic
+from virion.training.faults import crash_point
 
 SPLITS = ("train", "validation", "test")
 TRANSFER_MODELS = {"xception", "densenet121"}
@@ -29,17 +31,20 @@ h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;mar
 .meta{color:#666;font-size:.9rem}
 .banner{padding:.8rem 1rem;border-radius:6px;font-size:1.1rem;margin:1rem 0;border:2px solid}
 .banner.warn{background:#fff3cd;border-color:#e0a800} .banner.ok{background:#e7f5ea;border-color:#3c9a55}
+.banner.bad{background:#fde2e1;border-color:#c0392b}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right} th{background:#f3f3f3}
 td.l,th.l{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.3rem 0}
 .grid{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start} .grid figure{margin:0;flex:1 1 480px}
 figcaption{color:#555;font-size:.85rem}
+figure.wide{margin:.6rem 0} figure.wide img{width:auto;max-width:100%}
 pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem;max-height:20rem}
 """
 
 
 def _read_json(path: Path) -> dict | None:
+    """An evaluation output (summary.json, classification_report.json), or None when absent."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -54,8 +59,9 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
-def _figure(path: Path, caption: str) -> str:
-    return f"<figure>{_img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+def _figure(path: Path, caption: str, wide: bool = False) -> str:
+    cls = ' class="wide"' if wide else ""
+    return f"<figure{cls}>{_img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
@@ -90,6 +96,12 @@ def _weights_statement(models: list[tuple[str, dict]]) -> tuple[str, str]:
     return ("warn" if random_init else "ok"), " ".join(parts)
 
 
+def _dataset_info(run_dir: Path) -> dict:
+    """dataset.json as a dict ({} when the run has none)."""
+    info = store.read_dataset_info(run_dir)
+    return info.to_dict() if info is not None else {}
+
+
 def _path_reason(entry) -> list:
     """dataset.json lists entries as {"path", "reason"} (or [path, reason] pairs)."""
     if isinstance(entry, dict):
@@ -100,7 +112,7 @@ def _path_reason(entry) -> list:
 
 
 def _dataset_section(run_dir: Path, config: dict) -> str:
-    info = _read_json(run_dir / "dataset.json") or {}
+    info = _dataset_info(run_dir)
     out = ["<h2>Dataset</h2>"]
     root = info.get("root") or config.get("data")
     if root:
@@ -131,7 +143,7 @@ def _dataset_section(run_dir: Path, config: dict) -> str:
         more = [["…", f"and {len(ignored) - MAX_SKIPPED_SHOWN} more"]] if len(ignored) > MAX_SKIPPED_SHOWN else []
         out.append(f"<h3>Ignored while listing the dataset: {len(ignored)}</h3>")
         out.append(_table(["file", "reason"], ignored[:MAX_SKIPPED_SHOWN] + more, left=2))
-    skipped_path = run_dir / "skipped_files.txt"
+    skipped_path = run_dir / layout.SKIPPED_FILE
     skipped = [ln for ln in skipped_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()] \
         if skipped_path.is_file() else []
     out.append(f"<h3>Skipped files (could not be decoded): {len(skipped)}</h3>")
@@ -142,9 +154,30 @@ def _dataset_section(run_dir: Path, config: dict) -> str:
     return "\n".join(out)
 
 
+def _round(value, digits: int = 4):
+    """A number with at most `digits` decimals and 4 significant digits (whole numbers stay whole)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    return short_number(value, digits)
+
+
+def _setting(value) -> str:
+    """A setting as people write it: 0.001, "a, b", "rotation 20.0, shift 0.2", "none"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_setting(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting(v) for v in value) or "none"
+    return str(value)
+
+
 def _settings_section(config: dict) -> str:
-    rows = [[k, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)]
-            for k, v in config.items()]
+    rows = [[k, _setting(v)] for k, v in config.items()]
     return "<h2>Settings</h2>" + _table(["setting", "value"], rows, left=2)
 
 
@@ -164,75 +197,116 @@ def _csv_table(path: Path) -> str:
         return ""
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    return _table(rows[0], rows[1:]) if rows else ""
+    return _table(rows[0], [[_csv_value(v) for v in row] for row in rows[1:]]) if rows else ""
 
 
-def _model_section(model_dir: Path, meta: dict) -> str:
-    ev = model_dir / EVALUATION_DIR
-    out = [f'<h2 id="{escape(model_dir.name)}">Model: {escape(model_dir.name)}</h2>']
-    facts = [("weights", meta.get("weights")), ("input size", meta.get("input_size")),
+def _csv_value(text: str) -> str:
+    """CSV cells keep 6 decimals for diffing; the page shows 4."""
+    if "." not in text:
+        return text
+    try:
+        return short_number(float(text))
+    except ValueError:
+        return text
+
+
+def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) -> str:
+    ev = layout.evaluation_dir(model_dir, data_name)
+    name = model_dir.name
+    out = [f'<h2 id="{escape(name)}">Model: {escape(name)}</h2>']
+    if meta.get("status") == "failed":  # no model file, nothing evaluated: say why, plainly
+        why = escape(str(meta.get("failure") or "no reason recorded"))
+        return "\n".join([*out, f'<p class="banner bad"><b>Training failed:</b> {why}. No model was saved; this '
+                                  "model is left out of the evaluation and comparison.</p>"])
+    facts = [("weights", weights_label(meta.get("weights")) or None), ("input size", meta.get("input_size")),
              ("parameters", f"{meta['params']:,}" if isinstance(meta.get("params"), int) else meta.get("params")),
-             ("best epoch", meta.get("best_epoch")), ("best validation accuracy", meta.get("best_val_accuracy")),
-             ("training time (s)", meta.get("train_seconds")),
-             ("training speed (images/s)", meta.get("images_per_second"))]
+             ("best epoch", meta.get("best_epoch")), ("best validation accuracy", _round(meta.get("best_val_accuracy"))),
+             ("best validation macro F1", _round(meta.get("best_val_macro_f1"))),
+             ("training time (s)", _round(meta.get("train_seconds"), 1)),
+             ("training speed (images/s)", _round(meta.get("images_per_second"), 1))]
     out.append(_table(["fact", "value"], [[k, v] for k, v in facts if v is not None], left=2))
     summary = _read_json(ev / "summary.json")
     if summary is None:
-        run = escape(str(model_dir.parent))
+        run = escape(str(model_dir.parent)) + (f" --data {escape(data_name)}" if data_name else "")
         out.append(f'<p class="banner warn">Not evaluated yet: run <code>virion evaluate {run}</code>.</p>')
     else:
-        out.append(f"<p>Test set: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>, "
-                   f"macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
-                   f"inference {summary.get('inference_images_per_second', 0):.1f} images/s.</p>")
+        top5 = summary.get("top5_accuracy")
+        data = f" of {escape(str(summary['data']))}" if summary.get("data") else ""
+        out.append(f"<p>Test set{data}: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>"
+                   + (f", top-5 accuracy {top5:.4f}" if isinstance(top5, (int, float)) else "")
+                   + f", macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
+                   f"inference {short_number(summary.get('inference_images_per_second', 0), 1)} images/s.</p>")
+        pairs = summary.get("most_confused") or []
+        if pairs:
+            out.append("<h3>Most confused pairs</h3>" + _table(
+                ["true class", "predicted as", "images"], [[p["true"], p["predicted"], p["count"]] for p in pairs], left=2))
         if summary.get("warnings"):
             out.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
-    out.append('<div class="grid">' + _figure(ev / "curves.png", "accuracy and loss per epoch") + "</div>")
-    out.append('<div class="grid">' + _figure(ev / "confusion_matrix.png", "confusion matrix (counts)")
-               + _figure(ev / "confusion_matrix_normalized.png", "confusion matrix (row-normalized)") + "</div>")
+    out.append('<div class="grid">' + _figure(ev / "curves.png", f"{name}: accuracy and loss per epoch") + "</div>")
+    # Full width, one under the other: 14 classes need the room for readable cell numbers.
+    out.append(_figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True))
+    out.append(_figure(ev / "confusion_matrix_normalized.png", f"{name}: confusion matrix (row-normalized)",
+                       wide=True))
     report = _read_json(ev / "classification_report.json")
     if report:
         out.append("<h3>Classification report</h3>" + _report_table(report))
     ref = _csv_table(ev / "per_class_reference_metrics.csv")
     if ref:
         out.append("<h3>Per class, one-vs-rest (reference formulas)</h3>" + ref)
-    out.append("<h3>Most confident mistakes</h3>" + _img(ev / "mistakes.png", "most confident mistakes"))
+    out.append("<h3>Most confident mistakes</h3>" + _img(ev / "mistakes.png", f"{name}: most confident mistakes"))
+    if (ev / "gradcam_examples.png").is_file():
+        out.append("<h3>Where the model looks (Grad-CAM, one test image per class)</h3>"
+                   + _img(ev / "gradcam_examples.png", f"{name}: Grad-CAM examples"))
     return "\n".join(out)
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write `run_dir/report.html` from what training and evaluation left in the run folder."""
+def write_report(run_dir: Path, data_name: str | None = None) -> Path:
+    """Write `run_dir/report.html` from what training and evaluation left in the run folder.
+
+    data_name: the report of an evaluation on other data (`report-<data>.html`, from
+    `<model>/evaluation-<data>/`); the run's own report is left as it is.
+    """
     run_dir = Path(run_dir)
-    dirs = model_dirs(run_dir)
-    config = _read_json(run_dir / "config.json")
-    if config is None:
-        raise VirionError(f"{run_dir / 'config.json'}: missing or unreadable; pass a run folder written by "
-                          "`virion train`")
-    models = [(d.name, _read_json(d / "metadata.json") or {}) for d in dirs]
-    evaluated = all((d / EVALUATION_DIR / "summary.json").is_file() for d in dirs)
-    rows = compare_runs([run_dir]) if evaluated else []
+    dirs = layout.model_dirs(run_dir)
+    config = store.read_config(run_dir)
+    models = [(d.name, store.read_metadata(d).to_dict()) for d in dirs]
+    failed = {n: m.get("failure") or "no reason recorded" for n, m in models if m.get("status") == "failed"}
+    evaluated = all((layout.evaluation_dir(d, data_name) / layout.SUMMARY_FILE).is_file() for d in dirs
+                    if d.name not in failed)
+    rows = compare_runs([run_dir], data_name=data_name) if evaluated else []
+    info = _dataset_info(run_dir)
+    synthetic = bool(info.get("synthetic")) or (not data_name and bool(config.get("data"))
+                                                and is_synthetic(str(config.get("data"))))
 
     tone, statement = _weights_statement(models)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [
-        f"<h1>virion report: {escape(run_dir.name)}</h1>",
+        f"<h1>virion report: {escape(run_dir.name)}" + (f" on {escape(data_name)}" if data_name else "") + "</h1>",
         f'<p class="meta">{escape(str(run_dir.resolve()))} · written {now}</p>',
         f'<p class="banner {tone}"><b>Weights:</b> {escape(statement)}</p>',
+        *([f'<p class="banner bad" id="failed"><b>Training failed</b> for {len(failed)} model(s): '
+           + "; ".join(f"{escape(n)}: {escape(str(why))}" for n, why in failed.items()) + "</p>"] if failed else []),
+        *([f'<p class="banner warn"><b>Evaluated on other data:</b> {escape(data_name)} (the training data '
+           f'is described below; the run\'s own evaluation is in {layout.REPORT_FILE})</p>'] if data_name else []),
+        *(['<p class="banner warn" id="synthetic"><b>Synthetic data:</b> these models were trained and tested '
+           "on virion's built-in SYNTHETIC TEM images, not real micrographs; the numbers say nothing about "
+           "accuracy on real data.</p>"] if synthetic and not data_name else []),
         "<p>Models: " + ", ".join(f'<a href="#{escape(n)}">{escape(n)}</a>' for n, _ in models) + "</p>",
         "<h2>Comparison</h2>",
     ]
     if rows:
         cells = [[format_cell(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
         parts.append(_table([t for _, t in COLUMNS], cells, left=2))
-        parts.append(_img(run_dir / "comparison.png", "model comparison"))
+        parts.append(_img(run_dir / f"{layout.comparison_stem(data_name)}.png", "model comparison: " + ", ".join(n for n, _ in models)))
     else:
+        again = f" --data {escape(data_name)}" if data_name else ""
         parts.append(f'<p class="banner warn">Not every model is evaluated yet: run <code>virion evaluate '
-                     f"{escape(str(run_dir))}</code>.</p>")
+                     f"{escape(str(run_dir))}{again}</code>.</p>")
     parts.append(_dataset_section(run_dir, config))
     parts.append(_settings_section(config))
-    parts.extend(_model_section(d, meta) for d, (_, meta) in zip(dirs, models))
+    parts.extend(_model_section(d, meta, data_name) for d, (_, meta) in zip(dirs, models))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>virion report: {escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    crash_point("report")  # fault-injection tests: a kill before the report is written
+    return atomic_write_text(layout.report_file(run_dir, data_name), page)

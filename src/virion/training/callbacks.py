@@ -1,13 +1,14 @@
 """Callbacks that make a training run measurable, checkpointed and resumable.
 
 Order matters: Keras hands the same `logs` dict to each callback in list order, so
-`ValidationMacroF1` must come before anything that reads `val_macro_f1` (checkpoint, history,
-early stopping, the resumable state). `make_callbacks` builds the list in the right order.
+`ValidationMacroF1` must come before anything that reads `val_macro_f1` (checkpoint, early
+stopping, the commit), and `EpochCommit` comes last so it records every callback's update of the
+epoch. `make_callbacks` builds the list in that order.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -17,13 +18,12 @@ import keras
 import numpy as np
 from sklearn.metrics import f1_score
 
-from virion.training.run_folder import read_json, write_json
-from virion.training.saving import save_keras, save_weights
-
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr")
-LAST_MODEL = "last.keras"
-BEST_WEIGHTS = "best.weights.h5"
-PROGRESS_FILE = "progress.json"
+from virion.inference.batching import predict_arrays
+from virion.run.layout import STATE_DIR
+from virion.training.faults import crash_point
+from virion.training.progress import (HISTORY_COLUMNS, PROGRESS_FILE, Progress, commit, is_temp_file,
+                                      state_best_name, state_model_name)
+from virion.training.saving import save_state_model, save_weights
 
 
 def current_lr(model: keras.Model) -> float:
@@ -49,8 +49,10 @@ class ValidationMacroF1(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        kwargs = {"batch_size": self.batch_size} if isinstance(self.val_x, np.ndarray) else {}
-        probs = self.model.predict(self.val_x, verbose=0, **kwargs)
+        if isinstance(self.val_x, np.ndarray):  # the shared batching path (same padding as predict/evaluate)
+            probs = predict_arrays(self.model, self.val_x, batch_size=self.batch_size or 32)
+        else:
+            probs = self.model.predict(self.val_x, verbose=0)[:len(self.val_y)]  # drop multi-device padding
         pred = np.argmax(probs, axis=-1)
         logs["val_macro_f1"] = float(f1_score(self.val_y, pred, average="macro", zero_division=0))
 
@@ -58,87 +60,176 @@ class ValidationMacroF1(keras.callbacks.Callback):
 class BestCheckpoint(keras.callbacks.Callback):
     """Keep the weights of the best epoch so far on `monitor` (higher is better).
 
-    `best` and `best_epoch` survive a resume through progress.json (see `ResumableState`).
+    Each new best goes to its own file (`state/best-eNNNN.weights.h5`); the epoch's commit names
+    it in progress.json, so a kill before the commit leaves the previous best in force.
     """
 
-    def __init__(self, path: str | Path, monitor: str = "val_accuracy", best: float | None = None,
-                 best_epoch: int | None = None, best_logs: dict | None = None,
+    def __init__(self, state_dir: str | Path, monitor: str = "val_accuracy", best: float | None = None,
+                 best_epoch: int | None = None, best_logs: dict | None = None, best_file: str | None = None,
                  target: keras.Model | None = None):
         super().__init__()
-        self.path = Path(path)
+        self.state_dir = Path(state_dir)
         self.target = target  # the model whose weights to keep, when not the one being fit
         self.monitor = monitor
         self.best = -math.inf if best is None else float(best)
         self.best_epoch = best_epoch
         self.best_logs = dict(best_logs or {})
+        self.best_file = best_file
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return
         if value > self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
+            name = state_best_name(epoch + 1)
+            save_weights(self.target or self.model, self.state_dir / name)
+            self.best, self.best_epoch, self.best_file = float(value), epoch + 1, name
             self.best_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            save_weights(self.target or self.model, self.path)
 
 
-class HistoryCSV(keras.callbacks.Callback):
-    """history.csv with fixed columns, appended, so a resumed run continues the same file."""
+class StopOnNaN(keras.callbacks.Callback):
+    """Keras' TerminateOnNaN that also says when and where, so the model can be marked failed."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self):
         super().__init__()
-        self.path = Path(path)
+        self.failure: str | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check((logs or {}).get("loss"), f"epoch {self._epoch + 1}, batch {batch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        row = {"epoch": epoch + 1, "lr": f"{current_lr(self.model):.6g}"}
-        for key in HISTORY_COLUMNS[1:-1]:
-            value = logs.get(key)
-            row[key] = "" if value is None else f"{float(value):.6g}"
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self._check((logs or {}).get("loss"), f"epoch {epoch + 1}")
+
+    def _check(self, loss, where: str) -> None:
+        if loss is None or self.failure is not None:
+            return
+        loss = float(np.asarray(loss))
+        if not math.isfinite(loss):
+            self.failure = f"the training loss became {loss} at {where}"
+            self.model.stop_training = True
 
 
-class ResumableState(keras.callbacks.Callback):
-    """After every epoch: `state/last.keras` (model + optimizer) and `state/progress.json`.
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a resume (saved in progress.json, restored here)."""
 
-    Written last in the callback list so the progress record includes this epoch's best. A
-    process killed mid-epoch loses only that epoch; resume restarts it from `last.keras`.
+    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+
+    def __init__(self, *args, state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial_state = dict(state or {})
+
+    def on_train_begin(self, logs=None):
+        # Keras resets the counters at every fit() call; the trainer fits one epoch per call, so
+        # reset once, then put the committed counters back.
+        if self.initial_state is None:
+            return
+        super().on_train_begin(logs)
+        for key, value in self.initial_state.items():
+            setattr(self, key, value)
+        self.initial_state = None
+
+    def get_state(self) -> dict:
+        return {key: _plain(getattr(self, key, None)) for key in self.STATE}
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a resume (the lr itself is in the optimizer)."""
+
+    STATE = ("wait", "best", "cooldown_counter")
+
+    def __init__(self, *args, state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial_state = dict(state or {})
+
+    def on_train_begin(self, logs=None):
+        if self.initial_state is None:  # see ResumableEarlyStopping
+            return
+        super().on_train_begin(logs)
+        for key, value in self.initial_state.items():
+            setattr(self, key, value)
+        self.initial_state = None
+
+    def get_state(self) -> dict:
+        return {key: _plain(getattr(self, key, None)) for key in self.STATE}
+
+
+def _plain(value):
+    if value is None:
+        return None
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = np.asarray(value).item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    return value
+
+
+class EpochsProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress display ("Epoch 3/20"), for a fit() called once per epoch."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = int(total_epochs)
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total_epochs})
+
+
+def history_row(epoch: int, logs: dict, lr: float) -> dict:
+    row = {"epoch": epoch + 1, "lr": f"{lr:.6g}"}
+    for key in HISTORY_COLUMNS[1:-1]:
+        value = logs.get(key)
+        row[key] = "" if value is None else f"{float(value):.6g}"
+    return row
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """The end of every epoch, as one ordered sequence with one commit point (last in the list).
+
+    1. the resume model (model + optimizer) to `state/last-eNNNN.keras` (the best weights were
+       written by BestCheckpoint just before); 2. progress.json naming them, with the history row
+       and the counters (the commit); 3. history.csv derived from it; 4. the previous epoch's files
+       removed. A loss that became NaN commits the epoch as "failed" instead.
     """
 
-    def __init__(self, state_dir: str | Path, phase: str, checkpoint: BestCheckpoint,
-                 timer: EpochTimer | None = None, extra: dict | None = None):
+    def __init__(self, model_folder: str | Path, progress: Progress, phase: str, checkpoint: BestCheckpoint,
+                 timer: EpochTimer, nan_guard: StopOnNaN, counters: dict[str, Any] | None = None):
         super().__init__()
-        self.state_dir = Path(state_dir)
+        self.folder = Path(model_folder)
+        self.state_dir = self.folder / STATE_DIR
+        self.progress = progress
         self.phase = phase
         self.checkpoint = checkpoint
         self.timer = timer
-        self.extra = dict(extra or {})
+        self.nan_guard = nan_guard
+        self.counters = dict(counters or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        save_keras(self.model, self.state_dir / LAST_MODEL)
-        progress = {
-            "epochs_done": epoch + 1,
-            "phase": self.phase,
-            "monitor": self.checkpoint.monitor,
-            "best": None if not np.isfinite(self.checkpoint.best) else self.checkpoint.best,
-            "best_epoch": self.checkpoint.best_epoch,
-            "best_logs": self.checkpoint.best_logs,
-            **self.extra,
-        }
-        if self.timer is not None:
-            progress.update(self.timer.totals())
-        write_json(self.state_dir / PROGRESS_FILE, progress)
-
-
-def read_progress(state_dir: str | Path) -> dict | None:
-    path = Path(state_dir) / PROGRESS_FILE
-    return read_json(path) if path.exists() else None
+        crash_point("epoch_end")
+        logs = logs or {}
+        row = history_row(epoch, logs, current_lr(self.model))
+        old = self.progress
+        common = dict(epochs_done=epoch + 1, history=[*old.history, row], **self.timer.totals())
+        if self.nan_guard.failure is not None:
+            new = dataclasses.replace(old, phase="failed", failure=self.nan_guard.failure, **common)
+        else:
+            name = state_model_name(epoch + 1)
+            save_state_model(self.model, self.state_dir / name)
+            ckpt = self.checkpoint
+            new = dataclasses.replace(
+                old, phase=self.phase, stopped=bool(self.model.stop_training), model_file=name,
+                best_file=ckpt.best_file, monitor=ckpt.monitor, best=ckpt.best if np.isfinite(ckpt.best) else None,
+                best_epoch=ckpt.best_epoch, best_logs=ckpt.best_logs,
+                callbacks={key: cb.get_state() for key, cb in self.counters.items()}, **common)
+        commit(self.folder, new)
+        self.progress = new
+        keep = {PROGRESS_FILE, new.model_file, new.best_file}
+        for path in self.state_dir.iterdir():
+            if path.is_file() and path.name not in keep and not is_temp_file(path):
+                path.unlink(missing_ok=True)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -186,34 +277,35 @@ def cosine_schedule(base_lr: float, total_epochs: int, first_epoch: int = 0):
     return schedule
 
 
-def make_callbacks(model_folder: str | Path, *, phase: str, val_x: Any, val_y: np.ndarray,
-                   checkpoint_metric: str = "val_accuracy", progress: dict | None = None,
-                   timer: EpochTimer, early_stopping: int | None = None, lr_schedule: str = "none",
-                   base_lr: float = 1e-3, first_epoch: int = 0, total_epochs: int = 1,
+def make_callbacks(model_folder: str | Path, *, phase: str, progress: Progress, val_x: Any, val_y: np.ndarray,
+                   timer: EpochTimer, checkpoint_metric: str = "val_accuracy", early_stopping: int | None = None,
+                   lr_schedule: str = "none", base_lr: float = 1e-3, first_epoch: int = 0, total_epochs: int = 1,
                    tensorboard: bool = False, batch_size: int | None = None,
-                   extra_state: dict | None = None,
-                   checkpoint_model: keras.Model | None = None) -> tuple[list[keras.callbacks.Callback], BestCheckpoint]:
-    """The callback list in the order the shared `logs` dict needs."""
+                   checkpoint_model: keras.Model | None = None) -> tuple[list[keras.callbacks.Callback], EpochCommit]:
+    """The callback list in the order the shared `logs` dict needs; the commit comes last."""
     folder = Path(model_folder)
-    state = folder / "state"
+    state = folder / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    progress = progress or {}
-    checkpoint = BestCheckpoint(state / BEST_WEIGHTS, monitor=checkpoint_metric,
-                                best=progress.get("best"), best_epoch=progress.get("best_epoch"),
-                                best_logs=progress.get("best_logs"), target=checkpoint_model)
-    callbacks: list[keras.callbacks.Callback] = [timer, ValidationMacroF1(val_x, val_y, batch_size)]
+    checkpoint = BestCheckpoint(state, monitor=checkpoint_metric, best=progress.best, best_epoch=progress.best_epoch,
+                                best_logs=progress.best_logs, best_file=progress.best_file, target=checkpoint_model)
+    nan_guard = StopOnNaN()
+    counters: dict[str, Any] = {}
+    callbacks: list[keras.callbacks.Callback] = [timer, nan_guard, ValidationMacroF1(val_x, val_y, batch_size)]
     if lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine_schedule(base_lr, total_epochs, first_epoch)))
     elif lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=checkpoint_metric, mode="max",
-                                                           factor=0.5, patience=2, min_lr=base_lr / 100))
-    callbacks += [keras.callbacks.TerminateOnNaN(), checkpoint, HistoryCSV(folder / "history.csv")]
+        counters["plateau"] = ResumablePlateau(monitor=checkpoint_metric, mode="max", factor=0.5, patience=2,
+                                               min_lr=base_lr / 100, state=progress.callbacks.get("plateau"))
+        callbacks.append(counters["plateau"])
+    callbacks.append(checkpoint)
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard" / phase)))
-    # State after checkpoint (records this epoch's best); early stopping last so the state of
-    # the final epoch is always written.
-    callbacks.append(ResumableState(state, phase, checkpoint, timer, extra_state))
     if early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=checkpoint_metric, mode="max",
-                                                       patience=int(early_stopping)))
-    return callbacks, checkpoint
+        counters["early_stopping"] = ResumableEarlyStopping(
+            monitor=checkpoint_metric, mode="max", patience=int(early_stopping),
+            state=progress.callbacks.get("early_stopping"))
+        callbacks.append(counters["early_stopping"])
+    # Last: it records this epoch's best, the counters after their update and whether to stop.
+    committer = EpochCommit(folder, progress, phase, checkpoint, timer, nan_guard, counters)
+    callbacks.append(committer)
+    return callbacks, committer

@@ -10,16 +10,19 @@ is what gets saved: the files are the normal full model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
-from virion.training import callbacks as cb
-from virion.training.saving import load_model
+from virion.run.layout import STATE_DIR
+from virion.training.loop import fit_by_epoch
+from virion.training.progress import Progress
+from virion.training.saving import load_state_model
 
 POOL_LAYER = "head_pool"
 
@@ -48,12 +51,12 @@ def extract_features(base: keras.Model, arrays, num_classes: int, batch_size: in
     views = 0: file order, no augmentation. views >= 1: each view is one augmented, shuffled
     pass of the training pipeline (a different seed per view), so labels are kept per view.
     """
-    from virion.data.pipeline import make_dataset
+    from virion.data.numpy_pipeline import make_backend_dataset as make_dataset
 
     n = len(arrays.labels)
     if views == 0:
         ds = make_dataset(arrays, num_classes, batch_size, training=False)
-        feats = base.predict(ds, verbose=verbose)
+        feats = base.predict(ds, verbose=verbose)[:n]  # several devices: padding rows at the end
         return feats[None].astype(np.float32), np.asarray(arrays.labels)[None]
     all_feats, all_labels = [], []
     for view in range(views):
@@ -101,9 +104,9 @@ class FeatureViews(keras.utils.PyDataset):
         self._order()
 
 
-def _restore_head(head: keras.Model, path: Path) -> None:
-    """Continue from `state/last.keras` (a head model): weights and the Adam state."""
-    loaded = load_model(path)
+def _restore_head(head: keras.Model, path: Path, model_name: str) -> None:
+    """Continue from the committed resume model (a head model): weights and the optimizer state."""
+    loaded = load_state_model(path, model_name)
     head.set_weights(loaded.get_weights())
     if loaded.optimizer is not None and loaded.optimizer.variables:
         head.optimizer.build(head.trainable_variables)
@@ -112,21 +115,23 @@ def _restore_head(head: keras.Model, path: Path) -> None:
                 dst.assign(src)
 
 
-def train_head_on_features(model: keras.Model, config, data, folder: Path, *, progress: dict,
-                           common: dict[str, Any], jit: bool = False, class_weight=None,
-                           extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> int:
-    """The "head" phase of `train_model` on cached features; returns the epochs done."""
-    from virion.data.pipeline import make_dataset
+def train_head_on_features(model: keras.Model, config, data, folder: Path, *, progress: Progress,
+                           make_callbacks: Callable, jit: bool = False, class_weight=None,
+                           extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> Progress:
+    """The head stage of `train_model` on cached features; returns the committed progress.
 
-    state = folder / "state"
-    done = int(progress.get("epochs_done", 0))
+    `make_callbacks(phase, val_x, checkpoint_model, first_epoch, last_epoch, base_lr)` gives the
+    trainer's callback list and its `EpochCommit`; the best checkpoint keeps the full model's weights.
+    """
+    from virion.data.numpy_pipeline import make_backend_dataset as make_dataset
+
+    done = progress.epochs_done
     base, head = split_model(model)
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-                 loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=bool(jit))
-    if progress and (state / cb.LAST_MODEL).exists():
-        _restore_head(head, state / cb.LAST_MODEL)
+    head.compile(optimizer=config.build_optimizer(config.learning_rate), loss=config.build_loss(),
+                 metrics=["accuracy"], jit_compile=bool(jit))
+    if done and progress.model_file:
+        _restore_head(head, folder / STATE_DIR / progress.model_file, model.name)
 
-    timer: cb.EpochTimer = common["timer"]
     start = time.perf_counter()
     views = int(config.feature_cache)
     if verbose:
@@ -135,15 +140,15 @@ def train_head_on_features(model: keras.Model, config, data, folder: Path, *, pr
     train_f, train_y = extract_features(base, data.train, data.num_classes, config.batch_size, views=views,
                                         augment=config.augment_config(), seed=config.seed, verbose=verbose)
     val_ds = make_dataset(data.validation, data.num_classes, config.batch_size, training=False)
-    val_f = base.predict(val_ds, verbose=0).astype(np.float32)
-    # Extraction is part of the honest cost of this regime: count it as training time.
-    timer.train_seconds += time.perf_counter() - start
+    val_f = base.predict(val_ds, verbose=0)[:len(data.validation.labels)].astype(np.float32)
     val_onehot = keras.utils.to_categorical(data.validation.labels, data.num_classes).astype(np.float32)
 
-    callbacks, _ = cb.make_callbacks(folder, phase="head", val_x=val_f, progress=progress,
-                                     base_lr=config.learning_rate, first_epoch=0, total_epochs=config.epochs,
-                                     checkpoint_model=model, extra_state={"feature_cache": views}, **common)
-    train = FeatureViews(train_f, train_y, data.num_classes, config.batch_size, seed=config.seed, first_epoch=done)
-    history = head.fit(train, validation_data=(val_f, val_onehot), epochs=config.epochs, initial_epoch=done,
-                       callbacks=callbacks + list(extra_callbacks), class_weight=class_weight, verbose=verbose)
-    return done + len(history.epoch)
+    callbacks, committer = make_callbacks("head", val_f, model, 0, config.epochs, config.learning_rate)
+    committer.progress = dataclasses.replace(committer.progress, feature_cache=views)
+    # Extraction is part of the honest cost of this regime: count it as training time.
+    committer.timer.train_seconds += time.perf_counter() - start
+    return fit_by_epoch(
+        head, lambda epoch: FeatureViews(train_f, train_y, data.num_classes, config.batch_size, seed=config.seed,
+                                         first_epoch=epoch),
+        committer, last_epoch=config.epochs, callbacks=callbacks + list(extra_callbacks),
+        validation_data=(val_f, val_onehot), class_weight=class_weight, seed=config.seed, verbose=verbose)

@@ -186,7 +186,7 @@ def adenovirus(rng, difficulty):
 def papilloma(rng, difficulty):
     """~55 nm round-ish icosahedron with coarse knobby capsomeres; often in small groups."""
     particles = []
-    n = 1 + rng.binomial(6, 0.45)
+    n = 2 + rng.binomial(12, 0.5)  # real papilloma crops are crowded: often ten or more particles
     base = 55.0 * (1 + 0.04 * jitter(difficulty) * rng.standard_normal())
     for cx, cy in scatter(rng, n, base / 2, cluster=0.6):
         R = 0.5 * base * (1 + 0.03 * rng.standard_normal())
@@ -442,8 +442,9 @@ def cowpox(rng, difficulty):
         m = smooth_noise(np.random.default_rng(seed), g.u.shape, 14 * g.s)
         tubules = np.cos(m * 5.0)  # level lines of smooth noise look like random short ridges
         dcore = box_sdf(g.u * 1.0, g.v * 1.25, 0.55 * hx, 0.55 * hy, corner * 0.8)
-        tex = tubule_c * tubules * np.clip(-d / 10, 0, 1) + core * np.clip(-dcore / 8, 0, 1) \
-            - 0.08 * np.exp(-(dcore * dcore) * (1 / 12.0))
+        # the core shows as a soft density, not the sharp outlined box of a cartoon
+        tex = tubule_c * tubules * np.clip(-d / 10, 0, 1) + core * np.clip(-dcore / 25, 0, 1) \
+            - 0.03 * np.exp(-(dcore * dcore) * (1 / 40.0))
         return d, tex, None
 
     cx = FIELD_NM / 2 + rng.uniform(-off, off)
@@ -455,8 +456,9 @@ def cowpox(rng, difficulty):
 def orf(rng, difficulty):
     """~160 x 260 nm ovoid parapoxvirus with a regular criss-cross surface tubule."""
     j = jitter(difficulty)
-    a = 130 * (1 + 0.05 * j * rng.standard_normal())
-    b = 80 * (1 + 0.05 * j * rng.standard_normal())
+    # real crops show Orf larger than the textbook 260 x 160 nm: it fills most of the field
+    a = 155 * (1 + 0.05 * j * rng.standard_normal())
+    b = 96 * (1 + 0.05 * j * rng.standard_normal())
     period = rng.uniform(13, 18)
     cross = math.radians(rng.uniform(30, 45))
     c = rng.uniform(0.06, 0.11)
@@ -551,7 +553,8 @@ def _filament_paths(shape: str, rng, long: bool):
 def _filovirus(rng, difficulty, name):
     shape = _FILO_SHAPES[rng.choice(len(_FILO_SHAPES), p=_FILO_WEIGHTS[name])]
     paths, anchor = _filament_paths(shape, rng, long=name == "Ebola")
-    width = (80.0 if name == "Ebola" else 84.0) * (1 + 0.06 * jitter(difficulty) * rng.standard_normal())
+    # measured on the real crops, filaments look ~50-65 nm wide (not the textbook 80 nm)
+    width = (60.0 if name == "Ebola" else 64.0) * (1 + 0.08 * jitter(difficulty) * rng.standard_normal())
     half = 0.5 * width
     ang = rng.uniform(0, TAU)
     ca, sa = math.cos(ang), math.sin(ang)

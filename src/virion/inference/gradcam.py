@@ -2,8 +2,8 @@
 
 The class score's gradient with respect to the last convolutional feature map, averaged
 over space, weights that map's channels; the ReLU of the weighted sum, upsampled to the
-image, is the heatmap. Gradients are backend-specific; this is evaluation code, so it uses
-TensorFlow's GradientTape directly (models themselves stay backend-agnostic).
+image, is the heatmap. Gradients are backend-specific; this is inference code, so it uses
+TensorFlow's GradientTape or jax.grad directly (models themselves stay backend-agnostic).
 """
 
 from __future__ import annotations
@@ -91,23 +91,43 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
 
 
-def gradcam_with_probabilities(model, image_uint8_rgb, class_index=None, layer_name=None):
-    """Like `gradcam`, plus the model's full probability vector for the image."""
+def gradcam_with_probabilities(model, image_uint8_rgb, class_index=None, layer_name=None, out_size=None):
+    """Like `gradcam`, plus the model's full probability vector; `out_size` (H, W) sizes the heatmap."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        raise VirionError(
-            f"Grad-CAM is implemented for the TensorFlow backend, not '{keras.backend.backend()}'; "
-            "run with KERAS_BACKEND=tensorflow"
-        )
-    import tensorflow as tf
-
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise VirionError(f"Grad-CAM is implemented for the TensorFlow and JAX backends, not '{backend}'; "
+                          "run with KERAS_BACKEND=tensorflow or jax")
     image = _to_rgb_uint8(image_uint8_rgb)
     height, width = image.shape[:2]
     in_h, in_w = model.inputs[0].shape[1:3]
     x = _resize(image, in_h or height, in_w or width).astype(np.float32)[None]
+    if out_size is not None:
+        height, width = int(out_size[0]), int(out_size[1])
 
     layer_name = layer_name or find_last_conv_layer(model)
+    if class_index is not None:
+        num_classes = int(model.outputs[0].shape[-1])
+        if not 0 <= int(class_index) < num_classes:
+            raise VirionError(f"class index {class_index} out of range for a model with {num_classes} classes")
+    gradients = _conv_and_grads_tf if backend == "tensorflow" else _conv_and_grads_jax
+    conv, grads, probs, class_index = gradients(model, layer_name, x, class_index)
+
+    channel_weights = grads.mean(axis=(0, 1))  # global-average-pooled gradients, one per channel
+    cam = np.maximum((conv * channel_weights).sum(axis=-1), 0.0)
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    heatmap = np.clip(_resize(cam.astype(np.float32), height, width), 0.0, 1.0).astype(np.float32)
+    if peak > 0:
+        heatmap /= max(float(heatmap.max()), 1e-12)  # bilinear resize can shave the peak off
+    return heatmap, int(class_index), float(probs[class_index]), probs
+
+
+def _conv_and_grads_tf(model, layer_name, x, class_index):
+    """(conv map, d score / d conv, probabilities, class) with TensorFlow's GradientTape."""
+    import tensorflow as tf
+
     grad_model = _grad_model(model, layer_name)
     last = model.layers[-1]
     inputs = tf.convert_to_tensor(x)
@@ -119,28 +139,44 @@ def gradcam_with_probabilities(model, image_uint8_rgb, class_index=None, layer_n
         probs = tf.cast(outputs[-1], tf.float32)
         if class_index is None:
             class_index = int(tf.argmax(probs[0]))
-        if len(outputs) == 3:
+        if len(outputs) == 3:  # the pre-softmax score, as in the Grad-CAM paper
             features = tf.cast(outputs[1], tf.float32)
             logits = tf.matmul(features, tf.cast(last.kernel, tf.float32)) + tf.cast(last.bias, tf.float32)
             score = logits[:, class_index]
         else:
             score = probs[:, class_index]
-    num_classes = int(probs.shape[-1])
-    if not 0 <= class_index < num_classes:
-        raise VirionError(f"class index {class_index} out of range for a model with {num_classes} classes")
     grads = tape.gradient(score, conv)
     conv = tf.cast(conv, tf.float32)[0].numpy()
     grads = np.zeros_like(conv) if grads is None else tf.cast(grads, tf.float32)[0].numpy()
+    return conv, grads, probs[0].numpy(), int(class_index)
 
-    channel_weights = grads.mean(axis=(0, 1))  # global-average-pooled gradients, one per channel
-    cam = np.maximum((conv * channel_weights).sum(axis=-1), 0.0)
-    peak = float(cam.max())
-    cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    heatmap = np.clip(_resize(cam.astype(np.float32), height, width), 0.0, 1.0).astype(np.float32)
-    if peak > 0:
-        heatmap /= max(float(heatmap.max()), 1e-12)  # bilinear resize can shave the peak off
-    probs = probs[0].numpy()
-    return heatmap, int(class_index), float(probs[class_index]), probs
+
+def _conv_and_grads_jax(model, layer_name, x, class_index):
+    """The same on JAX: the model cut at the conv layer, `jax.grad` of the part after it
+    (only pooling and the dense head follow the last conv map in virion's models)."""
+    import jax
+    import keras
+
+    conv_tensor = model.get_layer(layer_name).output
+    last = model.layers[-1]
+    body = keras.Model(model.inputs, conv_tensor)
+    head = keras.Model(conv_tensor, [last.input, model.output])
+    conv = body(x, training=False)
+    _, probs = head(conv, training=False)
+    probs = np.asarray(probs, np.float32)[0]
+    k = int(np.argmax(probs)) if class_index is None else int(class_index)
+    use_logit = isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax
+
+    def score(c):
+        features, p = head(c, training=False)
+        if use_logit:
+            logits = (keras.ops.matmul(keras.ops.cast(features, "float32"), keras.ops.cast(last.kernel.value, "float32"))
+                      + keras.ops.cast(last.bias.value, "float32"))
+            return logits[0, k]
+        return keras.ops.cast(p, "float32")[0, k]
+
+    grads = jax.grad(score)(conv)
+    return np.asarray(conv, np.float32)[0], np.asarray(grads, np.float32)[0], probs, k
 
 
 def gradcam(model, image_uint8_rgb, class_index=None, layer_name=None):

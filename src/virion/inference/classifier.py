@@ -1,0 +1,291 @@
+"""`Classifier`: trained model(s) + metadata + the decode settings they were trained with.
+
+The one prediction path: `virion predict`, `virion explain`, evaluation, the web page and a
+notebook all decode and batch through here. Inputs may be paths, folders, NumPy arrays (any
+dtype, grayscale or RGB, any size) or PIL images; each is decoded exactly as training decoded
+its files (`virion.data.decode`), at each model's own input size and stretch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from virion.data.decode import DecodeError, DecodeSettings, decode_array, decode_image
+from virion.errors import VirionError
+from virion.inference.batching import predict_arrays
+from virion.inference.inputs import as_items
+from virion.run.loading import LoadedModel, load_models
+from virion.run.schema import ModelMetadata
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class Predictions:
+    """Class probabilities for the readable inputs, in input order, plus the unreadable ones."""
+
+    probabilities: np.ndarray  # (N, C) float, rows line up with `sources`
+    class_names: list[str]
+    sources: list[str]  # the readable inputs (file paths, or "array[i]" / "image[i]")
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    model: str = ""
+    order: list[str] = field(default_factory=list)  # every input, in order (readable or not)
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.class_names[i] for i in np.argmax(self.probabilities, axis=1)] if len(self.sources) else []
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1) if len(self.sources) else np.zeros(0)
+
+    def top_k(self, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Per input, the k most likely (class, probability) pairs, most likely first."""
+        k = max(1, min(int(k), len(self.class_names)))
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[j], float(p[j])) for j in idx] for p, idx in zip(self.probabilities, order)]
+
+    def to_rows(self, k: int = 3) -> list[dict]:
+        """Rows with exactly the columns of `virion predict --out` (unreadable inputs get an error row)."""
+        return rows_for([self], k)
+
+
+def csv_columns(k: int) -> list[str]:
+    header = ["file", "model", "class", "confidence"]
+    for i in range(1, k + 1):
+        header += [f"top{i}_class", f"top{i}_confidence"]
+    return header + ["error"]
+
+
+def rows_for(predictions: list[Predictions], k: int = 3) -> list[dict]:
+    """CSV rows of several models' predictions: per input in order, one row per model."""
+    columns = csv_columns(k)
+    errors: dict[str, str] = {}
+    per_source: dict[str, list[dict]] = {}
+    order: list[str] = []
+    for p in predictions:
+        for source, reason in p.failures:
+            errors.setdefault(source, reason)
+        for source, top in zip(p.sources, p.top_k(k)):
+            row = dict.fromkeys(columns, "")
+            row.update(file=source, model=p.model, **{"class": top[0][0]}, confidence=f"{top[0][1]:.6f}")
+            for i, (name, prob) in enumerate(top, 1):
+                row[f"top{i}_class"], row[f"top{i}_confidence"] = name, f"{prob:.6f}"
+            per_source.setdefault(source, []).append(row)
+        for source in p.order or p.sources:
+            if source not in order:
+                order.append(source)
+    rows = []
+    for source in order:
+        if source in errors:
+            rows.append({**dict.fromkeys(columns, ""), "file": source, "error": errors[source]})
+        else:
+            rows.extend(per_source.get(source, []))
+    return rows
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM of one image: where the model looked for `class_name`."""
+
+    image: np.ndarray  # uint8 (H, W) grayscale, as decoded (at the display size)
+    heatmap: np.ndarray  # float32 (H, W) in 0..1
+    overlay: np.ndarray  # uint8 (H, W, 3): heatmap in colour over the image
+    class_index: int
+    class_name: str
+    confidence: float  # the model's probability for class_name
+    probabilities: np.ndarray  # the model's full distribution for the image
+    model: str = ""
+    layer: str = ""
+    class_names: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def predicted(self) -> str:
+        """The model's top class for the image (may differ from the explained `class_name`)."""
+        return self.class_names[int(np.argmax(self.probabilities))] if self.class_names else ""
+
+
+class Classifier:
+    """Predict and explain with the models of a run (or one model file/folder)."""
+
+    def __init__(self, models: list[LoadedModel]):
+        if not models:
+            raise VirionError("no model to predict with; pass a model file, model folder or run folder")
+        self._models = {m.name: m for m in models}
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{m.name} {m.input_size}px" for m in self.models)
+        return f"Classifier({sizes}; {len(self.class_names)} classes)"
+
+    @classmethod
+    def load(cls, path: str | Path, models: str | list[str] | None = None) -> "Classifier":
+        """A run folder, model folder or .keras/.h5 file; `models`: None (all) or names to keep."""
+        return cls(load_models(path, models))
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._models)
+
+    @property
+    def models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.models[0].class_names)
+
+    @property
+    def input_size(self) -> int:
+        return self.models[0].input_size
+
+    @property
+    def metadata(self) -> dict[str, ModelMetadata]:
+        return {name: m.metadata for name, m in self._models.items()}
+
+    def get(self, model: str | None = None) -> LoadedModel:
+        """One loaded model by name (None: the only / first one)."""
+        if model is None:
+            return self.models[0]
+        if model not in self._models:
+            raise VirionError(f"--model {model}: not loaded; choose one of: {', '.join(self._models)}")
+        return self._models[model]
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, inputs, *, model: str | None = None) -> np.ndarray:
+        """uint8 (N, size, size) grayscale exactly as the model sees them (unreadable inputs raise)."""
+        images, _, failures = self._decode(as_items(inputs), self.get(model).decode)
+        if failures:
+            source, reason = failures[0]
+            raise VirionError(f"{source}: cannot be decoded ({reason})")
+        return images
+
+    @staticmethod
+    def _decode(items, settings: DecodeSettings, workers: int | None = None, progress: bool = False):
+        def one(item):
+            name, value = item
+            try:
+                image = decode_image(value, settings) if isinstance(value, (str, Path)) \
+                    else decode_array(value, settings, name=name)
+                return name, image, None
+            except DecodeError as exc:
+                return name, None, exc.reason
+            except (OSError, ValueError, MemoryError) as exc:  # the decoder wraps these; be safe anyway
+                return name, None, f"{type(exc).__name__}: {exc}"
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(  # decoders release the GIL
+                total=len(items), desc=f"decode {settings.size}px", unit="img", file=sys.stderr,
+                disable=not progress or len(items) <= 64) as bar:
+            results = []
+            for result in pool.map(one, items):
+                results.append(result)
+                bar.update()
+        images = [img for _, img, why in results if why is None]
+        sources = [name for name, _, why in results if why is None]
+        failures = [(name, why) for name, _, why in results if why is not None]
+        size = settings.size
+        stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+        return stacked, sources, failures
+
+    # ------------------------------------------------------------------ predicting
+    def predict(self, inputs, *, model: str | None = None, tta: bool = False, batch_size: int = 32,
+                progress: bool = False) -> Predictions:
+        """Probabilities for every readable input.
+
+        model: a model name, "ensemble" (average of all loaded models) or None (the only model,
+        or the ensemble when several are loaded). tta: average over the 8 flips/90-degree turns.
+        """
+        if model is None:
+            model = ENSEMBLE if len(self._models) > 1 else self.model_names[0]
+        names = self.model_names if model == ENSEMBLE else [self.get(model).name]
+        each = self.predict_each(inputs, models=names, tta=tta, batch_size=batch_size, progress=progress)
+        if model != ENSEMBLE or len(each) == 1:
+            return each[0]
+        first = self.get(names[0])
+        for name in names[1:]:
+            if self.get(name).class_names != first.class_names:
+                raise VirionError(f"ensemble: models {first.name} and {name} have different class lists; "
+                                  "ensemble only models trained on the same classes")
+        readable = [s for s in each[0].sources if all(s in p.sources for p in each)]
+        stacked = np.mean([p.probabilities[[p.sources.index(s) for s in readable]] for p in each], axis=0)
+        failures = {s: r for p in each for s, r in p.failures}
+        return Predictions(stacked.reshape(len(readable), -1), list(first.class_names), readable,
+                           list(failures.items()), ENSEMBLE, each[0].order)
+
+    def predict_each(self, inputs, *, models: list[str] | None = None, tta: bool = False,
+                     batch_size: int = 32, progress: bool = False) -> list[Predictions]:
+        """One `Predictions` per model; images are decoded once per distinct decode setting."""
+        if int(batch_size) < 1:
+            raise VirionError(f"--batch-size {batch_size}: must be at least 1")
+        items = as_items(inputs)
+        chosen = [self.get(name) for name in (models or self.model_names)]
+        decoded: dict[DecodeSettings, tuple] = {}
+        out = []
+        for m in chosen:
+            if m.decode not in decoded:
+                decoded[m.decode] = self._decode(items, m.decode, progress=progress)
+            images, sources, failures = decoded[m.decode]
+            probs = predict_arrays(m.model, images, batch_size=batch_size, tta=tta)
+            out.append(Predictions(probs, list(m.class_names), list(sources), list(failures), m.name,
+                                   [name for name, _ in items]))
+        return out
+
+    # ------------------------------------------------------------------ explaining
+    def explain(self, input, *, class_index: int | str | None = None, model: str | None = None,
+                layer: str | None = None, size: int | None = None) -> Explanation:
+        """Grad-CAM for one image (a path, array or PIL image): heatmap and overlay.
+
+        class_index: an index or class name (default: the predicted class). size: pixels per side
+        of the returned image/heatmap (default: the model's input size; larger shows more detail).
+        """
+        from virion.inference.gradcam import find_last_conv_layer, gradcam_with_probabilities, overlay
+
+        m = self.get(None if model == ENSEMBLE else model)
+        items = as_items(input)
+        if len(items) != 1:
+            raise VirionError(f"explain takes one image at a time, got {len(items)}")
+        if isinstance(class_index, str):
+            if class_index not in m.class_names:
+                raise VirionError(f"--class {class_index}: not a class of model {m.name}; choose one of: "
+                                  f"{', '.join(m.class_names)}")
+            class_index = m.class_names.index(class_index)
+        seen, _, failures = self._decode(items, m.decode, workers=1)
+        if failures:
+            raise VirionError(f"{failures[0][0]}: cannot be decoded ({failures[0][1]})")
+        shown = seen[0]
+        if size and size != m.input_size:
+            from dataclasses import replace
+
+            shown = self._decode(items, replace(m.decode, size=int(size)), workers=1)[0][0]
+        layer = layer or find_last_conv_layer(m.model, preferred=_preferred_layer(m))
+        heatmap, index, confidence, probs = gradcam_with_probabilities(m.model, seen[0], class_index, layer,
+                                                                       out_size=shown.shape[:2])
+        return Explanation(image=shown, heatmap=heatmap, overlay=overlay(shown, heatmap), class_index=index,
+                           class_name=m.class_names[index], confidence=confidence, probabilities=probs,
+                           model=m.name, layer=layer, class_names=list(m.class_names))
+
+
+def _preferred_layer(m: LoadedModel) -> str | None:
+    """The architecture's known last conv layer (metadata, else the model catalogue), if recorded."""
+    if m.metadata.last_conv_layer:
+        return m.metadata.last_conv_layer
+    try:
+        from virion.models.registry import model_info
+
+        return getattr(model_info(m.name), "last_conv_layer", None)
+    except (VirionError, KeyError, ValueError):  # not one of virion's architectures: search instead
+        return None
+
+
+def load(path: str | Path, models: str | list[str] | None = None) -> Classifier:
+    """`virion.load(run)`: a `Classifier` for a run folder, model folder or .keras/.h5 file."""
+    return Classifier.load(path, models)

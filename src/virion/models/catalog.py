@@ -1,0 +1,26 @@
+"""Model names and input-size limits as plain data, importable without Keras.
+
+The CLI and the training config validate `--models` and `--input-size` from here before any
+backend is imported; `virion.models.registry` builds the models and reads the same names.
+"""
+
+from __future__ import annotations
+
+# The reference system's three models: what `virion train` and `virion demo` train by default.
+DEFAULT_MODELS = ("resnet50", "xception", "densenet121")
+# Further keras.applications backbones with the same head and stages, trained only when named in
+# --models: DenseNet201 (the public dataset's published anchors), EfficientNetV2 B0/S, ConvNeXt Tiny.
+EXTRA_MODELS = ("densenet201", "efficientnetv2b0", "efficientnetv2s", "convnext_tiny")
+MODEL_NAMES = DEFAULT_MODELS + EXTRA_MODELS
+
+# Smallest square input each architecture accepts (keras.applications: Xception 71, DenseNet,
+# EfficientNetV2 and ConvNeXt 32; our ResNet-50's five stride-2 stages need 32).
+MIN_INPUT_SIZE = {
+    "resnet50": 32,
+    "xception": 71,
+    "densenet121": 32,
+    "densenet201": 32,
+    "efficientnetv2b0": 32,
+    "efficientnetv2s": 32,
+    "convnext_tiny": 32,
+}

@@ -1,0 +1,1 @@
+"""Named training recipes (`virion train --preset NAME`), one TOML file each, shipped as package data."""

@@ -1,0 +1,167 @@
+"""benchmarks/bench_real.py: grouped folds that never leak a micrograph, honest scoring, and one
+tiny fold through the real `virion train` CLI. Tiny made-up data only (never the shared folder)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_real", ROOT / "benchmarks" / "bench_real.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_real"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dataset(folder: Path, groups_per_class=(2, 3, 5), per_group: int = 3, size: int = 32) -> Path:
+    """Classes with a few 'micrographs' each; each micrograph's crops share a look (a brightness)."""
+    rng = np.random.default_rng(0)
+    lines = ["path,label,micrograph"]
+    for c, n_groups in enumerate(groups_per_class):
+        label = f"class {c}"  # a space, like "Rift Valley"
+        (folder / "images" / label).mkdir(parents=True, exist_ok=True)
+        for g in range(n_groups):
+            level = rng.integers(40, 200)
+            for i in range(per_group):
+                name = f"images/{label}/m{c}-{g}_{i}.png"
+                img = np.clip(level + rng.normal(0, 20, (size, size)) + 60 * c * (np.arange(size) > size // 2), 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(folder / name)
+                lines.append(f"{name},{label},m{c}-{g}")
+    (folder / "micrographs.csv").write_text("\n".join(lines) + "\n")
+    return folder / "micrographs.csv"
+
+
+def test_folds_keep_micrographs_together_and_every_class_in_training(bench, tmp_path):
+    _, rows = bench.read_groups(_dataset(tmp_path))
+    folds = bench.make_folds(rows, 3, seed=1)
+    assert len(folds) == 3
+    tested = []
+    for split in folds:
+        bench.check_fold(rows, split)  # raises on a leaked micrograph or an unseen class
+        sides = {}
+        for r, s in zip(rows, split):
+            assert sides.setdefault(r["group"], s) == s
+        assert "test" in split and "train" in split
+        tested += [r["group"] for r, s in zip(rows, split) if s == "test"]
+    # each micrograph is tested in one fold at most, and most are tested somewhere
+    per_group = {g: tested.count(g) for g in set(tested)}
+    assert max(per_group.values()) == 3  # 3 crops of one micrograph, in one fold
+    assert len(per_group) >= 7
+    assert bench.make_folds(rows, 3, seed=1) == folds  # seeded
+    assert bench.make_folds(rows, 3, seed=2) != folds
+
+
+def test_check_fold_catches_a_leak(bench, tmp_path):
+    _, rows = bench.read_groups(_dataset(tmp_path))
+    split = bench.make_folds(rows, 2, seed=0)[0]
+    first_group = rows[0]["group"]
+    leaky = list(split)
+    i = next(i for i, r in enumerate(rows) if r["group"] == first_group)
+    leaky[i] = "test" if split[i] != "test" else "train"
+    with pytest.raises(AssertionError, match="two sides"):
+        bench.check_fold(rows, leaky)
+
+
+def test_manifest_reads_back_with_the_project_loader(bench, tmp_path):
+    from virion.data.layout import load_dataset
+
+    _, rows = bench.read_groups(_dataset(tmp_path))
+    split = bench.make_folds(rows, 2, seed=0)[0]
+    manifest = bench.write_manifest(tmp_path / "fold.csv", rows, split)
+    ds = load_dataset(manifest)
+    assert sum(len(s.files) for s in ds.splits.values()) == len(rows)
+    assert len(ds.splits["test"].files) == split.count("test")
+    assert ds.class_names == ["class 0", "class 1", "class 2"]
+
+
+def test_scores_macro_f1_over_the_classes_present(bench):
+    s = bench.scores(["a", "a", "b", "b"], ["a", "b", "b", "c"])
+    assert s["accuracy"] == pytest.approx(0.5)
+    # F1(a) = 2/3, F1(b) = 1/2; "c" is never true so it does not drag the mean down (it would: 7/18)
+    assert s["macro_f1"] == pytest.approx(7 / 12)
+    assert s["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def _fake_run(run: Path, name: str, probs: np.ndarray, truth: list[str], classes: list[str], exact: bool):
+    d = run / name / "evaluation"
+    d.mkdir(parents=True)
+    (run / name / "metadata.json").write_text(json.dumps({"class_names": classes}))
+    with open(d / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        extra = [f"p_{c}" for c in classes] if exact else []
+        w.writerow(["file", "true_class", "predicted_class", "confidence", "top3", *extra])
+        for i, (p, t) in enumerate(zip(probs, truth)):
+            order = np.argsort(-p)[:3]
+            top3 = ";".join(f"{classes[j]}:{p[j]:.4f}" for j in order)
+            w.writerow([f"f{i}.png", t, classes[order[0]], p[order[0]], top3, *(p if exact else [])])
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_ensemble_averages_probabilities(bench, tmp_path, exact):
+    classes = ["a", "b", "c", "d"]
+    truth = ["a", "b"]
+    # model 1 is right on image 0 only, model 2 on image 1 only; their mean is right on both
+    m1 = np.array([[0.6, 0.4, 0.0, 0.0], [0.55, 0.45, 0.0, 0.0]])
+    m2 = np.array([[0.3, 0.0, 0.7, 0.0], [0.0, 0.9, 0.1, 0.0]])
+    _fake_run(tmp_path, "m1", m1, truth, classes, exact)
+    _fake_run(tmp_path, "m2", m2, truth, classes, exact)
+    out = bench.score_run(tmp_path, ["m1", "m2"])
+    assert out["m1"]["accuracy"] == 0.5 and out["m2"]["accuracy"] == 0.5
+    assert out["ensemble"]["accuracy"] == 1.0
+    assert out["ensemble"]["exact_probabilities"] is exact
+
+
+def test_aggregate_mean_sd_and_paired_difference(bench):
+    def fold(acc):
+        return {"wall_s": 10.0, "scores": {"resnet50": {"accuracy": acc, "macro_f1": acc / 2, "balanced_accuracy": acc}}}
+
+    results = {"reference": {0: fold(0.4), 1: fold(0.5)}, "tem": {0: fold(0.6), 1: fold(0.9)}}
+    agg = bench.aggregate(results)
+    ref = agg["table"]["reference"]["resnet50"]["accuracy"]
+    assert ref["mean"] == pytest.approx(0.45) and ref["sd"] == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    diff = agg["paired_difference_vs_reference"]["tem"]["resnet50"]["accuracy"]
+    assert diff["mean"] == pytest.approx(0.3) and diff["sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert "tem" in bench.format_table(agg)
+
+
+def test_recipes_and_missing_data_messages(bench, tmp_path, capsys):
+    assert bench.parse_recipe("a=--rot90 --zoom 0.1", False).args == ("--rot90", "--zoom", "0.1")
+    assert bench.parse_recipe("tem", True).args == ("--preset", "tem")
+    assert bench.parse_recipe("reference", False).args == ()
+    with pytest.raises(bench.BenchError, match="--preset"):
+        bench.parse_recipe("tem", False)
+    assert bench.main([str(tmp_path / "nowhere.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.csv" in err and "not part of the repo" in err and "\n" not in err.strip()
+
+
+@pytest.mark.slow
+def test_one_tiny_fold_end_to_end(bench, tmp_path):
+    """Two folds of a 3-class toy set through the real `virion train` (32 px, one epoch), then scored."""
+    data = _dataset(tmp_path / "data", groups_per_class=(3, 3, 3), per_group=3)
+    out = tmp_path / "results.json"
+    rc = bench.main([str(data), "--folds", "2", "--only-folds", "0", "--epochs", "1", "--input-size", "32",
+                     "--workdir", str(tmp_path / "work"), "--out", str(out), "--extra=--batch-size 4"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    fold = res["per_fold"]["reference"]["0"]
+    assert fold["counts"]["test"] > 0 and fold["wall_s"] > 0
+    s = fold["scores"]["resnet50"]
+    assert 0.0 <= s["accuracy"] <= 1.0 and s["n_test"] == fold["counts"]["test"]
+    assert res["table"]["reference"]["resnet50"]["accuracy"]["n"] == 1
+    # --resume reads the finished fold instead of training again
+    rc = bench.main([str(data), "--folds", "2", "--only-folds", "0", "--epochs", "1", "--input-size", "32",
+                     "--workdir", str(tmp_path / "work"), "--out", str(out), "--resume"])
+    assert rc == 0 and json.loads(out.read_text())["per_fold"]["reference"]["0"]["wall_s"] == fold["wall_s"]
