@@ -42,7 +42,8 @@ for path in json.load(open(sys.argv[1])):
     except BaseException as exc:
         results.append({"path": path, "status": "crash", "message": traceback.format_exc()})
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "jax", "torch"))
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this process image's own peak (ru_maxrss would carry the forking parent's peak).
+peak_kb = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))
 print(json.dumps({"results": results, "heavy_modules": heavy, "peak_rss_kb": peak_kb}))
 """
 
