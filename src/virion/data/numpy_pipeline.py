@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from virion.data.augment import NOISE_DIM, AugmentConfig, TEMAugment
+from virion.data.batch_checks import check_split
 from virion.errors import VirionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,24 +69,7 @@ def batch_plan(n: int, batch_size: int, num_devices: int, training: bool) -> lis
 
 
 def _check(arrays, num_classes, batch_size, num_devices, process_count) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(arrays.images)  # a read-only memmap stays zero-copy
-    labels = np.asarray(arrays.labels)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise VirionError(f"images of the split must be uint8 grayscale (N, H, W), got {images.dtype} "
-                          f"{images.shape}: decode with virion.data.cache.load_split_arrays")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise VirionError(f"batch size {batch_size!r} is invalid: use a positive integer such as 64")
-    if len(images) == 0:
-        raise VirionError("cannot build an input pipeline from a split with no images: "
-                          "check the dataset folder (see the dataset summary) and its split options")
-    if labels.shape != (len(images),):
-        raise VirionError(f"labels shape {labels.shape} does not match {len(images)} images: "
-                          "rebuild the split with virion.data.cache.load_split_arrays")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise VirionError(f"num_classes={num_classes!r} is invalid: a classifier needs at least 2 classes")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise VirionError(f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}: "
-                          "pass the dataset's number of classes")
+    images, labels, batch_size = check_split(arrays, num_classes, batch_size)
     if batch_size % num_devices:
         raise VirionError(f"--batch-size {batch_size} cannot be split evenly over {num_devices} devices: "
                           f"use a multiple of {num_devices} (the batch size is the global batch)")

@@ -29,28 +29,12 @@ from virion.data.augment import (
     TEMAugment,
     mix_batch,
 )
-from virion.errors import VirionError
+from virion.data.batch_checks import check_batch_size, check_images, check_split
 
 if TYPE_CHECKING:  # pragma: no cover
     from virion.data.cache import SplitArrays
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def _check_images(images, what: str, allow_channels: bool = False) -> np.ndarray:
-    images = np.asarray(images)  # a read-only memmap stays zero-copy here
-    ok = images.ndim == 3 or (allow_channels and images.ndim == 4 and images.shape[-1] in (1, 3))
-    if images.dtype != np.uint8 or not ok:
-        shapes = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)" if allow_channels else "grayscale (N, H, W)"
-        raise VirionError(f"{what} must be uint8 {shapes}, got {images.dtype} {images.shape}: "
-                          "decode with virion.data.decode / virion.data.cache.load_split_arrays")
-    return images
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise VirionError(f"batch size {batch_size!r} is invalid: use a positive integer such as 64")
-    return int(batch_size)
 
 
 def _to_model_input(gray):
@@ -92,23 +76,10 @@ def make_dataset(arrays: SplitArrays, num_classes: int, batch_size: int, *, trai
     training=False: file order, untouched pixels, last partial batch kept, so predictions line
     up with `arrays.files`. The dataset has a known cardinality: `len(ds)` batches per epoch.
     """
-    images = _check_images(arrays.images, "images of the split")
+    images, labels, batch_size = check_split(arrays, num_classes, batch_size)
     if seed is None:  # explicitly unseeded: a fresh random run
         seed = int(np.random.default_rng().integers(2**31))
     seed = int(seed)
-    labels = np.asarray(arrays.labels)
-    batch_size = _check_batch_size(batch_size)
-    if len(images) == 0:
-        raise VirionError("cannot build an input pipeline from a split with no images: "
-                          "check the dataset folder (see the dataset summary) and its split options")
-    if labels.shape != (len(images),):
-        raise VirionError(f"labels shape {labels.shape} does not match {len(images)} images: "
-                          "rebuild the split with virion.data.cache.load_split_arrays")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise VirionError(f"num_classes={num_classes!r} is invalid: a classifier needs at least 2 classes")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise VirionError(f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}: "
-                          "pass the dataset's number of classes")
 
     n = len(images)
     # One copy into a TF tensor; each batch is then a single gather (no Python generator).
@@ -167,8 +138,8 @@ def make_predict_dataset(images, batch_size: int) -> tf.data.Dataset:
 
     Also takes (N, H, W, 1) and the replicated (N, H, W, 3) that `decode_rgb` gives.
     """
-    images = _check_images(images, "images to predict", allow_channels=True)
-    batch_size = _check_batch_size(batch_size)
+    images = check_images(images, "images to predict", allow_channels=True)
+    batch_size = check_batch_size(batch_size)
     table = tf.constant(images)
     ds = tf.data.Dataset.range(len(images)).batch(batch_size)
     ds = ds.map(lambda idx: _to_model_input(tf.gather(table, idx)), num_parallel_calls=AUTOTUNE)
@@ -177,4 +148,4 @@ def make_predict_dataset(images, batch_size: int) -> tf.data.Dataset:
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     """Batches in one pass (the last partial batch counts), as `len(make_dataset(...))` gives."""
-    return -(-int(num_images) // _check_batch_size(batch_size))
+    return -(-int(num_images) // check_batch_size(batch_size))
