@@ -157,7 +157,8 @@ def test_one_tiny_fold_end_to_end(bench, tmp_path):
     assert rc == 0
     res = json.loads(out.read_text())
     fold = res["per_fold"]["reference"]["0"]
-    assert fold["counts"]["test"] > 0 and fold["wall_s"] > 0
+    assert fold["counts"]["test"] > 0
+    assert isinstance(fold["wall_s"], float)  # recorded, never compared (timings live in benchmarks)
     s = fold["scores"]["resnet50"]
     assert 0.0 <= s["accuracy"] <= 1.0 and s["n_test"] == fold["counts"]["test"]
     assert res["table"]["reference"]["resnet50"]["accuracy"]["n"] == 1
