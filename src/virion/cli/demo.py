@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _seed(text: str) -> int:
-    """Seeds go to NumPy and Keras, which take 0 .. 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from 0 to {2**32 - 1}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text}: expected an integer from 0 to {2**32 - 1}")
-    return value
+from virion.cli import argtypes
 
 
 def register(subparsers) -> None:
@@ -39,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", default="auto",
                         help="transfer-model weights: auto (ImageNet if it can be had, else none), "
                         "imagenet, none, or a path to a weights file")
-    parser.add_argument("--seed", type=_seed, default=0, help="seed for the data and the training (default 0)")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed for the data and the training (default 0)")
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                         help="models to train (default: resnet50 xception densenet121)")
     parser.set_defaults(func=run)

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from virion.cli import argtypes
 from virion.errors import VirionError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -33,7 +23,7 @@ def register(subparsers) -> None:
                         help="image files or folders of images (searched recursively; hidden files skipped)")
     parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
                         help="with a run folder: use only this model (e.g. resnet50); default: every model")
-    parser.add_argument("--top-k", type=_positive_int, default=3, metavar="K",
+    parser.add_argument("--top-k", type=argtypes.positive_int, default=3, metavar="K",
                         help="how many of the most likely classes to write per image (default: 3)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the softmax over the 8 flips and 90-degree rotations")
@@ -42,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="CSV",
                         help="write the predictions to this CSV file (e.g. predictions.csv)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=32, metavar="N",
                         help="images per prediction batch (default: 32)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import socket
 import sys
 from pathlib import Path
 
+from virion.cli import argtypes
 from virion.errors import VirionError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -49,10 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only); another address "
                         "lets other machines use the page, with no login")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
+    parser.add_argument("--port", type=argtypes.port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument("--top-k", type=argtypes.positive_int, default=5, metavar="K",
                         help="how many classes each result's bar chart shows (default: 5)")
-    parser.add_argument("--max-upload-mb", type=_positive_int, default=512, metavar="MB",
+    parser.add_argument("--max-upload-mb", type=argtypes.positive_int, default=512, metavar="MB",
                         help="largest upload accepted in one request (default: 512)")
     parser.set_defaults(func=run)
 

@@ -113,18 +113,20 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a resume (saved in progress.json, restored here)."""
+class _ResumableCounters:
+    """Mixin for Keras callbacks whose counters must survive a resume (saved in progress.json).
 
-    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+    Keras resets the counters at every fit() call; the trainer fits one epoch per call, so the
+    counters are reset once, then the committed ones are put back.
+    """
+
+    STATE: tuple[str, ...] = ()
 
     def __init__(self, *args, state: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.initial_state = dict(state or {})
 
     def on_train_begin(self, logs=None):
-        # Keras resets the counters at every fit() call; the trainer fits one epoch per call, so
-        # reset once, then put the committed counters back.
         if self.initial_state is None:
             return
         super().on_train_begin(logs)
@@ -136,25 +138,16 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         return {key: _plain(getattr(self, key, None)) for key in self.STATE}
 
 
-class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumableEarlyStopping(_ResumableCounters, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a resume."""
+
+    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+
+
+class ResumablePlateau(_ResumableCounters, keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau whose counters survive a resume (the lr itself is in the optimizer)."""
 
     STATE = ("wait", "best", "cooldown_counter")
-
-    def __init__(self, *args, state: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.initial_state = dict(state or {})
-
-    def on_train_begin(self, logs=None):
-        if self.initial_state is None:  # see ResumableEarlyStopping
-            return
-        super().on_train_begin(logs)
-        for key, value in self.initial_state.items():
-            setattr(self, key, value)
-        self.initial_state = None
-
-    def get_state(self) -> dict:
-        return {key: _plain(getattr(self, key, None)) for key in self.STATE}
 
 
 def _plain(value):
