@@ -277,8 +277,13 @@ def score_run(run_dir: Path, models: list[str]) -> dict:
 
 
 def summarize(values: list[float]) -> dict:
+    """Mean, sd and n; sd is None (JSON null, printed "n/a") for a single fold: no spread is known."""
     return {"mean": float(statistics.fmean(values)) if values else float("nan"),
-            "sd": float(statistics.stdev(values)) if len(values) > 1 else 0.0, "n": len(values)}
+            "sd": float(statistics.stdev(values)) if len(values) > 1 else None, "n": len(values)}
+
+
+def _sd_text(sd: float | None, spec: str) -> str:
+    return "n/a" if sd is None else format(sd, spec)
 
 
 def aggregate(results: dict[str, dict[int, dict]]) -> dict:
@@ -312,15 +317,15 @@ def format_table(agg: dict) -> str:
     lines = [f"{'recipe':<16} {'model':<12} {'n':>2} {'accuracy':>15} {'macro-F1':>15} {'bal. acc.':>15} {'wall s':>12}"]
     for recipe, models in agg["table"].items():
         for model, ms in models.items():
-            cells = [f"{ms[m]['mean']:.3f} +- {ms[m]['sd']:.3f}" for m in METRICS]
+            cells = [f"{ms[m]['mean']:.3f} +- {_sd_text(ms[m]['sd'], '.3f')}" for m in METRICS]
             lines.append(f"{recipe:<16} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} {cells[1]:>15} "
-                         f"{cells[2]:>15} {ms['wall_s']['mean']:>6.0f}+-{ms['wall_s']['sd']:<4.0f}")
+                         f"{cells[2]:>15} {ms['wall_s']['mean']:>6.0f}+-{_sd_text(ms['wall_s']['sd'], '.0f'):<4}")
     for key, diffs in agg.items():
         if key.startswith("paired_difference") and diffs:
             lines.append(f"paired difference (recipe - {key.rsplit('_', 1)[-1]}), mean +- sd over folds:")
             for recipe, models in diffs.items():
                 for model, ms in models.items():
-                    cells = [f"{ms[m]['mean']:+.3f} +- {ms[m]['sd']:.3f}" for m in METRICS]
+                    cells = [f"{ms[m]['mean']:+.3f} +- {_sd_text(ms[m]['sd'], '.3f')}" for m in METRICS]
                     lines.append(f"  {recipe:<14} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} "
                                  f"{cells[1]:>15} {cells[2]:>15}")
     return "\n".join(lines)

@@ -134,6 +134,9 @@ def test_aggregate_mean_sd_and_paired_difference(bench):
     diff = agg["paired_difference_vs_reference"]["tem"]["resnet50"]["accuracy"]
     assert diff["mean"] == pytest.approx(0.3) and diff["sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert "tem" in bench.format_table(agg)
+    single = bench.aggregate({"reference": {0: fold(0.4)}})["table"]["reference"]["resnet50"]["accuracy"]
+    assert single["n"] == 1 and single["sd"] is None  # one fold: no spread, not a spread of 0
+    assert "0.400 +- n/a" in bench.format_table(bench.aggregate({"reference": {0: fold(0.4)}}))
 
 
 def test_recipes_and_missing_data_messages(bench, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virion.data.augment import AugmentConfig
+from virion.data.augment import AugmentConfig, MixConfig
 from virion.data.cache import SplitArrays
 from virion.data.numpy_pipeline import NumpyBatches, NumpyPredictBatches, batch_plan, epoch_order
 from virion.errors import VirionError
@@ -99,6 +99,28 @@ def test_augmentation_is_seeded_per_batch_and_changes_pixels():
     ids = a.local_indices(0, epoch=0)
     assert not np.allclose(np.asarray(xa)[..., 0], arrays.images[ids].astype(np.float32))
     assert float(np.min(xa)) >= 0.0 and float(np.max(xa)) <= 255.0
+
+
+def test_mixing_makes_soft_labels_that_match_the_pixels_and_only_in_training():
+    # Each image is a constant gray level equal to 100 * its class, so after mixup the mean pixel
+    # of an image is exactly 100 * (its soft label . class index): pixels and labels mixed alike.
+    n, classes = 12, 3
+    labels = np.arange(n) % classes
+    images = np.repeat((100 * labels).astype(np.uint8)[:, None, None], 8, axis=1).repeat(8, axis=2)
+    arrays = SplitArrays(images, labels, [f"{i}.png" for i in range(n)], [])
+    mix = MixConfig(mixup=0.4)
+    a = _epoch(NumpyBatches(arrays, classes, 6, training=True, augment=AugmentConfig.none(), mix=mix, seed=1))
+    b = _epoch(NumpyBatches(arrays, classes, 6, training=True, augment=AugmentConfig.none(), mix=mix, seed=1,
+                            prefetch=0))
+    x = np.concatenate([np.asarray(batch[0]) for batch in a])
+    y = np.concatenate([np.asarray(batch[1]) for batch in a])
+    np.testing.assert_allclose(x, np.concatenate([np.asarray(batch[0]) for batch in b]), atol=1e-4)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    assert ((y > 0.01) & (y < 0.99)).any()  # soft labels
+    np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), 100 * y @ np.arange(classes), atol=0.05)
+    plain = _epoch(NumpyBatches(arrays, classes, 6, training=False, mix=mix))
+    np.testing.assert_array_equal(np.concatenate([np.asarray(batch[1]) for batch in plain]),
+                                  np.eye(classes, dtype=np.float32)[labels])
 
 
 def test_predict_batches_keep_order_and_shape():

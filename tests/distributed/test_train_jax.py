@@ -104,7 +104,8 @@ root = Path(sys.argv[1])
 write_data(root / "data")
 probe = Probe(stop_after=1)
 try:
-    workflow.train(progress=False, extra_callbacks=[probe], **settings(root, devices="all"))
+    # mixup on: the mixing runs in the jitted device function, on the two devices' batch shards
+    workflow.train(progress=False, extra_callbacks=[probe], **settings(root, devices="all", mixup=0.2))
     interrupted = False
 except KeyboardInterrupt:
     interrupted = True
@@ -116,6 +117,7 @@ history = (folder / "history.csv").read_text().strip().splitlines()
 print(json.dumps({"step": step, "interrupted": interrupted, "devices_seen": probe.devices, "cli_exit": code,
                   "config_launch": [json.loads((root / "run" / "config.json").read_text()).get(k)
                                     for k in ("backend", "devices", "coordinator")],
+                  "mixup": json.loads((root / "run" / "config.json").read_text()).get("mixup"),
                   "backend": meta.get("versions", {}).get("backend"), "tf_loaded": "tensorflow" in sys.modules,
                   "epochs": [row.split(",")[0] for row in history[1:]],
                   "files": sorted(p.name for p in folder.iterdir()),
@@ -131,7 +133,7 @@ import jax
 from jax.experimental import multihost_utils
 multihost_utils.sync_global_devices("data written")
 probe = Probe()
-result = workflow.train(progress=False, extra_callbacks=[probe], **settings(root, devices="all"))
+result = workflow.train(progress=False, extra_callbacks=[probe], **settings(root, devices="all", cutmix=1.0))
 print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
                   "writer": distribute.is_writer(), "run_dir": str(result.run_dir), "devices_seen": probe.devices,
                   "digest": weights_digest(result.run_dir), "tf_loaded": "tensorflow" in sys.modules}))
@@ -165,6 +167,7 @@ def test_two_device_train_resumes_evaluates_and_never_imports_tensorflow(single_
     assert res["interrupted"] and res["cli_exit"] == 0
     assert res["epochs"] == ["1", "2"], "`virion train --resume` continued: each epoch once in history.csv"
     assert res["config_launch"] == ["auto", "all", None]
+    assert res["mixup"] == 0.2  # the resumed run kept its mixing setting
     assert "resnet50_virus_classification.keras" in res["files"] and "metadata.json" in res["files"]
     assert res["evaluated"] and res["report"]
     assert res["distribution_after"] is False, "evaluation runs on one device"

@@ -36,9 +36,10 @@ def test_cli_trains_with_preset_file_and_flags_then_resumes(tiny_data, tiny_regi
     toml.write_text("epochs = 1\nbatch_size = 4\nlearning_rate = 0.03\n[augment]\nrotation = 0.0\nshift = 0.0\n")
     args = ["train", "--data", str(tiny_data), "--models", "resnet50", "--out", str(out), "--config", str(toml),
             "--preset", "tem", "--input-size", "32", "--epochs", "2", "--early-stopping", "off", "--linear",
-            "--weights", "none", "--no-horizontal-flip", "--zoom", "0"]
+            "--weights", "none", "--no-horizontal-flip", "--zoom", "0", "--mixup", "0.2", "--cutmix", "1"]
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
+    assert (config["mixup"], config["cutmix"], config["mix_prob"]) == (0.2, 1.0, 1.0)  # tf.data pipeline mixes
     assert config["preset"] == "tem" and config["epochs"] == 2 and config["batch_size"] == 4
     assert config["stretch"] is None and config["early_stopping"] is None
     assert config["augment"]["horizontal_flip"] is False and config["augment"]["zoom"] == 0.0  # flags win

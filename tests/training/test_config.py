@@ -109,6 +109,7 @@ def test_bad_toml_values_are_one_line_naming_key_value_and_expectation(tmp_path,
     ("learning_rate", 1e30), ("fine_tune_lr", 0), ("epochs", 0), ("epochs", 10**9), ("batch_size", -4),
     ("val_fraction", 0), ("val_fraction", 1), ("test_fraction", 1.0), ("unfreeze", 1.5), ("unfreeze", 0),
     ("feature_cache", -1), ("weight_decay", -0.1), ("early_stopping", -2), ("input_size", 10**6),
+    ("mixup", -0.1), ("cutmix", 11), ("mix_prob", 1.5),
 ])
 def test_out_of_range_values_are_refused(key, value):
     with pytest.raises(VirionError, match=key.split("_")[0]) as info:
@@ -159,6 +160,16 @@ def test_legacy_config_json_still_loads():
     values = json.loads((FIXTURE_RUN / "config.json").read_text())
     c = TrainConfig.from_dict(values, source="config.json")
     assert c.optimizer == "adam" and c.label_smoothing == 0.0 and c.preset == "reference"
+
+
+def test_mixing_settings_reach_the_data_layer_and_refuse_the_feature_cache():
+    assert not TrainConfig().mix_config().enabled  # the reference mixes nothing
+    mix = TrainConfig.from_dict({"mixup": 0.2, "cutmix": 1, "mix_prob": 0.5}).mix_config()
+    assert (mix.mixup, mix.cutmix, mix.mix_prob) == (0.2, 1.0, 0.5)
+    with pytest.raises(VirionError, match="--feature-cache with --mixup") as info:
+        TrainConfig.from_dict({"mixup": 0.2, "feature_cache": 0})
+    assert "\n" not in str(info.value)
+    TrainConfig.from_dict({"mixup": 0.2, "mix_prob": 0.0, "feature_cache": 0})  # mixing nothing: allowed
 
 
 def test_optimizer_and_loss_are_real_choices():

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from virion.data.augment import NOISE_DIM, AugmentConfig, TEMAugment
+from virion.data.augment import MIX_DIM, NOISE_DIM, AugmentConfig, MixConfig, TEMAugment, mix_batch
 from virion.data.batch_checks import check_split
 from virion.errors import VirionError
 
@@ -83,7 +83,9 @@ class NumpyBatches(keras.utils.PyDataset):
     """(float32 (B, H, W, 3) 0..255, float32 one-hot (B, C)[, weights]) batches of a decoded split.
 
     training=True: reshuffled each epoch (seeded), augmented on the device with `augment`
-    (default: the reference settings; `AugmentConfig.none()` switches it off).
+    (default: the reference settings; `AugmentConfig.none()` switches it off), then mixed with
+    `mix` (mixup/cutmix, default off; partners come from the same process's rows), which makes
+    the labels soft.
     training=False: file order, untouched pixels; padded rows (multi-device only) come with a
     third element, sample weights 0, and `num_samples` tells how many rows are real.
     `num_devices`, `process_index`, `process_count`: default to the active
@@ -93,7 +95,7 @@ class NumpyBatches(keras.utils.PyDataset):
 
     def __init__(self, arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
                  augment: AugmentConfig | dict | None = None, seed: int | None = 0,
-                 num_devices: int | None = None, process_index: int | None = None,
+                 mix: MixConfig | dict | None = None, num_devices: int | None = None, process_index: int | None = None,
                  process_count: int | None = None, first_epoch: int = 0, prefetch: int = 2):
         super().__init__(workers=1, use_multiprocessing=False)  # our own in-order prefetch thread
         from virion.backend import topology
@@ -114,6 +116,9 @@ class NumpyBatches(keras.utils.PyDataset):
         elif isinstance(augment, dict):
             augment = AugmentConfig.from_dict(augment)
         self.augment = augment if self.training and augment.enabled else None
+        if isinstance(mix, dict):
+            mix = MixConfig.from_dict(mix)
+        self.mix = mix if self.training and mix is not None and mix.enabled else None
         self.num_samples = len(self.images)
         self.plan = batch_plan(self.num_samples, self.batch_size, self.num_devices, self.training)
         self.padded = any(pad for _, _, pad in self.plan)
@@ -147,14 +152,16 @@ class NumpyBatches(keras.utils.PyDataset):
 
     # ------------------------------------------------------------------ building a batch
     def _make_device_fn(self):
-        layer = self._layer
+        layer, mix = self._layer, self.mix
 
-        def to_model_input(gray, noise):
+        def to_model_input(gray, noise, y, mix_draws):
             x = keras.ops.expand_dims(gray, -1)
             if layer is not None:
                 x = layer.call(x, training=True, noise=noise)
             x = keras.ops.cast(x, "float32")
-            return keras.ops.repeat(x, 3, axis=-1)
+            if mix is not None:  # on the single channel, before widening, as in the tf.data pipeline
+                x, y = mix_batch(x, y, mix, *mix_draws)
+            return keras.ops.repeat(x, 3, axis=-1), y
 
         if keras.backend.backend() == "jax":
             import jax
@@ -176,6 +183,19 @@ class NumpyBatches(keras.utils.PyDataset):
         noise = rng.random((rows * self.process_count, NOISE_DIM), dtype=np.float32)
         return noise[self.process_index * rows:(self.process_index + 1) * rows]
 
+    def _mix_draws(self, i: int, epoch: int, rows: int):
+        """Per-batch mixup/cutmix draws (partners within this process's rows); () when mixing is off."""
+        if self.mix is None:
+            return ()
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, i, 2, self.process_index])
+        ones = np.ones(rows, np.float32)
+        mixup, cutmix = self.mix.mixup, self.mix.cutmix
+        lam_mixup = rng.beta(mixup, mixup, rows).astype(np.float32) if mixup else ones
+        lam_cutmix = rng.beta(cutmix, cutmix, rows).astype(np.float32) if cutmix else ones
+        partner = rng.permutation(rows).astype(np.int32)
+        uniforms = rng.random((rows, MIX_DIM), dtype=np.float32)
+        return lam_mixup, lam_cutmix, partner, uniforms
+
     def _build(self, i: int, epoch: int, placement):
         local = self.local_indices(i, epoch)
         valid = local >= 0
@@ -189,9 +209,15 @@ class NumpyBatches(keras.utils.PyDataset):
             gray = jax.device_put(gray, placement)
             if self._layer is not None:
                 noise = jax.device_put(noise, placement)
-        x = self._device_fn(gray, noise)
+            if self.mix is not None:
+                y = jax.device_put(y, placement)
+        draws = self._mix_draws(i, epoch, len(take))
+        x, y_mixed = self._device_fn(gray, noise, y if self.mix is not None else None, draws)
+        if self.mix is not None:  # soft labels, made on the device with the images
+            y = y_mixed
         if placement is None:  # not JAX: hand Keras plain arrays
             x = keras.ops.convert_to_numpy(x)
+            y = np.asarray(keras.ops.convert_to_numpy(y), np.float32)
         if self.padded:
             return x, y, valid.astype(np.float32)
         return x, y

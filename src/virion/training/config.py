@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from virion.backend import BACKENDS
-from virion.data.augment_config import FILL_MODES, AugmentConfig
+from virion.data.augment_config import FILL_MODES, AugmentConfig, MixConfig
 from virion.errors import VirionError
 from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES
 
@@ -158,6 +158,14 @@ class TrainConfig:
         help="contrast stretch between these percentiles")
     strict: bool = setting(False, kind="bool", group="data",
                            help="stop at the first unreadable image instead of skipping it")
+    mixup: float = setting(0.0, kind="float", low=0.0, high=10.0, metavar="ALPHA", group="augmentation",
+                           help="mixup: blend each training image and its label with another image of the batch, "
+                           "weights drawn from Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 are usual")
+    cutmix: float = setting(0.0, kind="float", low=0.0, high=10.0, metavar="ALPHA", group="augmentation",
+                            help="cutmix: paste a box of another image of the batch, labels mixed by the box's "
+                            "area, Beta(ALPHA, ALPHA); 0 = off, 1.0 is usual (with --mixup: half each)")
+    mix_prob: float = setting(1.0, kind="float", low=0.0, high=1.0, metavar="P", group="augmentation",
+                              help="share of training images that --mixup/--cutmix mix")
     augment: dict[str, Any] = setting(kind="special", factory=lambda: dict(_AUGMENT_DEFAULTS), flag=None,
                                       group="augmentation", help="augmentation of training images")
 
@@ -194,6 +202,9 @@ class TrainConfig:
             if self.input_size < MIN_INPUT_SIZE[name]:
                 raise VirionError(f"--input-size (input_size) {self.input_size} is too small for {name}; use "
                                   f"{MIN_INPUT_SIZE[name]} or more, or leave {name} out of --models")
+        if self.feature_cache is not None and self.mix_config().enabled:
+            raise VirionError("--feature-cache with --mixup/--cutmix: cached features cannot be mixed; "
+                              "turn one of them off (--feature-cache off, or --mixup 0 --cutmix 0)")
         if isinstance(self.weights, dict):
             missing = [m for m in self.models if m != "resnet50" and m not in self.weights]
             extra = [m for m in self.weights if m not in self.models]
@@ -282,6 +293,10 @@ class TrainConfig:
     def augment_config(self) -> AugmentConfig:
         """The data layer's AugmentConfig for these settings."""
         return AugmentConfig(**self.augment)
+
+    def mix_config(self) -> MixConfig:
+        """The data layer's MixConfig (mixup/cutmix of training batches) for these settings."""
+        return MixConfig(mixup=self.mixup, cutmix=self.cutmix, mix_prob=self.mix_prob)
 
     def use_gpu_speedups(self, flag: str | bool) -> bool:
         """Resolve an "auto" flag: on only where a GPU is visible."""

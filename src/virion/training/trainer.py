@@ -114,13 +114,14 @@ def _train_dataset(config: TrainConfig, data: TrainData, epoch: int):
         from virion.data.numpy_pipeline import NumpyBatches
 
         return NumpyBatches(data.train, data.num_classes, config.batch_size, training=True,
-                            augment=config.augment_config(), seed=config.seed, first_epoch=epoch)
+                            augment=config.augment_config(), mix=config.mix_config(), seed=config.seed,
+                            first_epoch=epoch)
     from virion.data.pipeline import make_dataset
 
     seed = epoch_seed(config.seed, epoch)
     keras.utils.set_random_seed(seed)  # tf.data combines the global seed with the op seed
     return make_dataset(data.train, data.num_classes, config.batch_size, training=True,
-                        augment=config.augment_config(), seed=seed)
+                        augment=config.augment_config(), mix=config.mix_config(), seed=seed)
 
 
 def _val_dataset(config: TrainConfig, data: TrainData):
