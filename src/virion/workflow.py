@@ -142,15 +142,21 @@ class DemoPreset:
     batch_size: int
     difficulty: float
     description: str
+    lr_schedule: str = "none"  # a TrainConfig.lr_schedule choice
 
 
 PRESETS = {
     # The smallest run of the real path, for the end-to-end test. Xception needs >= 71 px.
     "tiny": DemoPreset(per_class=5, image_size=96, input_size=72, epochs=1, batch_size=16,
                        difficulty=0.5, description="tiny smoke run (checks the path, learns nothing)"),
-    "reduced": DemoPreset(per_class=60, image_size=128, input_size=72, epochs=8, batch_size=32,
-                          difficulty=0.5, description="reduced demo: 60 images per class, 72x72 input, "
-                          "8 epochs, batch 32 (about 6 minutes on 2 cores with AVX-512, 30 on AVX2 only)"),
+    # Batch 16 with a cosine decay: twice the optimizer steps of batch 32 for the same compute, and a
+    # settled last epoch. Measured with seed 0, same time: test accuracy 0.440/0.518/0.655 -> 0.589/0.583/0.750
+    # (ResNet-50/Xception/DenseNet121; README "Two commands").
+    "reduced": DemoPreset(per_class=60, image_size=128, input_size=72, epochs=8, batch_size=16,
+                          difficulty=0.5, lr_schedule="cosine",
+                          description="reduced demo: 60 images per class, 72x72 input, "
+                          "8 epochs, batch 16, cosine learning rate (29 minutes measured on 2 AVX2-only cores; "
+                          "about 6 on 2 cores with AVX-512/AMX)"),
     "full": DemoPreset(per_class=400, image_size=256, input_size=128, epochs=20, batch_size=64,
                        difficulty=1.0, description="reference settings: 128x128 input, batch 64, "
                        "20 epochs, Adam lr 0.001, 400 synthetic images per class"),
@@ -235,7 +241,8 @@ def demo(preset: str = "reduced", *, out: str | Path = "virion-demo", weights: s
     print(f"  {weights_note}", flush=True)
     run_dir = new_run_dir(out, preset)
     config = TrainConfig(data=str(data), models=models, out=str(run_dir), input_size=chosen.input_size,
-                         batch_size=chosen.batch_size, epochs=chosen.epochs, seed=seed, weights=weights)
+                         batch_size=chosen.batch_size, epochs=chosen.epochs, lr_schedule=chosen.lr_schedule,
+                         seed=seed, weights=weights)
     result = train(config)
     print("", flush=True)
     print(f"virion demo finished in {time.monotonic() - started:.0f} s ({chosen.description})", flush=True)
