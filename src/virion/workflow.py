@@ -150,8 +150,8 @@ PRESETS = {
     "tiny": DemoPreset(per_class=5, image_size=96, input_size=72, epochs=1, batch_size=16,
                        difficulty=0.5, description="tiny smoke run (checks the path, learns nothing)"),
     # Batch 16 with a cosine decay: twice the optimizer steps of batch 32 for the same compute, and a
-    # settled last epoch. Measured with seed 0, same time: test accuracy 0.440/0.518/0.655 -> 0.589/0.583/0.750
-    # (ResNet-50/Xception/DenseNet121; README "Two commands").
+    # settled last epoch. Measured in the same time: higher test accuracy for all three models at seed 0
+    # and for ResNet-50/DenseNet121 at seed 1 (README "Two commands", benchmarks/results/demo_recipe_seeds.json).
     "reduced": DemoPreset(per_class=60, image_size=128, input_size=72, epochs=8, batch_size=16,
                           difficulty=0.5, lr_schedule="cosine",
                           description="reduced demo: 60 images per class, 72x72 input, "
