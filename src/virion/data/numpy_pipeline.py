@@ -95,8 +95,9 @@ class NumpyBatches(keras.utils.PyDataset):
 
     def __init__(self, arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
                  augment: AugmentConfig | dict | None = None, seed: int | None = 0,
-                 mix: MixConfig | dict | None = None, num_devices: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None, first_epoch: int = 0, prefetch: int = 2):
+                 mix: MixConfig | dict | None = None, num_devices: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None, first_epoch: int = 0,
+                 prefetch: int = 2):
         super().__init__(workers=1, use_multiprocessing=False)  # our own in-order prefetch thread
         from virion.backend import topology
 
@@ -213,11 +214,10 @@ class NumpyBatches(keras.utils.PyDataset):
                 y = jax.device_put(y, placement)
         draws = self._mix_draws(i, epoch, len(take))
         x, y_mixed = self._device_fn(gray, noise, y if self.mix is not None else None, draws)
-        if self.mix is not None:  # soft labels, made on the device with the images
-            y = y_mixed
         if placement is None:  # not JAX: hand Keras plain arrays
             x = keras.ops.convert_to_numpy(x)
-            y = np.asarray(keras.ops.convert_to_numpy(y), np.float32)
+        if self.mix is not None:  # soft labels, made on the device with the images
+            y = y_mixed if placement is not None else np.asarray(keras.ops.convert_to_numpy(y_mixed), np.float32)
         if self.padded:
             return x, y, valid.astype(np.float32)
         return x, y
