@@ -1,11 +1,11 @@
 # Two commands set everything up on a fresh machine (Python >= 3.10 with pip):
 #   make demo   - create .venv, install virion, run the demo on the built-in synthetic data
-#   make test   - create .venv, install virion with its test extra, run the test suite
+#   make test   - create .venv, install virion with its test extra, lint, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/virion demo
 
-# pytest exits 5 when it collected no tests: that is a failure, said plainly.
-test: install
+# ruff's lint and format check (configured in pyproject.toml; .pre-commit-config.yaml runs the same).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Lint first, then the suite. pytest exits 5 when it collected no tests: a failure, said plainly.
+test: install lint
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status

@@ -41,8 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (first one is warm-up)")
     p.add_argument("--ref-steps", type=int, default=15, help="reference pipeline steps per epoch")
     p.add_argument("--models", nargs="+", default=["resnet50", "xception", "densenet121"])
-    p.add_argument("--float32-models", nargs="*", default=["resnet50"],
-                   help="also time these models in plain float32 (default: resnet50)")
+    p.add_argument(
+        "--float32-models",
+        nargs="*",
+        default=["resnet50"],
+        help="also time these models in plain float32 (default: resnet50)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--extra-batch", type=int, default=256, help="also time ResNet-50 at this batch (0: off)")
@@ -91,8 +95,9 @@ def time_fit(model, x, y, batch, epochs, steps=None):
     import keras
 
     clock = EpochClock()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True
+    )
     if steps is None:
         model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[clock.callback])
         images = len(x)
@@ -106,15 +111,20 @@ def time_fit(model, x, y, batch, epochs, steps=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
-
     from flops import training_flops
+
     from virion.data.cache import load_split_arrays
     from virion.data.decode import DecodeSettings
     from virion.data.layout import load_dataset
     from virion.data.synth import generate_dataset
 
-    results = {"backend": keras.backend.backend(), "keras": keras.__version__,
-               "batch_size": args.batch_size, "input_size": args.input_size, "models": {}}
+    results = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "batch_size": args.batch_size,
+        "input_size": args.input_size,
+        "models": {},
+    }
     try:
         import jax
 
@@ -126,8 +136,16 @@ def main(argv=None) -> int:
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp()) / "synth"
     if not (data / "train").is_dir():
         t0 = time.perf_counter()
-        generate_dataset(data, per_class=args.per_class, size=256, fmt="tif", bit_depth=16, seed=0,
-                         progress=False, workers=os.cpu_count() or 1)
+        generate_dataset(
+            data,
+            per_class=args.per_class,
+            size=256,
+            fmt="tif",
+            bit_depth=16,
+            seed=0,
+            progress=False,
+            workers=os.cpu_count() or 1,
+        )
         results["synth_seconds"] = time.perf_counter() - t0
     dataset = load_dataset(data)
     t0 = time.perf_counter()
@@ -160,10 +178,21 @@ def main(argv=None) -> int:
             entry["virion_float32_images_per_s"] = ips32
             print(f"{name}: virion float32 {ips32:.0f} images/s", flush=True)
         # reference
-        gen = ImageDataGenerator(rescale=1 / 255, rotation_range=20, width_shift_range=0.2,
-                                 height_shift_range=0.2, horizontal_flip=True, validation_split=0.2)
-        it = gen.flow_from_directory(str(data / "train"), target_size=(args.input_size,) * 2,
-                                     batch_size=args.batch_size, class_mode="categorical", subset="training")
+        gen = ImageDataGenerator(
+            rescale=1 / 255,
+            rotation_range=20,
+            width_shift_range=0.2,
+            height_shift_range=0.2,
+            horizontal_flip=True,
+            validation_split=0.2,
+        )
+        it = gen.flow_from_directory(
+            str(data / "train"),
+            target_size=(args.input_size,) * 2,
+            batch_size=args.batch_size,
+            class_mode="categorical",
+            subset="training",
+        )
         from virion.models.registry import build_model
 
         ref_model = build_model(name, n_cls, args.input_size, weights="none")
@@ -189,8 +218,7 @@ def main(argv=None) -> int:
         yb = np.concatenate([y] * reps)
         ips, _ = time_fit(wrapped, xb, yb, args.extra_batch, args.epochs)
         flops = training_flops(inner)
-        results["resnet50_large_batch"] = {"batch": args.extra_batch, "images_per_s": ips,
-                                           "tflops": ips * flops / 1e12}
+        results["resnet50_large_batch"] = {"batch": args.extra_batch, "images_per_s": ips, "tflops": ips * flops / 1e12}
         print(f"resnet50 batch {args.extra_batch}: {ips:.0f} images/s", flush=True)
     for key, peak in (("of_dense_bf16_peak", H100_BF16_DENSE_PEAK), ("of_measured_matmul", H100_MEASURED_MATMUL)):
         r = results["models"].get("resnet50")

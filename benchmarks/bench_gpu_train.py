@@ -45,8 +45,12 @@ def parse_args(argv=None):
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--precisions", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--train-images", type=int, default=PUBLIC_TRAIN_IMAGES,
-                   help="training images of the synthetic folder (default: the public dataset's 5,740)")
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=PUBLIC_TRAIN_IMAGES,
+        help="training images of the synthetic folder (default: the public dataset's 5,740)",
+    )
     p.add_argument("--epochs", type=int, default=3, help="epochs per end-to-end run (the first is warm-up)")
     p.add_argument("--step-epochs", type=int, default=3, help="epochs of the real-vs-cached step comparison")
     p.add_argument("--ref-steps", type=int, default=15, help="reference pipeline steps per epoch")
@@ -57,8 +61,11 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="folder for the data and run folders (default: a temp folder)")
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/gpu_train_<device>.json)")
     p.add_argument("--skip-reference", action="store_true")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes so the whole script runs on a CPU in a few minutes (checks it works)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes so the whole script runs on a CPU in a few minutes (checks it works)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.models = [m for m in args.models if m == "resnet50"] or ["resnet50"]
@@ -111,8 +118,16 @@ def make_data(args, work: Path) -> Path:
     data = work / "synth"
     if not (data / "train").is_dir():
         per_class = -(-args.train_images * 10 // (14 * 6))  # the writer's default split gives 60% to train
-        generate_dataset(data, per_class=per_class, size=256, fmt="tif", bit_depth=16, seed=0, progress=False,
-                         workers=os.cpu_count() or 1)
+        generate_dataset(
+            data,
+            per_class=per_class,
+            size=256,
+            fmt="tif",
+            bit_depth=16,
+            seed=0,
+            progress=False,
+            workers=os.cpu_count() or 1,
+        )
     return data
 
 
@@ -122,11 +137,22 @@ def end_to_end(args, data: Path, work: Path, name: str, batch: int, precision: s
     from virion.training.trainer import train_run
 
     run = work / f"run_{name}_{batch}_{precision}"
-    config = TrainConfig().merged({
-        "data": str(data), "models": [name], "out": str(run), "overwrite": True, "epochs": args.epochs,
-        "batch_size": batch, "input_size": args.input_size, "weights": "none", "backend": "jax",
-        "devices": args.devices, "mixed_precision": "bfloat16" if precision == "bfloat16" else False,
-    }, source="bench")
+    config = TrainConfig().merged(
+        {
+            "data": str(data),
+            "models": [name],
+            "out": str(run),
+            "overwrite": True,
+            "epochs": args.epochs,
+            "batch_size": batch,
+            "input_size": args.input_size,
+            "weights": "none",
+            "backend": "jax",
+            "devices": args.devices,
+            "mixed_precision": "bfloat16" if precision == "bfloat16" else False,
+        },
+        source="bench",
+    )
     clock = EpochClock()
     t0 = time.perf_counter()
     result = train_run(config, extra_callbacks=[clock.callback], progress=False)
@@ -136,11 +162,17 @@ def end_to_end(args, data: Path, work: Path, name: str, batch: int, precision: s
     n_train = int(meta.get("train_images") or 0) or _count_train(data)
     epochs = _timed(clock.epochs)
     epoch_s = sum(epochs) / len(epochs)
-    return {"train_images": n_train, "epoch_seconds": clock.epochs, "validation_seconds": clock.validation,
-            "images_per_s_end_to_end": n_train / epoch_s,
-            f"epoch_seconds_at_{PUBLIC_TRAIN_IMAGES}": epoch_s * PUBLIC_TRAIN_IMAGES / n_train,
-            "trainer_images_per_s": model.images_per_second, "run_seconds": total,
-            "backend": (meta.get("versions") or {}).get("backend"), "devices": args.devices}
+    return {
+        "train_images": n_train,
+        "epoch_seconds": clock.epochs,
+        "validation_seconds": clock.validation,
+        "images_per_s_end_to_end": n_train / epoch_s,
+        f"epoch_seconds_at_{PUBLIC_TRAIN_IMAGES}": epoch_s * PUBLIC_TRAIN_IMAGES / n_train,
+        "trainer_images_per_s": model.images_per_second,
+        "run_seconds": total,
+        "backend": (meta.get("versions") or {}).get("backend"),
+        "devices": args.devices,
+    }
 
 
 def _count_train(data: Path) -> int:
@@ -151,8 +183,8 @@ def step_times(args, arrays, num_classes: int, name: str, batch: int, precision:
     """Train steps on virion's NumPy pipeline vs on one cached device batch, same compiled model."""
     import keras
     import numpy as np
-
     from flops import training_flops
+
     from virion.data.numpy_pipeline import NumpyBatches
     from virion.models.registry import build_model, model_info
     from virion.training import distribute
@@ -162,8 +194,12 @@ def step_times(args, arrays, num_classes: int, name: str, batch: int, precision:
         distribute.configure(args.devices)
         model = build_model(name, num_classes, args.input_size, "none")
         flops = training_flops(model)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=True)
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=True,
+        )
         real = NumpyBatches(arrays, num_classes, batch, training=True, seed=0)
         first = real[0]
 
@@ -202,22 +238,30 @@ def reference(args, data: Path, num_classes: int, name: str, batch: int) -> dict
     """The reference: ImageDataGenerator.flow_from_directory -> the same architecture, float32."""
     import keras
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
-
     from reference_pipeline import REFERENCE_SETTINGS
+
     from virion.models.registry import build_model
 
     it = ImageDataGenerator(**REFERENCE_SETTINGS).flow_from_directory(
-        str(data / "train"), target_size=(args.input_size,) * 2, batch_size=batch, class_mode="categorical",
-        subset="training")
+        str(data / "train"),
+        target_size=(args.input_size,) * 2,
+        batch_size=batch,
+        class_mode="categorical",
+        subset="training",
+    )
     model = build_model(name, num_classes, args.input_size, "none")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True
+    )
     steps = max(1, min(args.ref_steps, len(it)))
     clock = EpochClock()
     model.fit(it, epochs=args.ref_epochs, steps_per_epoch=steps, verbose=0, callbacks=[clock.callback])
     epochs = _timed(clock.epochs)
-    return {"images_per_s": steps * batch * len(epochs) / sum(epochs), "epoch_seconds": clock.epochs,
-            "steps_per_epoch": steps}
+    return {
+        "images_per_s": steps * batch * len(epochs) / sum(epochs),
+        "epoch_seconds": clock.epochs,
+        "steps_per_epoch": steps,
+    }
 
 
 def main(argv=None) -> int:
@@ -242,12 +286,22 @@ def main(argv=None) -> int:
         out = work / "gpu_train_smoke.json"
     else:
         out = HERE / "results" / f"gpu_train_{kind.lower().replace(' ', '_')}.json"
-    results = {"script": "benchmarks/bench_gpu_train.py", "smoke": args.smoke, "backend": keras.backend.backend(),
-               "keras": keras.__version__, "jax": jax.__version__, "device": kind, "platform": device.platform,
-               "device_count": jax.device_count(), "python": platform.python_version(),
-               "input_size": args.input_size, "settings": vars(args), "models": {},
-               # float32 convolutions/matmuls may run as TF32 on tensor cores (JAX's default precision)
-               "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision)}
+    results = {
+        "script": "benchmarks/bench_gpu_train.py",
+        "smoke": args.smoke,
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "jax": jax.__version__,
+        "device": kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "input_size": args.input_size,
+        "settings": vars(args),
+        "models": {},
+        # float32 convolutions/matmuls may run as TF32 on tensor cores (JAX's default precision)
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
 
     def save():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +318,11 @@ def main(argv=None) -> int:
     arrays = load_split_arrays(dataset.splits["train"], DecodeSettings(size=args.input_size), progress=False)
     num_classes = len(dataset.class_names)
     results["train_images"] = len(arrays.labels)
-    print(f"{kind}: {len(arrays.labels)} training images, {num_classes} classes, data ready in "
-          f"{results['data_seconds']:.0f} s", flush=True)
+    print(
+        f"{kind}: {len(arrays.labels)} training images, {num_classes} classes, data ready in "
+        f"{results['data_seconds']:.0f} s",
+        flush=True,
+    )
     save()
 
     for name in args.models:
@@ -275,25 +332,36 @@ def main(argv=None) -> int:
                 key = f"batch{batch}_{precision}"
                 entry[key] = {"end_to_end": end_to_end(args, data, work, name, batch, precision)}
                 e2e = entry[key]["end_to_end"]
-                print(f"{name} {key}: virion train {e2e['images_per_s_end_to_end']:.0f} images/s end to end, "
-                      f"epoch of {PUBLIC_TRAIN_IMAGES} images {e2e[f'epoch_seconds_at_{PUBLIC_TRAIN_IMAGES}']:.2f} s",
-                      flush=True)
+                print(
+                    f"{name} {key}: virion train {e2e['images_per_s_end_to_end']:.0f} images/s end to end, "
+                    f"epoch of {PUBLIC_TRAIN_IMAGES} images {e2e[f'epoch_seconds_at_{PUBLIC_TRAIN_IMAGES}']:.2f} s",
+                    flush=True,
+                )
                 save()
                 entry[key]["steps"] = steps = step_times(args, arrays, num_classes, name, batch, precision)
-                print(f"{name} {key}: step {steps['real_data_step_ms']:.1f} ms real data vs "
-                      f"{steps['cached_batch_step_ms']:.1f} ms one cached batch "
-                      f"(x{steps['real_over_cached']:.3f}), {steps['tflops']:.1f} TFLOP/s = "
-                      f"{100 * steps['fraction_of_h100_dense_bf16_peak']:.1f}% of the H100 bf16 peak", flush=True)
+                print(
+                    f"{name} {key}: step {steps['real_data_step_ms']:.1f} ms real data vs "
+                    f"{steps['cached_batch_step_ms']:.1f} ms one cached batch "
+                    f"(x{steps['real_over_cached']:.3f}), {steps['tflops']:.1f} TFLOP/s = "
+                    f"{100 * steps['fraction_of_h100_dense_bf16_peak']:.1f}% of the H100 bf16 peak",
+                    flush=True,
+                )
                 save()
         if not args.skip_reference:
             ref = reference(args, data, num_classes, name, args.ref_batch)
             entry["reference"] = ref
-            rates = {key: value["end_to_end"]["images_per_s_end_to_end"] for key, value in entry.items()
-                     if isinstance(value, dict) and "end_to_end" in value}
+            rates = {
+                key: value["end_to_end"]["images_per_s_end_to_end"]
+                for key, value in entry.items()
+                if isinstance(value, dict) and "end_to_end" in value
+            }
             ref["virion_over_reference"] = {key: rate / ref["images_per_s"] for key, rate in rates.items()}
             best = max(rates, key=rates.get)
-            print(f"{name}: reference {ref['images_per_s']:.0f} images/s (batch {args.ref_batch}) -> virion "
-                  f"{best} {ref['virion_over_reference'][best]:.1f}x", flush=True)
+            print(
+                f"{name}: reference {ref['images_per_s']:.0f} images/s (batch {args.ref_batch}) -> virion "
+                f"{best} {ref['virion_over_reference'][best]:.1f}x",
+                flush=True,
+            )
             save()
     results["total_seconds"] = time.perf_counter() - t0
     save()

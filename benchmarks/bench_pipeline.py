@@ -13,8 +13,9 @@ the generator is not installed), at 128×128 and batch 64 with the reference aug
 
 and prints the three figures and the ratios warm/reference and cold/reference, plus the CPU
 time per image of each (process CPU seconds, all threads), which stays meaningful on a busy
-machine. Target (issue 2): warm ≥ 10× reference on the 2-core project machine. `--profile-layer` adds a micro-benchmark of
-the augmentation alone on (64, 128, 128, 1) batches (bilinear vs. nearest, our one-pass
+machine. Target (issue 2): warm ≥ 10× reference on the 2-core project machine.
+`--profile-layer` adds a micro-benchmark of the augmentation alone on (64, 128, 128, 1) batches
+(bilinear vs. nearest, our one-pass
 TEMAugment vs. the stock Keras RandomRotation + RandomTranslation + RandomFlip on 3 channels).
 
 Run (about 2 minutes on 2 quiet cores the first time, most of it synthesizing 2,800 TIFFs into
@@ -46,22 +47,46 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reference_pipeline
 
 SIZE, BATCH = 128, 64
-FALLBACK_CLASSES = ("Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa", "Marburg",
-                    "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley", "Rotavirus")
+FALLBACK_CLASSES = (
+    "Adenovirus",
+    "Astrovirus",
+    "CCHF",
+    "Cowpox",
+    "Ebola",
+    "Influenza",
+    "Lassa",
+    "Marburg",
+    "Nipah virus",
+    "Norovirus",
+    "Orf",
+    "Papilloma",
+    "Rift Valley",
+    "Rotavirus",
+)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images-per-class", type=int, default=200,
-                   help="images per class to generate, all splits together, 60%% of them train (default 200)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--images-per-class",
+        type=int,
+        default=200,
+        help="images per class to generate, all splits together, 60%% of them train (default 200)",
+    )
     p.add_argument("--epochs", type=int, default=5, help="warm epochs to time after the warm-up epoch (default 5)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset folder to use, generated there if missing "
-                        "(default bench_data/pipeline-tif16-<images-per-class> in the checkout)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset folder to use, generated there if missing "
+        "(default bench_data/pipeline-tif16-<images-per-class> in the checkout)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for data generation and shuffling (default 0)")
-    p.add_argument("--profile-layer", action="store_true",
-                   help="also time the augmentation alone on (64, 128, 128, 1) batches")
+    p.add_argument(
+        "--profile-layer", action="store_true", help="also time the augmentation alone on (64, 128, 128, 1) batches"
+    )
     p.add_argument("--skip-reference", action="store_true", help="do not time the Keras 2 reference pipeline")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -83,16 +108,20 @@ def ensure_data(folder: Path, per_class: int, seed: int) -> tuple[Path, str]:
     except ImportError:
         generate_dataset = None
     if generate_dataset is not None:
-        generate_dataset(folder, per_class=per_class, seed=seed, size=256, fmt="tif", bit_depth=16,
-                         workers=os.cpu_count() or 1)
+        generate_dataset(
+            folder, per_class=per_class, seed=seed, size=256, fmt="tif", bit_depth=16, workers=os.cpu_count() or 1
+        )
         source = "virion synth, 16-bit TIFF"
     else:
         import tifffile
 
         rng = np.random.default_rng(seed)
         train = max(1, round(per_class * 0.6))
-        counts = {"train": train, "validation": max(1, (per_class - train) // 2),
-                  "test": max(1, per_class - train - (per_class - train) // 2)}
+        counts = {
+            "train": train,
+            "validation": max(1, (per_class - train) // 2),
+            "test": max(1, per_class - train - (per_class - train) // 2),
+        }
         for split, n in counts.items():
             for name in FALLBACK_CLASSES:
                 cls_dir = folder / split / name
@@ -136,9 +165,17 @@ def bench_ours(data: Path, epochs: int, seed: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         total = sum(consume(pipe) for _ in range(epochs))
         warm_s, warm_cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"train_images": n, "cold_images_per_s": n / cold_s, "cold_s": cold_s, "cache_build_s": build_s, "warm_setup_s": setup_s,
-            "warm_images": total, "warm_images_per_s": total / warm_s, "warm_s": warm_s,
-            "warm_cpu_us_per_image": 1e6 * warm_cpu / total}
+    return {
+        "train_images": n,
+        "cold_images_per_s": n / cold_s,
+        "cold_s": cold_s,
+        "cache_build_s": build_s,
+        "warm_setup_s": setup_s,
+        "warm_images": total,
+        "warm_images_per_s": total / warm_s,
+        "warm_s": warm_s,
+        "warm_cpu_us_per_image": 1e6 * warm_cpu / total,
+    }
 
 
 def bench_reference(data: Path, images: int, seed: int) -> dict:
@@ -151,8 +188,12 @@ def bench_reference(data: Path, images: int, seed: int) -> dict:
         x, _ = next(it)
         seen += len(x)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"reference_images": seen, "reference_images_per_s": seen / elapsed, "reference_s": elapsed,
-            "reference_cpu_us_per_image": 1e6 * cpu / seen}
+    return {
+        "reference_images": seen,
+        "reference_images_per_s": seen / elapsed,
+        "reference_s": elapsed,
+        "reference_cpu_us_per_image": 1e6 * cpu / seen,
+    }
 
 
 def profile_layer(rounds: int = 3, steps: int = 8) -> dict:
@@ -164,16 +205,21 @@ def profile_layer(rounds: int = 3, steps: int = 8) -> dict:
 
     gray = tf.constant(np.random.default_rng(0).integers(0, 256, (BATCH, SIZE, SIZE, 1)).astype("float32"))
     rgb = tf.repeat(gray, 3, axis=-1)
-    stock = keras.Sequential([keras.layers.RandomRotation(20 / 360, fill_mode="nearest"),
-                              keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest"),
-                              keras.layers.RandomFlip("horizontal")])
+    stock = keras.Sequential(
+        [
+            keras.layers.RandomRotation(20 / 360, fill_mode="nearest"),
+            keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest"),
+            keras.layers.RandomFlip("horizontal"),
+        ]
+    )
     variants = {
         "TEMAugment bilinear, 1 channel": (TEMAugment(AugmentConfig(), seed=0), gray),
         "TEMAugment nearest, 1 channel": (TEMAugment(AugmentConfig(interpolation="nearest"), seed=0), gray),
         "stock Keras 3 layers, 3 channels": (stock, rgb),
     }
-    fns = {name: (tf.function(lambda x, layer=layer: layer(x, training=True)), x)
-           for name, (layer, x) in variants.items()}
+    fns = {
+        name: (tf.function(lambda x, layer=layer: layer(x, training=True)), x) for name, (layer, x) in variants.items()
+    }
     for fn, x in fns.values():
         fn(x).numpy()
     times = {name: [] for name in fns}
@@ -195,21 +241,29 @@ def main(argv=None) -> int:
 
     results = {"cpus": os.cpu_count(), "data": str(data), "source": source}
     results.update(bench_ours(data, args.epochs, args.seed))
-    print(f"virion cold : {results['cold_images_per_s']:9.0f} images/s  ({results['train_images']} images, "
-          f"{results['cold_s']:.1f} s, of which {results['cache_build_s']:.1f} s listing files and building "
-          f"the decode cache)")
-    print(f"virion warm : {results['warm_images_per_s']:9.0f} images/s  ({results['warm_images']} images over "
-          f"{args.epochs} epoch(s); setup + warm-up epoch {results['warm_setup_s']:.1f} s; "
-          f"{results['warm_cpu_us_per_image']:.0f} us CPU per image)")
+    print(
+        f"virion cold : {results['cold_images_per_s']:9.0f} images/s  ({results['train_images']} images, "
+        f"{results['cold_s']:.1f} s, of which {results['cache_build_s']:.1f} s listing files and building "
+        f"the decode cache)"
+    )
+    print(
+        f"virion warm : {results['warm_images_per_s']:9.0f} images/s  ({results['warm_images']} images over "
+        f"{args.epochs} epoch(s); setup + warm-up epoch {results['warm_setup_s']:.1f} s; "
+        f"{results['warm_cpu_us_per_image']:.0f} us CPU per image)"
+    )
     if not args.skip_reference:
         results.update(bench_reference(data, results["warm_images"], args.seed))
         ref = results["reference_images_per_s"]
-        print(f"reference   : {ref:9.0f} images/s  ({results['reference_images']} images, ImageDataGenerator; "
-              f"{results['reference_cpu_us_per_image']:.0f} us CPU per image)")
+        print(
+            f"reference   : {ref:9.0f} images/s  ({results['reference_images']} images, ImageDataGenerator; "
+            f"{results['reference_cpu_us_per_image']:.0f} us CPU per image)"
+        )
         results["warm_over_reference"] = results["warm_images_per_s"] / ref
         results["cold_over_reference"] = results["cold_images_per_s"] / ref
-        print(f"ratio       : warm {results['warm_over_reference']:.1f}x, cold {results['cold_over_reference']:.1f}x "
-              f"the reference (target: warm >= 10x)")
+        print(
+            f"ratio       : warm {results['warm_over_reference']:.1f}x, cold {results['cold_over_reference']:.1f}x "
+            f"the reference (target: warm >= 10x)"
+        )
     if args.profile_layer:
         results["layer_images_per_s"] = profile_layer()
         for name, rate in results["layer_images_per_s"].items():

@@ -64,8 +64,10 @@ def read_groups(path: Path) -> tuple[Path, list[dict]]:
     if path.is_dir():
         path = path / "micrographs.csv"
     if not path.is_file():
-        raise BenchError(f"{path}: no such file; give a path,label,micrograph CSV "
-                         f"(e.g. ../shared/real_tem_dev/micrographs.csv) - the real data is not part of the repo")
+        raise BenchError(
+            f"{path}: no such file; give a path,label,micrograph CSV "
+            f"(e.g. ../shared/real_tem_dev/micrographs.csv) - the real data is not part of the repo"
+        )
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in reader.fieldnames or []]
@@ -76,8 +78,13 @@ def read_groups(path: Path) -> tuple[Path, list[dict]]:
         rows = []
         for row in reader:
             p = Path(row["path"].strip())
-            rows.append({"path": str(p if p.is_absolute() else (path.parent / p).resolve()),
-                         "label": row["label"].strip(), "group": row[group_key].strip()})
+            rows.append(
+                {
+                    "path": str(p if p.is_absolute() else (path.parent / p).resolve()),
+                    "label": row["label"].strip(),
+                    "group": row[group_key].strip(),
+                }
+            )
     if not rows:
         raise BenchError(f"{path}: no rows")
     missing = [r["path"] for r in rows if not Path(r["path"]).is_file()]
@@ -126,8 +133,9 @@ def make_folds(rows: list[dict], n_folds: int, seed: int, val_fraction: float = 
     group_label = {}
     for lab, g in zip(labels, groups):
         if group_label.setdefault(g, lab) != lab:
-            raise BenchError(f"micrograph {g!r} holds two labels ({group_label[g]!r}, {lab!r}); "
-                             f"one label per micrograph expected")
+            raise BenchError(
+                f"micrograph {g!r} holds two labels ({group_label[g]!r}, {lab!r}); one label per micrograph expected"
+            )
     folds = []
     for k, (train_idx, test_idx) in enumerate(_grouped_split(labels, groups, n_folds, seed)):
         split = ["train"] * len(rows)
@@ -154,7 +162,7 @@ def make_folds(rows: list[dict], n_folds: int, seed: int, val_fraction: float = 
         train_groups_of = defaultdict(set)
         for lab, g in zip(tl, tg):
             train_groups_of[lab].add(g)
-        for lab, gs in train_groups_of.items():
+        for gs in train_groups_of.values():
             if gs and gs <= val_groups:  # keep one micrograph (the largest) of this class in training
                 val_groups.discard(max(sorted(gs), key=tg.count))
         for i in train_idx:
@@ -266,7 +274,7 @@ def score_run(run_dir: Path, models: list[str]) -> dict:
         first = next(iter(per_model.values()))
         files, truth, class_names = first[0], first[1], first[4]
         stack = []
-        for name, (f, _, p, _, cn) in per_model.items():
+        for f, _, p, _, cn in per_model.values():
             if f != files or cn != class_names:
                 raise BenchError(f"{run_dir}: models were evaluated on different files or classes")
             stack.append(p)
@@ -278,8 +286,11 @@ def score_run(run_dir: Path, models: list[str]) -> dict:
 
 def summarize(values: list[float]) -> dict:
     """Mean, sd and n; sd is None (JSON null, printed "n/a") for a single fold: no spread is known."""
-    return {"mean": float(statistics.fmean(values)) if values else float("nan"),
-            "sd": float(statistics.stdev(values)) if len(values) > 1 else None, "n": len(values)}
+    return {
+        "mean": float(statistics.fmean(values)) if values else float("nan"),
+        "sd": float(statistics.stdev(values)) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def _sd_text(sd: float | None, spec: str) -> str:
@@ -308,26 +319,35 @@ def aggregate(results: dict[str, dict[int, dict]]) -> dict:
             for model in results[recipe][common[0]]["scores"] if common else []:
                 if all(model in base[f]["scores"] for f in common):
                     diffs[recipe][model] = {
-                        m: summarize([results[recipe][f]["scores"][model][m] - base[f]["scores"][model][m]
-                                      for f in common]) for m in METRICS}
+                        m: summarize(
+                            [results[recipe][f]["scores"][model][m] - base[f]["scores"][model][m] for f in common]
+                        )
+                        for m in METRICS
+                    }
     return {"table": table, "paired_difference_vs_" + (recipes[0] if recipes else "none"): diffs}
 
 
 def format_table(agg: dict) -> str:
-    lines = [f"{'recipe':<16} {'model':<12} {'n':>2} {'accuracy':>15} {'macro-F1':>15} {'bal. acc.':>15} {'wall s':>12}"]
+    lines = [
+        f"{'recipe':<16} {'model':<12} {'n':>2} {'accuracy':>15} {'macro-F1':>15} {'bal. acc.':>15} {'wall s':>12}"
+    ]
     for recipe, models in agg["table"].items():
         for model, ms in models.items():
             cells = [f"{ms[m]['mean']:.3f} +- {_sd_text(ms[m]['sd'], '.3f')}" for m in METRICS]
-            lines.append(f"{recipe:<16} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} {cells[1]:>15} "
-                         f"{cells[2]:>15} {ms['wall_s']['mean']:>6.0f}+-{_sd_text(ms['wall_s']['sd'], '.0f'):<4}")
+            lines.append(
+                f"{recipe:<16} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} {cells[1]:>15} "
+                f"{cells[2]:>15} {ms['wall_s']['mean']:>6.0f}+-{_sd_text(ms['wall_s']['sd'], '.0f'):<4}"
+            )
     for key, diffs in agg.items():
         if key.startswith("paired_difference") and diffs:
             lines.append(f"paired difference (recipe - {key.rsplit('_', 1)[-1]}), mean +- sd over folds:")
             for recipe, models in diffs.items():
                 for model, ms in models.items():
                     cells = [f"{ms[m]['mean']:+.3f} +- {_sd_text(ms[m]['sd'], '.3f')}" for m in METRICS]
-                    lines.append(f"  {recipe:<14} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} "
-                                 f"{cells[1]:>15} {cells[2]:>15}")
+                    lines.append(
+                        f"  {recipe:<14} {model:<12} {ms['accuracy']['n']:>2} {cells[0]:>15} "
+                        f"{cells[1]:>15} {cells[2]:>15}"
+                    )
     return "\n".join(lines)
 
 
@@ -345,8 +365,9 @@ def parse_recipe(text: str, presets_supported: bool) -> Recipe:
         return Recipe(label, ("--preset", label))
     if label == "reference":
         return Recipe(label, ())  # today's defaults are the reference settings
-    raise BenchError(f"--recipes {label!r}: this `virion train` has no --preset option yet; "
-                     f"write the recipe as {label}=OPTIONS")
+    raise BenchError(
+        f"--recipes {label!r}: this `virion train` has no --preset option yet; write the recipe as {label}=OPTIONS"
+    )
 
 
 def virion_command() -> list[str]:
@@ -357,8 +378,9 @@ def virion_command() -> list[str]:
 def presets_supported(cmd: list[str], src: Path | None) -> bool:
     env = {**os.environ, "PYTHONPATH": str(src)} if src else None
     try:
-        text = subprocess.run(cmd + ["train", "--help"], capture_output=True, text=True, timeout=300, env=env,
-                              check=False).stdout
+        text = subprocess.run(
+            cmd + ["train", "--help"], capture_output=True, text=True, timeout=300, env=env, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "--preset" in text
@@ -366,8 +388,21 @@ def presets_supported(cmd: list[str], src: Path | None) -> bool:
 
 def train_fold(cmd: list[str], manifest: Path, run_dir: Path, recipe: Recipe, args) -> tuple[float, list[str]]:
     """Run `virion train` on one fold; returns (wall time, argv). The log is kept in the run folder's parent."""
-    argv = cmd + ["train", "--data", str(manifest), "--out", str(run_dir), "--models", *args.models,
-                  "--weights", "none", "--seed", str(args.seed), "--overwrite", *recipe.args]
+    argv = cmd + [
+        "train",
+        "--data",
+        str(manifest),
+        "--out",
+        str(run_dir),
+        "--models",
+        *args.models,
+        "--weights",
+        "none",
+        "--seed",
+        str(args.seed),
+        "--overwrite",
+        *recipe.args,
+    ]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
     if args.input_size is not None:
@@ -391,8 +426,9 @@ def train_fold(cmd: list[str], manifest: Path, run_dir: Path, recipe: Recipe, ar
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise BenchError(f"`virion train` failed (exit {proc.returncode}) for {run_dir}; log {log}: "
-                         + " | ".join(tail))
+        raise BenchError(
+            f"`virion train` failed (exit {proc.returncode}) for {run_dir}; log {log}: " + " | ".join(tail)
+        )
     return wall, argv
 
 
@@ -401,26 +437,46 @@ def parse_args(argv=None):
     p.add_argument("data", type=Path, help="path,label,micrograph CSV (or its folder)")
     p.add_argument("--folds", type=int, default=5, help="number of grouped folds (default 5)")
     p.add_argument("--only-folds", type=int, nargs="+", metavar="K", help="run these folds only (0-based)")
-    p.add_argument("--recipes", nargs="+", default=["reference"],
-                   help="NAME (a preset) or LABEL=OPTIONS (extra `virion train` options); default reference")
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["reference"],
+        help="NAME (a preset) or LABEL=OPTIONS (extra `virion train` options); default reference",
+    )
     p.add_argument("--models", nargs="+", default=["resnet50"], help="models to train (default resnet50)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--input-size", type=int, help="override the recipe's input size")
-    p.add_argument("--extra", action="append", default=[], metavar="OPTION",
-                   help="an option added to every recipe, e.g. --extra=--bf16 (repeatable)")
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option added to every recipe, e.g. --extra=--bf16 (repeatable)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per class (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of training micrographs for validation")
-    p.add_argument("--workdir", type=Path, help="fold manifests, run folders and per-fold results "
-                   "(default /tmp/virion-bench-real/<tag>)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="fold manifests, run folders and per-fold results (default /tmp/virion-bench-real/<tag>)",
+    )
     p.add_argument("--resume", action="store_true", help="skip folds whose result JSON exists in --workdir")
-    p.add_argument("--collect", action="store_true", help="train nothing: aggregate the finished folds in "
-                   "--workdir (e.g. after running each recipe in its own process with the same --tag)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: aggregate the finished folds in "
+        "--workdir (e.g. after running each recipe in its own process with the same --tag)",
+    )
     p.add_argument("--keep-runs", action="store_true", help="keep the trained models (default: deleted)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/bench_real_<tag>.json)")
     p.add_argument("--tag", default="latest", help="name of the default results file")
-    p.add_argument("--src", type=Path, help="run `virion` from this source folder (e.g. a snapshot made with "
-                   "`git archive HEAD src`), so edits in the working tree do not change a long benchmark midway")
+    p.add_argument(
+        "--src",
+        type=Path,
+        help="run `virion` from this source folder (e.g. a snapshot made with "
+        "`git archive HEAD src`), so edits in the working tree do not change a long benchmark midway",
+    )
     p.add_argument("--dry-run", action="store_true", help="write the fold manifests and print their sizes only")
     args = p.parse_args(argv)
     args.extra = [x for e in args.extra for x in shlex.split(e)]
@@ -466,8 +522,11 @@ def run(args) -> int:
     if len({r.label for r in recipes}) != len(recipes):
         raise BenchError("--recipes: two recipes with the same label")
     chosen = args.only_folds if args.only_folds is not None else list(range(args.folds))
-    print(f"{csv_path}: {len(rows)} images, {len({r['group'] for r in rows})} micrographs, "
-          f"{len({r['label'] for r in rows})} classes; {args.folds} grouped folds (seed {args.seed})", flush=True)
+    print(
+        f"{csv_path}: {len(rows)} images, {len({r['group'] for r in rows})} micrographs, "
+        f"{len({r['label'] for r in rows})} classes; {args.folds} grouped folds (seed {args.seed})",
+        flush=True,
+    )
     results: dict[str, dict[int, dict]] = {r.label: {} for r in recipes}
     for k in chosen:  # folds outside, recipes inside: a partial run still has paired folds
         for recipe in recipes:
@@ -479,21 +538,32 @@ def run(args) -> int:
             counts = {s: sum(1 for x in split if x == s) for s in ("train", "validation", "test")}
             if (args.resume or args.collect) and result_file.is_file():
                 results[recipe.label][k] = json.loads(result_file.read_text(encoding="utf-8"))
-                print(f"[{recipe.label} fold {k}] done before (--resume): {_fold_line(results[recipe.label][k])}",
-                      flush=True)
+                print(
+                    f"[{recipe.label} fold {k}] done before (--resume): {_fold_line(results[recipe.label][k])}",
+                    flush=True,
+                )
                 continue
             if args.collect:
                 continue  # only gather what is finished (e.g. recipes run as separate processes)
             manifest = write_manifest(fold_dir / "fold.csv", rows, split)
             groups = {s: len({r["group"] for r, x in zip(rows, split) if x == s}) for s in counts}
-            print(f"[{recipe.label} fold {k}] " + ", ".join(f"{s} {counts[s]} ({groups[s]} micrographs)" for s in counts),
-                  flush=True)
+            print(
+                f"[{recipe.label} fold {k}] " + ", ".join(f"{s} {counts[s]} ({groups[s]} micrographs)" for s in counts),
+                flush=True,
+            )
             if args.dry_run:
                 continue
             run_dir = fold_dir / "run"
             wall, argv = train_fold(cmd, manifest, run_dir, recipe, args)
-            res = {"recipe": recipe.label, "fold": k, "command": shlex.join(argv), "wall_s": wall,
-                   "counts": counts, "groups": groups, "scores": score_run(run_dir, args.models)}
+            res = {
+                "recipe": recipe.label,
+                "fold": k,
+                "command": shlex.join(argv),
+                "wall_s": wall,
+                "counts": counts,
+                "groups": groups,
+                "scores": score_run(run_dir, args.models),
+            }
             atomic_write_text(result_file, json.dumps(res, indent=2))
             if not args.keep_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -515,19 +585,31 @@ def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe],
     done = {r: f for r, f in results.items() if f}
     agg = aggregate(done)
     out = args.out or RESULTS_DIR / f"bench_real_{args.tag}.json"
-    payload = {"data": str(csv_path), "n_images": len(rows), "folds": args.folds, "seed": args.seed,
-               "models": args.models, "epochs_override": args.epochs, "input_size_override": args.input_size,
-               "extra": args.extra, "limit": args.limit, "src": str(args.src) if args.src else None,
-               "recipes": {r.label: list(r.args) for r in recipes},
-               "per_fold": {r: {str(k): v for k, v in sorted(f.items())} for r, f in done.items()}, **agg}
+    payload = {
+        "data": str(csv_path),
+        "n_images": len(rows),
+        "folds": args.folds,
+        "seed": args.seed,
+        "models": args.models,
+        "epochs_override": args.epochs,
+        "input_size_override": args.input_size,
+        "extra": args.extra,
+        "limit": args.limit,
+        "src": str(args.src) if args.src else None,
+        "recipes": {r.label: list(r.args) for r in recipes},
+        "per_fold": {r: {str(k): v for k, v in sorted(f.items())} for r, f in done.items()},
+        **agg,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(payload, indent=2))
     return agg, out
 
 
 def _fold_line(res: dict) -> str:
-    parts = [f"{m}: acc {s['accuracy']:.3f} F1 {s['macro_f1']:.3f} bal {s['balanced_accuracy']:.3f}"
-             for m, s in res["scores"].items()]
+    parts = [
+        f"{m}: acc {s['accuracy']:.3f} F1 {s['macro_f1']:.3f} bal {s['balanced_accuracy']:.3f}"
+        for m, s in res["scores"].items()
+    ]
     return "; ".join(parts) + f" ({res['wall_s']:.0f} s)"
 
 

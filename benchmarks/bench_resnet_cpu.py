@@ -52,25 +52,37 @@ NUM_CLASSES = 14
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--what", choices=("train", "bn", "adam"), default="train",
-                   help="train: whole training steps; bn: batch normalization alone; "
-                        "adam: one Adam update of ResNet-50's weights, Keras 3 vs tf_keras")
-    p.add_argument("--bn-training", choices=("on", "off"), default="on",
-                   help="bn mode: on times forward+backward in training mode; off times the "
-                        "inference forward (a frozen base, evaluation, prediction)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
-                   help="models to compare (train mode)")
+    p.add_argument(
+        "--what",
+        choices=("train", "bn", "adam"),
+        default="train",
+        help="train: whole training steps; bn: batch normalization alone; "
+        "adam: one Adam update of ResNet-50's weights, Keras 3 vs tf_keras",
+    )
+    p.add_argument(
+        "--bn-training",
+        choices=("on", "off"),
+        default="on",
+        help="bn mode: on times forward+backward in training mode; off times the "
+        "inference forward (a frozen base, evaluation, prediction)",
+    )
+    p.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS), help="models to compare (train mode)"
+    )
     p.add_argument("--size", type=int, default=128, help="input height and width in pixels")
     p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the variants")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per round and variant")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round and variant")
-    p.add_argument("--steps-per-execution", type=int, default=1,
-                   help="Keras steps_per_execution for the Keras 3 models")
-    p.add_argument("--intra", type=int, default=0,
-                   help="tf.config.threading intra-op threads (0: TensorFlow's default)")
-    p.add_argument("--inter", type=int, default=0,
-                   help="tf.config.threading inter-op threads (0: TensorFlow's default)")
+    p.add_argument(
+        "--steps-per-execution", type=int, default=1, help="Keras steps_per_execution for the Keras 3 models"
+    )
+    p.add_argument(
+        "--intra", type=int, default=0, help="tf.config.threading intra-op threads (0: TensorFlow's default)"
+    )
+    p.add_argument(
+        "--inter", type=int, default=0, help="tf.config.threading inter-op threads (0: TensorFlow's default)"
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -198,8 +210,7 @@ def run_train(args):
     for v in args.variants:
         t0 = time.perf_counter()
         models[v] = build(v, args)
-        print(f"built {v} ({models[v].count_params():,} params) in "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        print(f"built {v} ({models[v].count_params():,} params) in {time.perf_counter() - t0:.1f}s", flush=True)
     results = {v: [] for v in args.variants}
     for r in range(args.rounds):
         for v in args.variants:
@@ -287,8 +298,7 @@ def run_bn(args):
             totals[k].append(v)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per_round.items()))
     what = "forward+backward" if args.bn_training == "on" else "inference forward"
-    report(totals, "tf_keras (fused)",
-           f"ms of BN {what} per ResNet-50 step, all 53 layers (lower is better)")
+    report(totals, "tf_keras (fused)", f"ms of BN {what} per ResNet-50 step, all 53 layers (lower is better)")
     return totals
 
 
@@ -353,10 +363,13 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     if args.inter:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
-    print(f"TensorFlow {tf.__version__}, oneDNN opts "
-          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}, "
-          f"threads intra={args.intra or 'default'} inter={args.inter or 'default'}, "
-          f"{os.cpu_count()} CPUs, input {args.size}px, batch {args.batch}", flush=True)
+    print(
+        f"TensorFlow {tf.__version__}, oneDNN opts "
+        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}, "
+        f"threads intra={args.intra or 'default'} inter={args.inter or 'default'}, "
+        f"{os.cpu_count()} CPUs, input {args.size}px, batch {args.batch}",
+        flush=True,
+    )
     results = {"bn": run_bn, "adam": run_adam, "train": run_train}[args.what](args)
     if args.json:
         with open(args.json, "w") as f:

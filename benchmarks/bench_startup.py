@@ -22,10 +22,12 @@ from pathlib import Path
 
 COMMANDS = (["--help"], ["--version"], ["train", "--help"], ["synth", "--help"])
 # What `virion --help` must not import; checked once per command after the timed runs.
-_PROBE = ("import sys, runpy; sys.argv = ['virion'] + sys.argv[1:]\n"
-          "try:\n    runpy.run_module('virion.cli.main', run_name='__main__')\n"
-          "except SystemExit:\n    pass\n"
-          "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n")
+_PROBE = (
+    "import sys, runpy; sys.argv = ['virion'] + sys.argv[1:]\n"
+    "try:\n    runpy.run_module('virion.cli.main', run_name='__main__')\n"
+    "except SystemExit:\n    pass\n"
+    "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n"
+)
 
 
 def time_command(args: list[str], runs: int) -> dict:
@@ -38,8 +40,14 @@ def time_command(args: list[str], runs: int) -> dict:
         times.append(time.perf_counter() - t0)
     probe = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=False)
     heavy = next((line[6:] for line in probe.stdout.splitlines() if line.startswith("HEAVY ")), "?")
-    return {"command": "virion " + " ".join(args), "runs": runs, "median_s": round(statistics.median(times), 3),
-            "min_s": round(min(times), 3), "max_s": round(max(times), 3), "heavy_modules_imported": heavy}
+    return {
+        "command": "virion " + " ".join(args),
+        "runs": runs,
+        "median_s": round(statistics.median(times), 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+        "heavy_modules_imported": heavy,
+    }
 
 
 def main() -> None:
@@ -51,12 +59,18 @@ def main() -> None:
     for command in COMMANDS:
         r = time_command(command, max(1, args.runs))
         results.append(r)
-        print(f"{r['command']:<24} median {r['median_s']:6.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, "
-              f"{r['runs']} runs)  heavy imports: {r['heavy_modules_imported']}")
+        print(
+            f"{r['command']:<24} median {r['median_s']:6.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, "
+            f"{r['runs']} runs)  heavy imports: {r['heavy_modules_imported']}"
+        )
     out = Path(__file__).resolve().parent / "results" / f"startup{'_' + args.label if args.label else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"python": platform.python_version(), "machine": platform.machine(), "results": results,
-               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": results,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"written: {out}")
 

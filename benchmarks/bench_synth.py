@@ -44,12 +44,21 @@ def main() -> None:
     for fmt, bits in (("png", 8), ("tif", 16)):
         with tempfile.TemporaryDirectory() as tmp:
             t0, c0 = time.perf_counter(), time.process_time()
-            generate_dataset(Path(tmp) / "ds", per_class=per_class, size=args.size, fmt=fmt, bit_depth=bits,
-                             difficulty=args.difficulty, progress=False)
+            generate_dataset(
+                Path(tmp) / "ds",
+                per_class=per_class,
+                size=args.size,
+                fmt=fmt,
+                bit_depth=bits,
+                difficulty=args.difficulty,
+                progress=False,
+            )
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
         n = per_class * len(CLASS_NAMES)
-        print(f"generate_dataset {fmt} {bits}-bit: {n / dt:8.1f} img/s wall {n / dc:8.1f} img/s cpu "
-              f"(render + write + montage, 1 process)")
+        print(
+            f"generate_dataset {fmt} {bits}-bit: {n / dt:8.1f} img/s wall {n / dc:8.1f} img/s cpu "
+            f"(render + write + montage, 1 process)"
+        )
 
 
 if __name__ == "__main__":

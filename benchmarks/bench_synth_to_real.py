@@ -58,32 +58,67 @@ def main(argv=None) -> int:
         env["PYTHONPATH"] = str(args.src)
     synth_dir = args.workdir / "synth"
     args.workdir.mkdir(parents=True, exist_ok=True)
-    gen = cmd + ["synth", "--out", str(synth_dir), "--per-class", str(args.per_class), "--seed", str(args.synth_seed),
-                 "--difficulty", str(args.difficulty), "--quiet", "--overwrite"]
+    gen = cmd + [
+        "synth",
+        "--out",
+        str(synth_dir),
+        "--per-class",
+        str(args.per_class),
+        "--seed",
+        str(args.synth_seed),
+        "--difficulty",
+        str(args.difficulty),
+        "--quiet",
+        "--overwrite",
+    ]
     subprocess.run(gen, check=True, env=env)
     rows = []
     for split in ("train", "validation", "test"):
         for f in sorted((synth_dir / split).glob("*/*.png")):
             # `virion synth` always writes a 60/20/20 split; its test images train here (80/20)
-            rows.append({"path": str(f), "label": f.parent.name, "group": "synth",
-                         "split": "train" if split == "test" else split})
+            rows.append(
+                {
+                    "path": str(f),
+                    "label": f.parent.name,
+                    "group": "synth",
+                    "split": "train" if split == "test" else split,
+                }
+            )
     for r in real:
         rows.append({**r, "split": "test"})
     manifest = bench_real.write_manifest(args.workdir / "synth_to_real.csv", rows, [r["split"] for r in rows])
     run_dir = args.workdir / "run"
-    train_args = argparse.Namespace(models=args.models, seed=args.seed, epochs=args.epochs, input_size=args.input_size,
-                                    extra=args.extra, src=args.src)
+    train_args = argparse.Namespace(
+        models=args.models,
+        seed=args.seed,
+        epochs=args.epochs,
+        input_size=args.input_size,
+        extra=args.extra,
+        src=args.src,
+    )
     wall, argv_used = bench_real.train_fold(cmd, manifest, run_dir, bench_real.Recipe("synth", ()), train_args)
     scores = bench_real.score_run(run_dir, args.models)
-    result = {"real_data": str(args.data), "synth": {"per_class": args.per_class, "difficulty": args.difficulty,
-                                                     "seed": args.synth_seed, "src": str(args.src or ROOT / "src")},
-              "command": shlex.join(argv_used), "wall_s": wall, "n_real_test": len(real), "scores": scores}
+    result = {
+        "real_data": str(args.data),
+        "synth": {
+            "per_class": args.per_class,
+            "difficulty": args.difficulty,
+            "seed": args.synth_seed,
+            "src": str(args.src or ROOT / "src"),
+        },
+        "command": shlex.join(argv_used),
+        "wall_s": wall,
+        "n_real_test": len(real),
+        "scores": scores,
+    }
     out = args.out or ROOT / "benchmarks" / "results" / f"synth_to_real_{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     for model, s in scores.items():
-        print(f"{model}: real accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
-              f"balanced accuracy {s['balanced_accuracy']:.3f} ({wall:.0f} s) -> {out}")
+        print(
+            f"{model}: real accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
+            f"balanced accuracy {s['balanced_accuracy']:.3f} ({wall:.0f} s) -> {out}"
+        )
     shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 

@@ -38,10 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="TIFF dataset with train/validation/test folders "
-                   "(default: generate one with virion synth under --workdir)")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "virion-bench-train",
-                   help="where the generated dataset is kept between runs")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="TIFF dataset with train/validation/test folders "
+        "(default: generate one with virion synth under --workdir)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "virion-bench-train",
+        help="where the generated dataset is kept between runs",
+    )
     p.add_argument("--per-class", type=int, default=100, help="images per class for the generated dataset")
     p.add_argument("--models", nargs="+", default=["resnet50", "xception", "densenet121"], help="models to time")
     p.add_argument("--size", type=int, default=128, help="input size (reference: 128)")
@@ -49,10 +57,19 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed training steps per model and pipeline")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph tracing)")
     p.add_argument("--epochs", type=int, default=20, help="epochs of the feature-cache vs reference comparison")
-    p.add_argument("--feature-cache", type=int, nargs="*", default=[0, 2], metavar="K",
-                   help="feature-cache regimes to compare (0 = no augmentation, K = K augmented views)")
-    p.add_argument("--weights", default="auto", help="transfer bases: imagenet, none, PATH or auto "
-                   "(imagenet when in the Keras cache, else none)")
+    p.add_argument(
+        "--feature-cache",
+        type=int,
+        nargs="*",
+        default=[0, 2],
+        metavar="K",
+        help="feature-cache regimes to compare (0 = no augmentation, K = K augmented views)",
+    )
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="transfer bases: imagenet, none, PATH or auto (imagenet when in the Keras cache, else none)",
+    )
     p.add_argument("--skip-reference", action="store_true", help="only time virion")
     p.add_argument("--skip-throughput", action="store_true", help="only run the feature-cache comparison")
     p.add_argument("--flops-per-cycle", type=float, default=64.0, help="FP32 FLOPs per cycle per core")
@@ -76,7 +93,13 @@ def cpu_peak(args) -> dict:
         pass
     ghz = args.ghz or (max(mhz) / 1000 if mhz else 2.0)
     peak = cores * ghz * 1e9 * args.flops_per_cycle
-    return {"cpu": model, "cores": cores, "ghz": ghz, "flops_per_cycle": args.flops_per_cycle, "peak_gflops": peak / 1e9}
+    return {
+        "cpu": model,
+        "cores": cores,
+        "ghz": ghz,
+        "flops_per_cycle": args.flops_per_cycle,
+        "peak_gflops": peak / 1e9,
+    }
 
 
 def ensure_data(args) -> Path:
@@ -109,7 +132,7 @@ class BatchClock:
         self.times.append(time.perf_counter())
 
     def rate(self, warmup: int, batch: int) -> float:
-        t = self.times[max(0, warmup - 1):]
+        t = self.times[max(0, warmup - 1) :]
         return (len(t) - 1) * batch / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
 
 
@@ -163,6 +186,7 @@ def reference_batches(data: Path, args, subset="training"):
         while True:
             x, y = next(it)
             yield x * 255.0, y
+
     return it, gen()
 
 
@@ -170,8 +194,13 @@ def time_fit(model, batches, args) -> float:
     import keras
 
     clock = BatchClock()
-    model.fit(batches, steps_per_epoch=args.warmup + args.steps, epochs=1, verbose=0,
-              callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=clock)])
+    model.fit(
+        batches,
+        steps_per_epoch=args.warmup + args.steps,
+        epochs=1,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=clock)],
+    )
     return clock.rate(args.warmup, args.batch)
 
 
@@ -203,9 +232,13 @@ def throughput(data, arrays, num_classes, args, peak) -> list[dict]:
         first = next(iter(make_dataset(arrays["train"], num_classes, args.batch, training=False)))
         model = fresh_model(name, num_classes, args)
         compute_only = time_fit(model, tf.data.Dataset.from_tensors(first).repeat(), args)
-        row = {"model": name, "virion_images_per_s": ours, "compute_only_images_per_s": compute_only,
-               "pipeline_overhead": 1.0 - ours / compute_only,
-               "train_gflops_per_image": training_flops(model) / 1e9}
+        row = {
+            "model": name,
+            "virion_images_per_s": ours,
+            "compute_only_images_per_s": compute_only,
+            "pipeline_overhead": 1.0 - ours / compute_only,
+            "train_gflops_per_image": training_flops(model) / 1e9,
+        }
         row["virion_fraction_of_peak"] = ours * row["train_gflops_per_image"] / peak["peak_gflops"]
         if not args.skip_reference:
             model = fresh_model(name, num_classes, args)
@@ -240,13 +273,19 @@ def feature_cache_vs_reference(data, arrays, num_classes, args) -> list[dict]:
             start = time.perf_counter()
             base, head = split_model(model)
             head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-            feats, labels = extract_features(base, arrays["train"], num_classes, args.batch, views=k,
-                                             augment=AugmentConfig(), seed=0)
+            feats, labels = extract_features(
+                base, arrays["train"], num_classes, args.batch, views=k, augment=AugmentConfig(), seed=0
+            )
             head.fit(FeatureViews(feats, labels, num_classes, args.batch), epochs=args.epochs, verbose=0)
             seconds = time.perf_counter() - start
             acc = float(np.mean(np.argmax(model.predict(x_val, batch_size=args.batch, verbose=0), -1) == y_val))
-            row = {"model": name, "regime": f"feature-cache K={k}", "epochs": args.epochs, "seconds": seconds,
-                   "val_accuracy": acc}
+            row = {
+                "model": name,
+                "regime": f"feature-cache K={k}",
+                "epochs": args.epochs,
+                "seconds": seconds,
+                "val_accuracy": acc,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         # virion without the feature cache: the base runs on every augmented batch of every epoch.
@@ -255,12 +294,20 @@ def feature_cache_vs_reference(data, arrays, num_classes, args) -> list[dict]:
 
         model = fresh_model(name, num_classes, args, calibration)
         start = time.perf_counter()
-        model.fit(make_dataset(arrays["train"], num_classes, args.batch, training=True, augment=AugmentConfig()),
-                  epochs=args.epochs, verbose=0)
+        model.fit(
+            make_dataset(arrays["train"], num_classes, args.batch, training=True, augment=AugmentConfig()),
+            epochs=args.epochs,
+            verbose=0,
+        )
         seconds = time.perf_counter() - start
         acc = float(np.mean(np.argmax(model.predict(x_val, batch_size=args.batch, verbose=0), -1) == y_val))
-        row = {"model": name, "regime": "virion per-step (no feature cache)", "epochs": args.epochs,
-               "seconds": seconds, "val_accuracy": acc}
+        row = {
+            "model": name,
+            "regime": "virion per-step (no feature cache)",
+            "epochs": args.epochs,
+            "seconds": seconds,
+            "val_accuracy": acc,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if not args.skip_reference:
@@ -270,8 +317,13 @@ def feature_cache_vs_reference(data, arrays, num_classes, args) -> list[dict]:
             model.fit(batches, steps_per_epoch=len(it), epochs=args.epochs, verbose=0)
             seconds = time.perf_counter() - start
             acc = float(np.mean(np.argmax(model.predict(x_val, batch_size=args.batch, verbose=0), -1) == y_val))
-            row = {"model": name, "regime": "reference (ImageDataGenerator)", "epochs": args.epochs,
-                   "seconds": seconds, "val_accuracy": acc}
+            row = {
+                "model": name,
+                "regime": "reference (ImageDataGenerator)",
+                "epochs": args.epochs,
+                "seconds": seconds,
+                "val_accuracy": acc,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             for r in rows:
@@ -283,13 +335,19 @@ def feature_cache_vs_reference(data, arrays, num_classes, args) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     peak = cpu_peak(args)
-    print(f"assumed peak: {peak['cores']} cores x {peak['ghz']:.2f} GHz x {peak['flops_per_cycle']:.0f} FP32 "
-          f"FLOPs/cycle = {peak['peak_gflops']:.0f} GFLOP/s ({peak['cpu']})", flush=True)
+    print(
+        f"assumed peak: {peak['cores']} cores x {peak['ghz']:.2f} GHz x {peak['flops_per_cycle']:.0f} FP32 "
+        f"FLOPs/cycle = {peak['peak_gflops']:.0f} GFLOP/s ({peak['cpu']})",
+        flush=True,
+    )
     data = ensure_data(args)
     dataset, arrays, decode_s = load_arrays(data, args)
     num_classes = len(dataset.class_names)
-    print(f"data: {data} ({len(arrays['train'].labels)} train, {len(arrays['validation'].labels)} validation, "
-          f"{num_classes} classes; decode/cache {decode_s:.1f} s)", flush=True)
+    print(
+        f"data: {data} ({len(arrays['train'].labels)} train, {len(arrays['validation'].labels)} validation, "
+        f"{num_classes} classes; decode/cache {decode_s:.1f} s)",
+        flush=True,
+    )
     results = {"peak": peak, "data": str(data), "size": args.size, "batch": args.batch, "decode_seconds": decode_s}
     if not args.skip_throughput:
         results["throughput"] = throughput(data, arrays, num_classes, args, peak)
@@ -298,14 +356,19 @@ def main(argv=None) -> int:
 
     print("\nmodel         virion img/s  reference img/s  speedup  GFLOP/img  % of peak")
     for r in results.get("throughput", []):
-        print(f"{r['model']:<13} {r['virion_images_per_s']:>12.1f}  {r.get('reference_images_per_s', float('nan')):>15.1f}"
-              f"  {r.get('speedup', float('nan')):>7.2f}  {r['train_gflops_per_image']:>9.2f}"
-              f"  {100 * r['virion_fraction_of_peak']:>8.1f}")
+        print(
+            f"{r['model']:<13} {r['virion_images_per_s']:>12.1f}"
+            f"  {r.get('reference_images_per_s', float('nan')):>15.1f}"
+            f"  {r.get('speedup', float('nan')):>7.2f}  {r['train_gflops_per_image']:>9.2f}"
+            f"  {100 * r['virion_fraction_of_peak']:>8.1f}"
+        )
     if results.get("feature_cache"):
         print(f"\n{args.epochs}-epoch training: model, regime, seconds, val accuracy, speedup vs reference")
         for r in results["feature_cache"]:
-            print(f"  {r['model']:<12} {r['regime']:<32} {r['seconds']:>8.1f} s  {r['val_accuracy']:.3f}"
-                  f"  {r.get('speedup_vs_reference', float('nan')):.1f}x")
+            print(
+                f"  {r['model']:<12} {r['regime']:<32} {r['seconds']:>8.1f} s  {r['val_accuracy']:.3f}"
+                f"  {r.get('speedup_vs_reference', float('nan')):.1f}x"
+            )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

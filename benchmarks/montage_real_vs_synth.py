@@ -51,8 +51,13 @@ def real_images(folder: Path, per_class: int, seed: int) -> dict[str, list[np.nd
 def synth_images(classes, per_class: int, seed: int, difficulty: float, size: int) -> dict[str, list[np.ndarray]]:
     from virion.data.synth import CLASS_NAMES, image_rng, render_image, to_pixels
 
-    return {c: [to_pixels(render_image(c, image_rng(seed, CLASS_NAMES.index(c), i), size, difficulty), 8)
-                for i in range(per_class)] for c in classes}
+    return {
+        c: [
+            to_pixels(render_image(c, image_rng(seed, CLASS_NAMES.index(c), i), size, difficulty), 8)
+            for i in range(per_class)
+        ]
+        for c in classes
+    }
 
 
 def stats(images: list[np.ndarray]) -> dict:
@@ -86,8 +91,9 @@ def montage(real, synth, tile: int) -> Image.Image:
         for i, im in enumerate(real[c]):
             canvas.paste(Image.fromarray(im).resize((tile, tile), Image.BILINEAR), (label_w + i * tile, y))
         for i, im in enumerate(synth[c]):
-            canvas.paste(Image.fromarray(im).resize((tile, tile), Image.BILINEAR),
-                         (label_w + tile * n_real + gap + i * tile, y))
+            canvas.paste(
+                Image.fromarray(im).resize((tile, tile), Image.BILINEAR), (label_w + tile * n_real + gap + i * tile, y)
+            )
     return canvas
 
 
@@ -106,10 +112,16 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     montage(real, synth, args.tile).save(args.out)
     table = {c: {"real": stats(real[c]), "synth": stats(synth[c])} for c in real}
-    print(f"{'class':<12} " + "  ".join(f"{k:>18}" for k in ("mean r/s", "sd r/s", "fine_grain r/s", "texture_8px r/s")))
+    print(
+        f"{'class':<12} " + "  ".join(f"{k:>18}" for k in ("mean r/s", "sd r/s", "fine_grain r/s", "texture_8px r/s"))
+    )
     for c, t in table.items():
-        print(f"{c:<12} " + "  ".join(f"{t['real'][k]:>8.3f} /{t['synth'][k]:>8.3f}"
-                                      for k in ("mean", "sd", "fine_grain", "texture_8px")))
+        print(
+            f"{c:<12} "
+            + "  ".join(
+                f"{t['real'][k]:>8.3f} /{t['synth'][k]:>8.3f}" for k in ("mean", "sd", "fine_grain", "texture_8px")
+            )
+        )
     args.out.with_suffix(".json").write_text(json.dumps(table, indent=2), encoding="utf-8")
     print(f"montage -> {args.out}")
     return 0

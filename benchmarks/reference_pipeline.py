@@ -24,8 +24,9 @@ REFERENCE_SETTINGS = dict(
 )
 
 
-def reference_iterator(data_dir, *, subset: str = "training", target_size=(128, 128), batch_size: int = 64,
-                       seed: int | None = None):
+def reference_iterator(
+    data_dir, *, subset: str = "training", target_size=(128, 128), batch_size: int = 64, seed: int | None = None
+):
     """`flow_from_directory(DATA/train, ...)` exactly as the reference built it.
 
     `subset` is "training" (80%) or "validation" (20%, augmented like the reference did). Yields
@@ -34,8 +35,9 @@ def reference_iterator(data_dir, *, subset: str = "training", target_size=(128, 
     try:
         from tf_keras.preprocessing.image import ImageDataGenerator
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SystemExit("the reference pipeline needs Keras 2: pip install tf_keras "
-                         "(or pip install -e '.[bench]')") from exc
+        raise SystemExit(
+            "the reference pipeline needs Keras 2: pip install tf_keras (or pip install -e '.[bench]')"
+        ) from exc
     generator = ImageDataGenerator(**REFERENCE_SETTINGS)
     return generator.flow_from_directory(
         str(Path(data_dir) / "train"),

@@ -18,15 +18,22 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "virion"
 
 LAYERS = {
-    "virion": 0, "errors": 0, "atomic": 0, "figures": 0, "backend": 0, "fs": 0,
-    "data": 1, "models": 1,
+    "virion": 0,
+    "errors": 0,
+    "atomic": 0,
+    "figures": 0,
+    "backend": 0,
+    "fs": 0,
+    "data": 1,
+    "models": 1,
     "run": 2,
     "inference": 3,
     "training": 4,
     "evaluation": 5,
     "reports": 6,
     "workflow": 7,
-    "cli": 8, "app": 8,
+    "cli": 8,
+    "app": 8,
 }
 
 
@@ -34,8 +41,9 @@ def _layer_of(module: str) -> tuple[str, int]:
     parts = module.split(".")
     key = parts[1] if len(parts) > 1 else "virion"
     if key not in LAYERS:
-        raise AssertionError(f"{module}: not in the layer map of tests/test_layering.py; add it there "
-                             "and to docs/architecture.md")
+        raise AssertionError(
+            f"{module}: not in the layer map of tests/test_layering.py; add it there and to docs/architecture.md"
+        )
     return key, LAYERS[key]
 
 
@@ -107,8 +115,10 @@ def test_import_virion_loads_no_keras():
     import subprocess
     import sys
 
-    code = ("import sys, virion; virion.load; virion.train; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'matplotlib')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, virion; virion.load; virion.train; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'matplotlib')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TMP_MARK = ".tmp"  # every temporary name holds this, so stale ones can be found and removed
 
@@ -45,6 +45,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) atomically, flushed to disk before the rename."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

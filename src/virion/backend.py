@@ -21,8 +21,14 @@ from virion.errors import VirionError
 BACKENDS = ("auto", "tensorflow", "jax")
 ENV_VAR = "KERAS_BACKEND"
 # JAX reaches a GPU only through one of these plugin / wheel distributions.
-_JAX_GPU_DISTRIBUTIONS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin", "jax-rocm7-plugin",
-                          "jaxlib-cuda12", "jax-cuda12-pjrt")
+_JAX_GPU_DISTRIBUTIONS = (
+    "jax-cuda12-plugin",
+    "jax-cuda13-plugin",
+    "jax-rocm60-plugin",
+    "jax-rocm7-plugin",
+    "jaxlib-cuda12",
+    "jax-cuda12-pjrt",
+)
 
 # What the user set before virion set anything (virion/__init__ fills in a default).
 _USER_ENV = os.environ.get(ENV_VAR)
@@ -86,8 +92,7 @@ def set_default_env() -> None:
 def resolve(choice: str = "auto") -> str:
     """The backend `choice` means on this machine ("tensorflow" or "jax"), without importing Keras."""
     if choice not in BACKENDS:
-        raise VirionError(f"--backend {choice!r} is not a backend virion supports: "
-                          f"choose one of {', '.join(BACKENDS)}")
+        raise VirionError(f"--backend {choice!r} is not a backend virion supports: choose one of {', '.join(BACKENDS)}")
     if choice != "auto":
         return choice
     if _USER_ENV in ("tensorflow", "jax"):  # an explicit KERAS_BACKEND wins over auto
@@ -121,18 +126,25 @@ def select_backend(choice: str = "auto") -> str:
     if current is not None:
         if current == wanted:
             return current
-        raise VirionError(f"--backend {choice}: Keras is already running on {current} in this process and "
-                          f"cannot switch; start a new process with KERAS_BACKEND={wanted} (or call "
-                          f"virion.backend.select_backend before importing keras)")
+        raise VirionError(
+            f"--backend {choice}: Keras is already running on {current} in this process and "
+            f"cannot switch; start a new process with KERAS_BACKEND={wanted} (or call "
+            f"virion.backend.select_backend before importing keras)"
+        )
     if wanted == "tensorflow" and not installed("tensorflow") and choice == "auto":
-        raise VirionError("no Keras backend is installed: pip install \"virion[cpu]\" (TensorFlow, CPU) "
-                          "or \"virion[cuda]\" (JAX, NVIDIA GPU)")
+        raise VirionError(
+            'no Keras backend is installed: pip install "virion[cpu]" (TensorFlow, CPU) '
+            'or "virion[cuda]" (JAX, NVIDIA GPU)'
+        )
     if wanted == "tensorflow" and not installed("tensorflow"):
-        raise VirionError("--backend tensorflow: TensorFlow is not installed; use --backend jax "
-                          "(pip install \"virion[jax]\" or \"virion[cuda]\") or pip install tensorflow")
+        raise VirionError(
+            "--backend tensorflow: TensorFlow is not installed; use --backend jax "
+            '(pip install "virion[jax]" or "virion[cuda]") or pip install tensorflow'
+        )
     if wanted == "jax" and not installed("jax"):
-        raise VirionError("--backend jax: JAX is not installed; pip install \"virion[jax]\" (CPU) or "
-                          "\"virion[cuda]\" (NVIDIA GPU)")
+        raise VirionError(
+            '--backend jax: JAX is not installed; pip install "virion[jax]" (CPU) or "virion[cuda]" (NVIDIA GPU)'
+        )
     os.environ[ENV_VAR] = wanted
     return wanted
 
@@ -145,8 +157,7 @@ def runtime_info() -> dict:
         import jax
 
         devices = jax.devices()
-        info.update(device_kind=str(devices[0].device_kind), devices=len(devices),
-                    processes=int(jax.process_count()))
+        info.update(device_kind=str(devices[0].device_kind), devices=len(devices), processes=int(jax.process_count()))
     elif backend == "tensorflow":
         import tensorflow as tf
 
@@ -172,6 +183,7 @@ def gpu_available() -> bool:
 
 # ---------------------------------------------------------------------------- device topology
 # Here, low in the house, because the data layer's NumPy pipeline needs it too.
+
 
 def _jax_loaded() -> bool:
     """JAX is the Keras backend of this process (never imports JAX or Keras on its own)."""

@@ -45,4 +45,5 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(buffer.getvalue())
+
     return atomic_write(path, write)

@@ -45,16 +45,18 @@ def _existing_ancestor(path: Path) -> Path:
 
 def _probe_writable(folder: Path, option: str, shown: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise VirionError(f"{option} {shown}: cannot write in {folder} (permission denied); "
-                          f"choose a folder you can write to")
+        raise VirionError(
+            f"{option} {shown}: cannot write in {folder} (permission denied); choose a folder you can write to"
+        )
     try:
         fd, name = tempfile.mkstemp(prefix=".virion-write-test-", dir=folder)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise VirionError(f"{option} {shown}: cannot write in {folder} ({reason}); "
-                          f"{_FIXES.get(exc.errno, 'choose another place')}") from None
+        raise VirionError(
+            f"{option} {shown}: cannot write in {folder} ({reason}); {_FIXES.get(exc.errno, 'choose another place')}"
+        ) from None
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from virion.errors import VirionError
 from virion.run import layout, store
@@ -23,8 +23,15 @@ def _say(progress: bool, text: str) -> None:
 
 
 # ------------------------------------------------------------------------------- train
-def train(config=None, *, resume: bool = False, evaluate_after: bool = True, progress: bool = True,
-          extra_callbacks: Sequence = (), **settings):
+def train(
+    config=None,
+    *,
+    resume: bool = False,
+    evaluate_after: bool = True,
+    progress: bool = True,
+    extra_callbacks: Sequence = (),
+    **settings,
+):
     """Train every model of `config` into `config.out`, then evaluate, compare and report.
 
     config: a TrainConfig, or None and the settings as keywords (`train(data="tem/", out="runs/a",
@@ -82,16 +89,23 @@ def finish_run(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict]
         else:
             _say(progress, "the dataset has no test split: models not evaluated")
     except VirionError as exc:
-        raise VirionError(f"{exc} (the trained models are saved in {run_dir}; after fixing this, "
-                          f"run `virion evaluate {run_dir}`)") from None
+        raise VirionError(
+            f"{exc} (the trained models are saved in {run_dir}; after fixing this, run `virion evaluate {run_dir}`)"
+        ) from None
     path = report(run_dir)
     _say(progress, f"report: {path}")
     return results
 
 
 # ------------------------------------------------------------------------------- evaluate, compare, report
-def evaluate(run_dir: str | Path, data: str | Path | None = None, *, batch_size: int | None = None,
-             with_report: bool = True, progress: bool = True) -> dict[str, dict]:
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    batch_size: int | None = None,
+    with_report: bool = True,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Evaluate every model of a run; data=None: the run's own test split, else another dataset folder.
 
     Other data goes to `<model>/evaluation-<data>/`, `comparison-<data>.*` and `report-<data>.html`;
@@ -119,8 +133,9 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path | None = None, data_
     """The comparison table (comparison.md/.csv/.png) of the evaluated models of one or more runs."""
     from virion.reports.compare import compare_runs
 
-    return compare_runs([Path(r) for r in run_dirs], out_dir=Path(out) if out is not None else None,
-                        data_name=data_name)
+    return compare_runs(
+        [Path(r) for r in run_dirs], out_dir=Path(out) if out is not None else None, data_name=data_name
+    )
 
 
 def report(run_dir: str | Path, data_name: str | None = None) -> Path:
@@ -147,19 +162,40 @@ class DemoPreset:
 
 PRESETS = {
     # The smallest run of the real path, for the end-to-end test. Xception needs >= 71 px.
-    "tiny": DemoPreset(per_class=5, image_size=96, input_size=72, epochs=1, batch_size=16,
-                       difficulty=0.5, description="tiny smoke run (checks the path, learns nothing)"),
+    "tiny": DemoPreset(
+        per_class=5,
+        image_size=96,
+        input_size=72,
+        epochs=1,
+        batch_size=16,
+        difficulty=0.5,
+        description="tiny smoke run (checks the path, learns nothing)",
+    ),
     # Batch 16 with a cosine decay: twice the optimizer steps of batch 32 for the same compute, and a
     # settled last epoch. Measured in the same time: higher test accuracy for all three models at seed 0
     # and for ResNet-50/DenseNet121 at seed 1 (README "Two commands", benchmarks/results/demo_recipe_seeds.json).
-    "reduced": DemoPreset(per_class=60, image_size=128, input_size=72, epochs=8, batch_size=16,
-                          difficulty=0.5, lr_schedule="cosine",
-                          description="reduced demo: 60 images per class, 72x72 input, "
-                          "8 epochs, batch 16, cosine learning rate (29 minutes measured on 2 AVX2-only cores; "
-                          "about 6 on 2 cores with AVX-512/AMX)"),
-    "full": DemoPreset(per_class=400, image_size=256, input_size=128, epochs=20, batch_size=64,
-                       difficulty=1.0, description="reference settings: 128x128 input, batch 64, "
-                       "20 epochs, Adam lr 0.001, 400 synthetic images per class"),
+    "reduced": DemoPreset(
+        per_class=60,
+        image_size=128,
+        input_size=72,
+        epochs=8,
+        batch_size=16,
+        difficulty=0.5,
+        lr_schedule="cosine",
+        description="reduced demo: 60 images per class, 72x72 input, "
+        "8 epochs, batch 16, cosine learning rate (29 minutes measured on 2 AVX2-only cores; "
+        "about 6 on 2 cores with AVX-512/AMX)",
+    ),
+    "full": DemoPreset(
+        per_class=400,
+        image_size=256,
+        input_size=128,
+        epochs=20,
+        batch_size=64,
+        difficulty=1.0,
+        description="reference settings: 128x128 input, batch 64, "
+        "20 epochs, Adam lr 0.001, 400 synthetic images per class",
+    ),
 }
 
 
@@ -169,8 +205,10 @@ def choose_weights(requested: str, models: list[str]) -> tuple[str, str]:
 
     transfer = [m for m in models if model_info(m).kind == "transfer"]
     if requested == "none":
-        return "none", ("Xception and DenseNet121 are trained from RANDOM INITIALIZATION with the whole "
-                        "network unfrozen (--weights none, as requested)")
+        return "none", (
+            "Xception and DenseNet121 are trained from RANDOM INITIALIZATION with the whole "
+            "network unfrozen (--weights none, as requested)"
+        )
     if requested != "auto":
         return requested, f"transfer-model weights: {requested} (as requested)"
     if not transfer:
@@ -181,9 +219,11 @@ def choose_weights(requested: str, models: list[str]) -> tuple[str, str]:
         for arch in [m for m in transfer if not imagenet_available(m)]:  # offline this fails fast
             resolve_weights(arch, "imagenet")
     except VirionError:
-        return "none", ("ImageNet weights could not be downloaded (no network?), so Xception and "
-                        "DenseNet121 are trained from RANDOM INITIALIZATION with the whole network "
-                        "unfrozen (--weights none); with ImageNet weights they would do better")
+        return "none", (
+            "ImageNet weights could not be downloaded (no network?), so Xception and "
+            "DenseNet121 are trained from RANDOM INITIALIZATION with the whole network "
+            "unfrozen (--weights none); with ImageNet weights they would do better"
+        )
     return "imagenet", "transfer-model weights: ImageNet (frozen base)"
 
 
@@ -193,15 +233,32 @@ def synthetic_data(out: Path, preset_name: str, preset: DemoPreset, seed: int) -
 
     folder = Path(out) / f"synthetic-{preset_name}-seed{seed}"
     marker = folder / "demo-complete.json"
-    params = {"per_class": preset.per_class, "size": preset.image_size, "seed": seed,
-              "difficulty": preset.difficulty, "format": "tif", "bit_depth": 16}
+    params = {
+        "per_class": preset.per_class,
+        "size": preset.image_size,
+        "seed": seed,
+        "difficulty": preset.difficulty,
+        "format": "tif",
+        "bit_depth": 16,
+    }
     if marker.is_file() and json.loads(marker.read_text()) == params:
         print(f"Using the synthetic TEM dataset generated earlier in {folder}", flush=True)
         return folder
-    print(f"Generating the built-in SYNTHETIC TEM virus dataset (14 classes, {preset.per_class} "
-          f"images per class, 16-bit TIFF) in {folder}", flush=True)
-    generate_dataset(folder, per_class=preset.per_class, seed=seed, size=preset.image_size, fmt="tif",
-                     bit_depth=16, difficulty=preset.difficulty, overwrite=True)
+    print(
+        f"Generating the built-in SYNTHETIC TEM virus dataset (14 classes, {preset.per_class} "
+        f"images per class, 16-bit TIFF) in {folder}",
+        flush=True,
+    )
+    generate_dataset(
+        folder,
+        per_class=preset.per_class,
+        seed=seed,
+        size=preset.image_size,
+        fmt="tif",
+        bit_depth=16,
+        difficulty=preset.difficulty,
+        overwrite=True,
+    )
     store.write_json(marker, params)
     return folder
 
@@ -217,8 +274,14 @@ def new_run_dir(out: Path, preset_name: str) -> Path:
     return run_dir
 
 
-def demo(preset: str = "reduced", *, out: str | Path = "virion-demo", weights: str = "auto", seed: int = 0,
-         models: Sequence[str] | None = None):
+def demo(
+    preset: str = "reduced",
+    *,
+    out: str | Path = "virion-demo",
+    weights: str = "auto",
+    seed: int = 0,
+    models: Sequence[str] | None = None,
+):
     """The main job end to end on the built-in synthetic data: generate, train, evaluate, compare, report."""
     from virion.models.catalog import DEFAULT_MODELS, MODEL_NAMES
     from virion.training.config import TrainConfig
@@ -234,15 +297,26 @@ def demo(preset: str = "reduced", *, out: str | Path = "virion-demo", weights: s
     started = time.monotonic()
     print(f"virion demo: {chosen.description}", flush=True)
     if preset != "full":
-        print("  (a reduced run: fewer and smaller images, fewer epochs than the reference; "
-              "`virion demo --full` runs the reference settings)", flush=True)
+        print(
+            "  (a reduced run: fewer and smaller images, fewer epochs than the reference; "
+            "`virion demo --full` runs the reference settings)",
+            flush=True,
+        )
     data = synthetic_data(out, preset, chosen, seed)
     weights, weights_note = choose_weights(weights, models)
     print(f"  {weights_note}", flush=True)
     run_dir = new_run_dir(out, preset)
-    config = TrainConfig(data=str(data), models=models, out=str(run_dir), input_size=chosen.input_size,
-                         batch_size=chosen.batch_size, epochs=chosen.epochs, lr_schedule=chosen.lr_schedule,
-                         seed=seed, weights=weights)
+    config = TrainConfig(
+        data=str(data),
+        models=models,
+        out=str(run_dir),
+        input_size=chosen.input_size,
+        batch_size=chosen.batch_size,
+        epochs=chosen.epochs,
+        lr_schedule=chosen.lr_schedule,
+        seed=seed,
+        weights=weights,
+    )
     result = train(config)
     print("", flush=True)
     print(f"virion demo finished in {time.monotonic() - started:.0f} s ({chosen.description})", flush=True)

@@ -67,8 +67,15 @@ def write_model(run: Path, name: str, model, accuracy: float, macro_f1: float) -
     folder.mkdir(parents=True)
     stem = f"{name}_virus_classification"
     model.save(folder / f"{stem}.keras")
-    meta = {"model": name, "class_names": CLASSES, "input_size": SIZE, "scaling": "rescale_0_1",
-            "weights": "none", "stretch": [0.5, 99.5], "files": {"keras": f"{stem}.keras"}}
+    meta = {
+        "model": name,
+        "class_names": CLASSES,
+        "input_size": SIZE,
+        "scaling": "rescale_0_1",
+        "weights": "none",
+        "stretch": [0.5, 99.5],
+        "files": {"keras": f"{stem}.keras"},
+    }
     (folder / "metadata.json").write_text(json.dumps(meta))
     (folder / "evaluation").mkdir()
     (folder / "evaluation" / "summary.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": macro_f1}))
@@ -93,12 +100,17 @@ def png_bytes(kind: int = 1, size: int = 48) -> bytes:
 
 def huge_png_bytes(width: int = 60000, height: int = 60000) -> bytes:
     """A well-formed PNG whose header declares width x height pixels but carries almost no data."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 BAD_UPLOADS = {

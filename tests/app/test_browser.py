@@ -20,13 +20,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_helpers import BAD_UPLOADS, CLASSES, SIZE, png_bytes, tiff16_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install chromium); "
-                       ".ci/run installs it so this test runs in CI"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Chromium not installed (Debian: apt-get install chromium); .ci/run installs it so this test runs in CI",
+    ),
 ]
 pytest.importorskip("starlette", reason='the web page needs the app extra: pip install "virion[app]"')
 pytest.importorskip("uvicorn", reason='the web page needs the app extra: pip install "virion[app]"')
@@ -46,8 +55,9 @@ def server(classifier, tiny_run):
     from virion.app.server import create_app
 
     port = _free_port()
-    config = uvicorn.Config(create_app(classifier, tiny_run, top_k=3), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        create_app(classifier, tiny_run, top_k=3), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -111,14 +121,22 @@ def test_page_classifies_explains_and_survives_bad_files(server, browser, tmp_pa
     # Grad-CAM for another class, chosen from the list
     before = card.locator("img.overlay").get_attribute("src")
     card.locator("select.cam-class").select_option(str(CLASSES.index("Nipah virus")))
-    page.wait_for_function("(old) => { const i = document.querySelector('article.result img.overlay');"
-                           " return i.src !== old && i.closest('.cam-wrap').classList.contains('ready'); }", arg=before)
+    page.wait_for_function(
+        "(old) => { const i = document.querySelector('article.result img.overlay');"
+        " return i.src !== old && i.closest('.cam-wrap').classList.contains('ready'); }",
+        arg=before,
+    )
     assert "Nipah virus" in card.locator(".cam-note").inner_text()
 
     # a batch with bad files: one message each, the good images still classified
-    _upload(page, [("dark.png", "image/png", png_bytes(kind=1)),
-                   ("particle16.tif", "image/tiff", tiff16_bytes(kind=0)),
-                   *[(name, "application/octet-stream", data) for name, data in BAD_UPLOADS.items()]])
+    _upload(
+        page,
+        [
+            ("dark.png", "image/png", png_bytes(kind=1)),
+            ("particle16.tif", "image/tiff", tiff16_bytes(kind=0)),
+            *[(name, "application/octet-stream", data) for name, data in BAD_UPLOADS.items()],
+        ],
+    )
     page.wait_for_function("() => document.querySelectorAll('article.result').length === 5")
     page.wait_for_function("() => document.querySelectorAll('.cam-wrap.ready').length === 2")
     summary = page.inner_text("#messages")
@@ -145,8 +163,10 @@ def test_page_classifies_explains_and_survives_bad_files(server, browser, tmp_pa
     # the server still answers afterwards
     assert page.request.get(server + "/healthz").text() == "ok"
     _upload(page, [("again.tif", "image/tiff", tiff16_bytes(kind=0))])
-    page.wait_for_function("() => document.querySelectorAll('article.result').length === 1"
-                           " && document.querySelector('.cam-wrap.ready') !== null")
+    page.wait_for_function(
+        "() => document.querySelectorAll('article.result').length === 1"
+        " && document.querySelector('.cam-wrap.ready') !== null"
+    )
     assert page.locator("article.result .verdict").inner_text().startswith("Adenovirus")
     assert not [u for u in failed_requests if not u.startswith("blob:")]
     page.close()

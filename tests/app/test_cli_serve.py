@@ -32,7 +32,7 @@ def test_serves_on_localhost_by_default(tiny_run, served, capsys):
 
     port = _free_port()
     assert main(["serve", str(tiny_run), "--port", str(port)]) == 0
-    (app, kw), = served
+    ((app, kw),) = served
     assert kw["host"] == "127.0.0.1" and kw["port"] == port
     assert app.state.serve.model_names == ["tinya", "tinyb"]  # loaded once, before serving
     out = capsys.readouterr()
@@ -43,7 +43,7 @@ def test_another_address_is_served_with_a_warning(tiny_run, served, capsys):
     from virion.cli.main import main
 
     assert main(["serve", str(tiny_run), "--host", "0.0.0.0", "--port", str(_free_port()), "--model", "tinyb"]) == 0
-    (app, kw), = served
+    ((app, kw),) = served
     assert kw["host"] == "0.0.0.0" and app.state.serve.model_names == ["tinyb"]
     assert "warning: --host 0.0.0.0" in capsys.readouterr().err
 
@@ -63,5 +63,5 @@ def test_mistakes_are_one_line_errors(tiny_run, tmp_path, served, capsys, monkey
         main(["serve", str(tiny_run), "--port", "70000"])
     monkeypatch.setitem(sys.modules, "starlette", None)  # as if the app extra were not installed
     assert main(["serve", str(tiny_run)]) == 2
-    assert 'virion[app]' in capsys.readouterr().err
+    assert "virion[app]" in capsys.readouterr().err
     assert not served

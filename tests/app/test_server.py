@@ -95,8 +95,10 @@ def test_trained_run_tells_the_classes_apart(client):
 
 def test_ensemble_is_the_mean_of_the_models_and_tta_is_passed_on(client):
     files = [("a.tif", tiff16_bytes(kind=2))]
-    probs = {m: np.array(_predict(client, files, model=m).json()["results"][0]["probabilities"])
-             for m in ("tinya", "tinyb", "ensemble")}
+    probs = {
+        m: np.array(_predict(client, files, model=m).json()["results"][0]["probabilities"])
+        for m in ("tinya", "tinyb", "ensemble")
+    }
     np.testing.assert_allclose(probs["ensemble"], (probs["tinya"] + probs["tinyb"]) / 2, atol=1e-5)
     tta = np.array(_predict(client, files, model="tinya", tta="1").json()["results"][0]["probabilities"])
     assert np.abs(tta - probs["tinya"]).max() > 1e-6  # the 8 views of an off-centre ring differ
@@ -150,8 +152,9 @@ def test_gradcam_for_the_top_class_or_a_chosen_one(client, classifier, tmp_path)
     path = tmp_path / "p.tif"
     path.write_bytes(data)
     assert top["class_name"] == classifier.predict([path], model="tinya").predicted[0]
-    chosen = client.post("/api/explain", files={"file": ("p.tif", data)},
-                         data={"model": "tinya", "class_index": "2"}).json()
+    chosen = client.post(
+        "/api/explain", files={"file": ("p.tif", data)}, data={"model": "tinya", "class_index": "2"}
+    ).json()
     assert chosen["class_index"] == 2 and chosen["class_name"] == CLASSES[2]
     overlay = _png_array(chosen["overlay_png"])
     assert overlay.shape == (256, 256, 3)  # drawn over a finer decode than the 32 px input

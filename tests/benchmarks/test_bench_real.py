@@ -125,7 +125,10 @@ def test_ensemble_averages_probabilities(bench, tmp_path, exact):
 
 def test_aggregate_mean_sd_and_paired_difference(bench):
     def fold(acc):
-        return {"wall_s": 10.0, "scores": {"resnet50": {"accuracy": acc, "macro_f1": acc / 2, "balanced_accuracy": acc}}}
+        return {
+            "wall_s": 10.0,
+            "scores": {"resnet50": {"accuracy": acc, "macro_f1": acc / 2, "balanced_accuracy": acc}},
+        }
 
     results = {"reference": {0: fold(0.4), 1: fold(0.5)}, "tem": {0: fold(0.6), 1: fold(0.9)}}
     agg = bench.aggregate(results)
@@ -155,8 +158,24 @@ def test_one_tiny_fold_end_to_end(bench, tmp_path):
     """Two folds of a 3-class toy set through the real `virion train` (32 px, one epoch), then scored."""
     data = _dataset(tmp_path / "data", groups_per_class=(3, 3, 3), per_group=3)
     out = tmp_path / "results.json"
-    rc = bench.main([str(data), "--folds", "2", "--only-folds", "0", "--epochs", "1", "--input-size", "32",
-                     "--workdir", str(tmp_path / "work"), "--out", str(out), "--extra=--batch-size 4"])
+    rc = bench.main(
+        [
+            str(data),
+            "--folds",
+            "2",
+            "--only-folds",
+            "0",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--extra=--batch-size 4",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     fold = res["per_fold"]["reference"]["0"]
@@ -166,6 +185,22 @@ def test_one_tiny_fold_end_to_end(bench, tmp_path):
     assert 0.0 <= s["accuracy"] <= 1.0 and s["n_test"] == fold["counts"]["test"]
     assert res["table"]["reference"]["resnet50"]["accuracy"]["n"] == 1
     # --resume reads the finished fold instead of training again
-    rc = bench.main([str(data), "--folds", "2", "--only-folds", "0", "--epochs", "1", "--input-size", "32",
-                     "--workdir", str(tmp_path / "work"), "--out", str(out), "--resume"])
+    rc = bench.main(
+        [
+            str(data),
+            "--folds",
+            "2",
+            "--only-folds",
+            "0",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--resume",
+        ]
+    )
     assert rc == 0 and json.loads(out.read_text())["per_fold"]["reference"]["0"]["wall_s"] == fold["wall_s"]

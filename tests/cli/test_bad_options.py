@@ -87,8 +87,9 @@ def run_cli(argv: list[str]) -> Outcome:
 def run_subprocess(argv: list[str], timeout: float = 120) -> Outcome:
     code = "import sys; from virion.cli.main import main; sys.exit(main(sys.argv[1:]))"
     try:
-        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return Outcome(0, "", "(still running: accepted)")
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
@@ -116,8 +117,14 @@ def train_numeric_cases() -> list[tuple[str, str, str]]:
             continue
         if meta["kind"] in ("int", "float"):
             for value in VALUES:
-                ok = _in_range(value, meta.get("low"), meta.get("high"), meta.get("low_open", False),
-                               meta.get("high_open", False), meta["kind"] == "int")
+                ok = _in_range(
+                    value,
+                    meta.get("low"),
+                    meta.get("high"),
+                    meta.get("low_open", False),
+                    meta.get("high_open", False),
+                    meta["kind"] == "int",
+                )
                 if key == "early_stopping" and value == "0":
                     ok = True  # 0 = off
                 cases.append((flag, value, ACCEPT if ok else REJECT))
@@ -193,8 +200,15 @@ def places(tmp_path_factory):
     locked = root / "locked"
     locked.mkdir()
     how = _lock(locked)
-    yield {"root": root, "data": data, "file": root / "file.txt", "run": run, "locked": locked, "lock": how,
-           "image": FIXTURES / "run_v0_1_images" / "adeno.png"}
+    yield {
+        "root": root,
+        "data": data,
+        "file": root / "file.txt",
+        "run": run,
+        "locked": locked,
+        "lock": how,
+        "image": FIXTURES / "run_v0_1_images" / "adeno.png",
+    }
     if how == "chattr":
         subprocess.run(["chattr", "-i", str(locked)], check=False)
     locked.chmod(0o755)
@@ -247,8 +261,10 @@ class Tally:
 
 
 def _report(name: str, tally: Tally, failures: list[str]) -> None:
-    print(f"\n{name}: {tally.cases} cases, {tally.tracebacks} tracebacks, {tally.wrong_acceptances} wrong "
-          f"acceptances, {tally.wrong_rejections} wrong rejections, {tally.bad_messages} malformed errors")
+    print(
+        f"\n{name}: {tally.cases} cases, {tally.tracebacks} tracebacks, {tally.wrong_acceptances} wrong "
+        f"acceptances, {tally.wrong_rejections} wrong rejections, {tally.bad_messages} malformed errors"
+    )
     assert not failures, "\n".join(failures)
 
 
@@ -257,8 +273,17 @@ def test_train_numeric_sweep(places, stub_training):
     cases = train_numeric_cases()
     assert len(cases) >= 5 * 20
     for flag, value, expected in cases:
-        argv = ["train", "--data", str(places["data"]), "--out", str(places["root"] / "run-new"),
-                "--models", "resnet50", flag, value]
+        argv = [
+            "train",
+            "--data",
+            str(places["data"]),
+            "--out",
+            str(places["root"] / "run-new"),
+            "--models",
+            "resnet50",
+            flag,
+            value,
+        ]
         tally.check(f"train {flag} {value}", run_cli(argv), expected, [flag], failures)
     _report("train numeric options", tally, failures)
 
@@ -285,8 +310,9 @@ def test_other_commands_numeric_sweep(places, tmp_path):
         argv = [*base.get(command, [command]), flag, value]
         run = run_subprocess if command == "serve" and expected == ACCEPT else run_cli
         bare = flag.lstrip("-")
-        tally.check(f"{command} {flag} {value}", run(argv), expected, [flag, f"{bare} {value}", f"{bare}={value}"],
-                    failures)
+        tally.check(
+            f"{command} {flag} {value}", run(argv), expected, [flag, f"{bare} {value}", f"{bare}={value}"], failures
+        )
     _report("other commands' numeric options", tally, failures)
 
 
@@ -300,18 +326,38 @@ def path_cases(p: dict, tmp: Path) -> list[tuple[str, list[str], str, list[str]]
         ("train --out new", [*train, "--data", str(data), "--out", str(tmp / "new" / "r3")], ACCEPT, []),
         ("train --out file", [*train, "--data", str(data), "--out", str(file)], REJECT, ["--out", str(file)]),
         ("train --out under file", [*train, "--data", str(data), "--out", str(file / "r")], REJECT, ["--out"]),
-        ("train --config missing", [*train, "--data", str(data), "--out", str(tmp / "r4"), "--config",
-                                    str(missing)], REJECT, [str(missing)]),
-        ("train --config folder", [*train, "--data", str(data), "--out", str(tmp / "r5"), "--config", str(data)],
-         REJECT, [str(data)]),
+        (
+            "train --config missing",
+            [*train, "--data", str(data), "--out", str(tmp / "r4"), "--config", str(missing)],
+            REJECT,
+            [str(missing)],
+        ),
+        (
+            "train --config folder",
+            [*train, "--data", str(data), "--out", str(tmp / "r5"), "--config", str(data)],
+            REJECT,
+            [str(data)],
+        ),
         ("train --resume missing", ["train", "--resume", str(missing)], REJECT, ["--resume"]),
         ("train --resume file", ["train", "--resume", str(file)], REJECT, ["--resume"]),
-        ("train --weights missing", ["train", "--models", "xception", "--data", str(data), "--out", str(tmp / "r6"),
-                                     "--weights", str(missing)], REJECT, ["--weights"]),
-        ("synth --out file", ["synth", "--out", str(file), "--per-class", "3", "--size", "16", "--quiet"], REJECT,
-         [str(file)]),
-        ("synth --out under file", ["synth", "--out", str(file / "s"), "--per-class", "3", "--size", "16"], REJECT,
-         ["--out"]),
+        (
+            "train --weights missing",
+            ["train", "--models", "xception", "--data", str(data), "--out", str(tmp / "r6"), "--weights", str(missing)],
+            REJECT,
+            ["--weights"],
+        ),
+        (
+            "synth --out file",
+            ["synth", "--out", str(file), "--per-class", "3", "--size", "16", "--quiet"],
+            REJECT,
+            [str(file)],
+        ),
+        (
+            "synth --out under file",
+            ["synth", "--out", str(file / "s"), "--per-class", "3", "--size", "16"],
+            REJECT,
+            ["--out"],
+        ),
         ("evaluate missing run", ["evaluate", str(missing)], REJECT, [str(missing)]),
         ("evaluate file as run", ["evaluate", str(file)], REJECT, [str(file)]),
         ("evaluate --data missing", ["evaluate", str(run), "--data", str(missing)], REJECT, [str(missing)]),
@@ -321,25 +367,49 @@ def path_cases(p: dict, tmp: Path) -> list[tuple[str, list[str], str, list[str]]
         ("predict missing model", ["predict", str(missing), str(p["image"])], REJECT, [str(missing)]),
         ("predict missing input", ["predict", str(run), str(missing)], REJECT, [str(missing)]),
         ("predict --out folder", ["predict", str(run), str(p["image"]), "--out", str(data)], REJECT, ["--out"]),
-        ("predict --out under file", ["predict", str(run), str(p["image"]), "--out", str(file / "p.csv")], REJECT,
-         ["--out"]),
-        ("explain missing model", ["explain", str(missing), str(p["image"]), "--out", str(tmp / "e")], REJECT,
-         [str(missing)]),
+        (
+            "predict --out under file",
+            ["predict", str(run), str(p["image"]), "--out", str(file / "p.csv")],
+            REJECT,
+            ["--out"],
+        ),
+        (
+            "explain missing model",
+            ["explain", str(missing), str(p["image"]), "--out", str(tmp / "e")],
+            REJECT,
+            [str(missing)],
+        ),
         ("explain --out file", ["explain", str(run), str(p["image"]), "--out", str(file)], REJECT, ["--out"]),
-        ("explain --out under file", ["explain", str(run), str(p["image"]), "--out", str(file / "e")], REJECT,
-         ["--out"]),
+        (
+            "explain --out under file",
+            ["explain", str(run), str(p["image"]), "--out", str(file / "e")],
+            REJECT,
+            ["--out"],
+        ),
         ("cache --cache-dir file", ["cache", "info", "--cache-dir", str(file)], REJECT, ["--cache-dir"]),
         ("serve missing run", ["serve", str(missing)], REJECT, [str(missing)]),
     ]
     if p["lock"]:
         cases += [
             ("train --out unwritable", [*train, "--data", str(data), "--out", str(locked / "r")], REJECT, ["--out"]),
-            ("synth --out unwritable", ["synth", "--out", str(locked / "s"), "--per-class", "3", "--size", "16"],
-             REJECT, ["--out"]),
-            ("predict --out unwritable", ["predict", str(run), str(p["image"]), "--out", str(locked / "p.csv")],
-             REJECT, ["--out"]),
-            ("explain --out unwritable", ["explain", str(run), str(p["image"]), "--out", str(locked / "e")], REJECT,
-             ["--out"]),
+            (
+                "synth --out unwritable",
+                ["synth", "--out", str(locked / "s"), "--per-class", "3", "--size", "16"],
+                REJECT,
+                ["--out"],
+            ),
+            (
+                "predict --out unwritable",
+                ["predict", str(run), str(p["image"]), "--out", str(locked / "p.csv")],
+                REJECT,
+                ["--out"],
+            ),
+            (
+                "explain --out unwritable",
+                ["explain", str(run), str(p["image"]), "--out", str(locked / "e")],
+                REJECT,
+                ["--out"],
+            ),
             ("compare --out unwritable", ["compare", str(run), "--out", str(locked / "c")], REJECT, [str(locked)]),
         ]
     return cases
@@ -371,8 +441,10 @@ def test_os_errors_during_work_are_one_line(monkeypatch, places, tmp_path):
     assert "model.keras" in outcome.err and "No space left" in outcome.err and "free some space" in outcome.err
 
     def h5py_limit(config, *, resume):
-        raise OSError("Unable to synchronously create file (unable to open file: name = '/r/m.h5', errno = 27, "
-                      "error message = 'File too large', flags = 13, o_flags = 242)")
+        raise OSError(
+            "Unable to synchronously create file (unable to open file: name = '/r/m.h5', errno = 27, "
+            "error message = 'File too large', flags = 13, o_flags = 242)"
+        )
 
     monkeypatch.setattr(cli_train, "_train", h5py_limit)
     outcome = run_cli(["train", "--data", str(places["data"]), "--out", str(tmp_path / "run")])
@@ -389,9 +461,14 @@ def test_real_file_size_limit_is_one_line(tmp_path):
 
     out = tmp_path / "synth"
     code = "import sys; from virion.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "synth", "--out", str(out), "--per-class", "3", "--size",
-                           "256", "--quiet"], capture_output=True, text=True, check=False, timeout=120,
-                          preexec_fn=limit)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "synth", "--out", str(out), "--per-class", "3", "--size", "256", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        preexec_fn=limit,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("virion: error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert len(errors) == 1 and "File too large" in errors[0] and str(out) in errors[0]

@@ -28,8 +28,13 @@ def test_cache_info_and_clear(tmp_path, capsys):
     assert "entries: 1" in capsys.readouterr().out
     # Another process: entries this process has open are kept on purpose.
     code = "import sys; from virion.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    cleared = subprocess.run([sys.executable, "-c", code, "cache", "clear", "--cache-dir", str(cache)],
-                             capture_output=True, text=True, check=False, timeout=120)
+    cleared = subprocess.run(
+        [sys.executable, "-c", code, "cache", "clear", "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert cleared.returncode == 0 and "removed 1" in cleared.stdout, cleared.stderr
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
     assert "entries: 0" in capsys.readouterr().out

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from virion.workflow import PRESETS, choose_weights, new_run_dir
 from virion.errors import VirionError
+from virion.workflow import PRESETS, choose_weights, new_run_dir
 
 # Two of the three models keep the suite under 10 minutes on 2 cores (each model costs about a
 # minute of graph tracing even at the tiny size): the from-scratch ResNet-50 and one transfer model.
@@ -26,9 +26,13 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # --weights none: "auto" would try the real ImageNet download, and tests never touch the
     # network; the offline fallback of "auto" is tested below with the download made to fail.
-    proc = subprocess.run(command + ["demo", "--preset", "tiny", "--out", str(out), "--weights", "none",
-                                     "--models", *MODELS],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        command + ["demo", "--preset", "tiny", "--out", str(out), "--weights", "none", "--models", *MODELS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
 

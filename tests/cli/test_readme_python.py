@@ -21,8 +21,14 @@ def readme_python_block() -> str:
 def test_readme_from_python_section_runs(tmp_path):
     code = readme_python_block()
     assert "virion.train(" in code and "virion.load(" in code and ".predict(" in code and ".explain(" in code
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "notebook"
     assert (run / "report.html").is_file() and (run / "resnet50" / "evaluation" / "summary.json").is_file()

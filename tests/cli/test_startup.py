@@ -28,8 +28,9 @@ print("PROBE " + json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sy
 
 
 def _probe(*args: str, env=None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=False,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=False, timeout=300, env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
     assert lines, proc.stdout + proc.stderr
     result = json.loads(lines[-1][6:])
@@ -56,18 +57,20 @@ def test_top_level_help_and_version_import_no_backend(args):
 def test_every_command_help_imports_no_backend():
     commands = _commands()
     assert {"train", "synth", "compare", "predict", "evaluate", "explain", "cache"} <= set(commands)
-    script = "\n".join([
-        "import sys",
-        "from virion.cli.main import main",
-        "heavy = {}",
-        f"for name in {commands!r}:",
-        "    try:",
-        "        main([name, '--help'])",
-        "    except SystemExit:",
-        "        pass",
-        f"    heavy[name] = [m for m in {HEAVY!r} if m in sys.modules]",
-        "print('HEAVY', heavy)",
-    ])
+    script = "\n".join(
+        [
+            "import sys",
+            "from virion.cli.main import main",
+            "heavy = {}",
+            f"for name in {commands!r}:",
+            "    try:",
+            "        main([name, '--help'])",
+            "    except SystemExit:",
+            "        pass",
+            f"    heavy[name] = [m for m in {HEAVY!r} if m in sys.modules]",
+            "print('HEAVY', heavy)",
+        ]
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=300)
     line = [x for x in proc.stdout.splitlines() if x.startswith("HEAVY ")]
     assert line, proc.stderr
@@ -77,7 +80,7 @@ def test_every_command_help_imports_no_backend():
 
 def test_config_module_and_print_config_import_no_backend():
     result = _probe("train", "--print-config", "--preset", "tem")
-    assert result["code"] == 0 and result["heavy"] == [] and "preset = \"tem\"" in result["stdout"]
+    assert result["code"] == 0 and result["heavy"] == [] and 'preset = "tem"' in result["stdout"]
 
 
 def test_synth_and_compare_run_without_backend(tmp_path):
@@ -95,16 +98,24 @@ def test_bad_train_option_is_refused_without_backend(tmp_path):
     assert "--lr nan" in result["stderr"] and "Traceback" not in result["stderr"]
 
 
-@pytest.mark.parametrize("args, level", [(["train", "--print-config"], "2"),
-                                         (["--verbose", "train", "--print-config"], "0"),
-                                         (["train", "--print-config", "--verbose"], "0")])
+@pytest.mark.parametrize(
+    "args, level",
+    [
+        (["train", "--print-config"], "2"),
+        (["--verbose", "train", "--print-config"], "0"),
+        (["train", "--print-config", "--verbose"], "0"),
+    ],
+)
 def test_tensorflow_log_level_is_set_before_any_import(args, level):
     """Quiet by default (oneDNN/absl start-up lines hidden), shown with --verbose, before TF can load."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    script = ("import os, sys\nfrom virion.cli.main import main\nmain(sys.argv[1:])\n"
-              "print('LEVEL', os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
-    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False,
-                          timeout=120, env=env)
+    script = (
+        "import os, sys\nfrom virion.cli.main import main\nmain(sys.argv[1:])\n"
+        "print('LEVEL', os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=False, timeout=120, env=env
+    )
     assert f"LEVEL {level}" in proc.stdout, proc.stderr

@@ -25,8 +25,9 @@ def _fresh_process_state(monkeypatch):
 
 def _splits(tmp_path, write_png, n=3):
     """n one-image splits with distinct files, hence n distinct cache entries."""
-    return [Split("train", [write_png(tmp_path / "img" / f"{i}.png", value=20 * i + 5)], np.array([0]))
-            for i in range(n)]
+    return [
+        Split("train", [write_png(tmp_path / "img" / f"{i}.png", value=20 * i + 5)], np.array([0])) for i in range(n)
+    ]
 
 
 def _build(split, cache):

@@ -186,13 +186,21 @@ def _png_with_header(width: int, height: int) -> bytes:
 def _tiff_with_header(width: int, height: int) -> bytes:
     """A little-endian TIFF whose IFD declares width x height 16-bit pixels but holds 8 bytes."""
     entries = [  # tag, type (3 SHORT, 4 LONG), count, value
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 8),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 16),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 12 * 9 + 4),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 8),
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, count, value in entries:
-        ifd += struct.pack("<HHI", tag, typ, count) + (struct.pack("<HH", value, 0) if typ == 3
-                                                      else struct.pack("<I", value))
+        ifd += struct.pack("<HHI", tag, typ, count) + (
+            struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        )
     ifd += struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 8
 
@@ -238,8 +246,9 @@ def test_bad_settings():
 
 def test_samples_per_pixel_are_counted(tmp_path):
     """More than 4 samples a pixel is refused from the header; 4 (RGBA) still decodes."""
-    tifffile.imwrite(tmp_path / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack",
-                     planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
     with tifffile.TiffFile(tmp_path / "five.tif") as t:
         assert t.pages[0].samplesperpixel == 5
     with pytest.raises(DecodeError, match="5 samples per pixel") as info:
@@ -253,8 +262,9 @@ def test_samples_per_pixel_are_counted(tmp_path):
 
 def test_decoded_bytes_are_counted_not_just_pixels(tmp_path):
     """64x64 pixels pass a 5000-pixel limit, but 16-bit RGBA needs 8 bytes a pixel (> 4 x 5000 bytes)."""
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64, 4), np.uint16), photometric="rgb",
-                     extrasamples=["unassalpha"])
+    tifffile.imwrite(
+        tmp_path / "a.tif", np.zeros((64, 64, 4), np.uint16), photometric="rgb", extrasamples=["unassalpha"]
+    )
     settings = DecodeSettings(size=16, max_pixels=5000)
     assert settings.max_bytes == 20000 and "max_bytes" not in settings.to_json()  # cache keys unchanged
     with pytest.raises(DecodeError, match="bytes") as info:

@@ -21,16 +21,26 @@ def jax_env(devices: int = 2, **extra) -> dict:
     for key in list(env):
         if key.startswith(("VIRION_COORDINATOR", "VIRION_NUM_PROCESSES", "VIRION_PROCESS_ID", "SLURM_")):
             env.pop(key)
-    env.update(KERAS_BACKEND="jax", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
-               PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        KERAS_BACKEND="jax",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def start_jax(code: str, *, devices: int = 2, args=(), **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=jax_env(devices, **extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=jax_env(devices, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def result_of(proc: subprocess.Popen, timeout: float) -> tuple[int, dict | None, str]:

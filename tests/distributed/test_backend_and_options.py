@@ -53,11 +53,16 @@ def test_auto_without_a_jax_gpu_plugin_never_starts_jax(monkeypatch):
 
 def test_multihost_settings_from_options_environment_and_slurm():
     assert distribute.multihost_settings(env={}) is None
-    got = distribute.multihost_settings(env={"VIRION_COORDINATOR": "node1:1234", "VIRION_NUM_PROCESSES": "4",
-                                             "VIRION_PROCESS_ID": "3"})
+    got = distribute.multihost_settings(
+        env={"VIRION_COORDINATOR": "node1:1234", "VIRION_NUM_PROCESSES": "4", "VIRION_PROCESS_ID": "3"}
+    )
     assert got == distribute.MultiHost("node1:1234", 4, 3)
-    assert distribute.multihost_settings("a:1", 2, 0, env={"VIRION_PROCESS_ID": "1"}) == distribute.MultiHost("a:1", 2, 0)
-    assert distribute.multihost_settings(env={"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}) == distribute.MultiHost(None, None, None)
+    assert distribute.multihost_settings("a:1", 2, 0, env={"VIRION_PROCESS_ID": "1"}) == distribute.MultiHost(
+        "a:1", 2, 0
+    )
+    assert distribute.multihost_settings(env={"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}) == distribute.MultiHost(
+        None, None, None
+    )
     assert distribute.multihost_settings(env={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
     assert distribute.multihost_settings("a:1", 1, 0, env={}) is None
     with pytest.raises(VirionError, match="needs all three"):
@@ -86,10 +91,16 @@ def test_devices_option_and_the_tensorflow_path():
 
 
 def test_train_config_carries_the_device_settings():
-    config = TrainConfig().merged({"backend": "jax", "devices": "2", "coordinator": "node1:1234",
-                                   "num_processes": "2", "process_id": "1"})
+    config = TrainConfig().merged(
+        {"backend": "jax", "devices": "2", "coordinator": "node1:1234", "num_processes": "2", "process_id": "1"}
+    )
     assert (config.backend, config.devices, config.coordinator, config.num_processes, config.process_id) == (
-        "jax", 2, "node1:1234", 2, 1)
+        "jax",
+        2,
+        "node1:1234",
+        2,
+        1,
+    )
     assert TrainConfig().devices == "all" and TrainConfig().backend == "auto"
     for bad in ({"devices": "0"}, {"backend": "torch"}, {"coordinator": "node1"}):
         with pytest.raises(VirionError):

@@ -11,7 +11,7 @@ import pytest
 
 from virion.data.augment import AugmentConfig, MixConfig
 from virion.data.cache import SplitArrays
-from virion.data.numpy_pipeline import NumpyBatches, NumpyPredictBatches, batch_plan, epoch_order
+from virion.data.numpy_pipeline import NumpyBatches, NumpyPredictBatches, batch_plan
 from virion.errors import VirionError
 
 
@@ -83,7 +83,7 @@ def test_multi_device_trims_training_and_pads_validation():
     val = NumpyBatches(arrays, 3, 4, training=False, num_devices=2)
     x, y, w = val[len(val) - 1]
     assert x.shape[0] == 4 and w.tolist() == [1.0, 1.0, 1.0, 0.0]
-    ids = np.concatenate([np.asarray(val[i][0])[:, 0, 0, 0] for i in range(len(val))])[:val.num_samples]
+    ids = np.concatenate([np.asarray(val[i][0])[:, 0, 0, 0] for i in range(len(val))])[: val.num_samples]
     assert ids.astype(int).tolist() == list(range(7))  # file order, nothing lost
     with pytest.raises(VirionError, match="multiple of 2"):
         NumpyBatches(arrays, 3, 5, training=True, num_devices=2)
@@ -110,8 +110,9 @@ def test_mixing_makes_soft_labels_that_match_the_pixels_and_only_in_training():
     arrays = SplitArrays(images, labels, [f"{i}.png" for i in range(n)], [])
     mix = MixConfig(mixup=0.4)
     a = _epoch(NumpyBatches(arrays, classes, 6, training=True, augment=AugmentConfig.none(), mix=mix, seed=1))
-    b = _epoch(NumpyBatches(arrays, classes, 6, training=True, augment=AugmentConfig.none(), mix=mix, seed=1,
-                            prefetch=0))
+    b = _epoch(
+        NumpyBatches(arrays, classes, 6, training=True, augment=AugmentConfig.none(), mix=mix, seed=1, prefetch=0)
+    )
     x = np.concatenate([np.asarray(batch[0]) for batch in a])
     y = np.concatenate([np.asarray(batch[1]) for batch in a])
     np.testing.assert_allclose(x, np.concatenate([np.asarray(batch[0]) for batch in b]), atol=1e-4)
@@ -119,8 +120,9 @@ def test_mixing_makes_soft_labels_that_match_the_pixels_and_only_in_training():
     assert ((y > 0.01) & (y < 0.99)).any()  # soft labels
     np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), 100 * y @ np.arange(classes), atol=0.05)
     plain = _epoch(NumpyBatches(arrays, classes, 6, training=False, mix=mix))
-    np.testing.assert_array_equal(np.concatenate([np.asarray(batch[1]) for batch in plain]),
-                                  np.eye(classes, dtype=np.float32)[labels])
+    np.testing.assert_array_equal(
+        np.concatenate([np.asarray(batch[1]) for batch in plain]), np.eye(classes, dtype=np.float32)[labels]
+    )
 
 
 def test_predict_batches_keep_order_and_shape():

@@ -74,7 +74,7 @@ def weights_digest(run_dir):
     return float(sum(np.abs(np.asarray(w, np.float64)).sum() for w in model.get_weights()))
 '''
 
-STEP = r'''
+STEP = r"""
 def build():
     keras.utils.set_random_seed(1)
     inp = keras.Input((12, 12, 3))
@@ -123,9 +123,9 @@ print(json.dumps({"step": step, "interrupted": interrupted, "devices_seen": prob
                   "files": sorted(p.name for p in folder.iterdir()),
                   "evaluated": (folder / "evaluation").is_dir(), "report": (root / "run" / "report.html").is_file(),
                   "distribution_after": keras.distribution.distribution() is not None}))
-'''
+"""
 
-MULTIHOST = r'''
+MULTIHOST = r"""
 root = Path(sys.argv[1])
 if distribute.is_writer():
     write_data(root / "data")
@@ -137,7 +137,7 @@ result = workflow.train(progress=False, extra_callbacks=[probe], **settings(root
 print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
                   "writer": distribute.is_writer(), "run_dir": str(result.run_dir), "devices_seen": probe.devices,
                   "digest": weights_digest(result.run_dir), "tf_loaded": "tensorflow" in sys.modules}))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -186,19 +186,24 @@ NO_CPU_COLLECTIVES = ("gloo", "collectives", "UNIMPLEMENTED", "not supported on 
 def test_two_processes_train_as_one_multi_host_run(jax_children, tmp_path):
     port = _free_port()
     env = dict(VIRION_COORDINATOR=f"127.0.0.1:{port}", VIRION_NUM_PROCESSES=2, VIRION_CACHE_DIR=str(tmp_path / "cache"))
-    procs = [jax_children.start(PREAMBLE + MULTIHOST, devices=1, args=[tmp_path], VIRION_PROCESS_ID=i, **env) for i in (0, 1)]
+    procs = [
+        jax_children.start(PREAMBLE + MULTIHOST, devices=1, args=[tmp_path], VIRION_PROCESS_ID=i, **env) for i in (0, 1)
+    ]
     outcomes = [jax_children.result(p, timeout=300) for p in procs]
     if any(code != 0 for code, _, _ in outcomes):
         text = "\n".join(out for _, _, out in outcomes)
         missing = [m for m in NO_CPU_COLLECTIVES if m in text and "Traceback" in text]
         if missing and "virion" not in text.split("Traceback")[-1].split("Error")[0]:
-            pytest.skip(f"this jaxlib cannot run collectives between CPU processes ({missing[0]}): multi-host "
-                        "training is tested where JAX supports it (gloo CPU collectives, jax >= 0.4.27)")
+            pytest.skip(
+                f"this jaxlib cannot run collectives between CPU processes ({missing[0]}): multi-host "
+                "training is tested where JAX supports it (gloo CPU collectives, jax >= 0.4.27)"
+            )
         pytest.fail(f"multi-host run failed:\n{text}")
     first, second = (res for _, res, _ in outcomes)
     assert {first["process"], second["process"]} == {0, 1} and first["processes"] == 2 and first["devices"] == 2
     assert first["devices_seen"] and set(first["devices_seen"]) == set(second["devices_seen"]) == {2}, (
-        "one mesh over both processes' devices")
+        "one mesh over both processes' devices"
+    )
     assert first["tf_loaded"] is False and second["tf_loaded"] is False
     writer, other = (first, second) if first["writer"] else (second, first)
     assert writer["process"] == 0 and not other["writer"]

@@ -86,24 +86,54 @@ def make_run(root: Path, models: dict[str, dict], *, data: Path | None = None, s
     """
     run = root
     run.mkdir(parents=True, exist_ok=True)
-    config = {"data": str(data or root / "no-data"), "input_size": SIZE, "batch_size": 4, "epochs": 3,
-              "classes": None, "exclude": [], "include_subfolders": False, "val_fraction": 0.2,
-              "test_fraction": 0.3, "seed": 0, "stretch": None, "models": list(models)}
+    config = {
+        "data": str(data or root / "no-data"),
+        "input_size": SIZE,
+        "batch_size": 4,
+        "epochs": 3,
+        "classes": None,
+        "exclude": [],
+        "include_subfolders": False,
+        "val_fraction": 0.2,
+        "test_fraction": 0.3,
+        "seed": 0,
+        "stretch": None,
+        "models": list(models),
+    }
     (run / "config.json").write_text(json.dumps(config))
-    counts = {"train": {c: 10 + i for i, c in enumerate(CLASS_NAMES)},
-              "validation": {c: 3 for c in CLASS_NAMES}, "test": {c: 2 + (i == 0) for i, c in enumerate(CLASS_NAMES)}}
-    (run / "dataset.json").write_text(json.dumps({"root": config["data"], "layout": "class-folders",
-                                                   "class_names": CLASS_NAMES, "counts": counts,
-                                                   "ignored": [{"path": "notes.txt", "reason": "not an image"}],
-                                                   "fingerprint": "abc123"}))
+    counts = {
+        "train": {c: 10 + i for i, c in enumerate(CLASS_NAMES)},
+        "validation": {c: 3 for c in CLASS_NAMES},
+        "test": {c: 2 + (i == 0) for i, c in enumerate(CLASS_NAMES)},
+    }
+    (run / "dataset.json").write_text(
+        json.dumps(
+            {
+                "root": config["data"],
+                "layout": "class-folders",
+                "class_names": CLASS_NAMES,
+                "counts": counts,
+                "ignored": [{"path": "notes.txt", "reason": "not an image"}],
+                "fingerprint": "abc123",
+            }
+        )
+    )
     (run / "skipped_files.txt").write_text("".join(f"{s}\n" for s in skipped))
     for name, overrides in models.items():
         mdir = run / name
         mdir.mkdir()
         m = brightness_model()
         m.save(mdir / f"{name}_virus_classification.keras")
-        meta = {"class_names": CLASS_NAMES, "input_size": SIZE, "weights": "none", "params": m.count_params(),
-                "train_seconds": 12.5, "images_per_second": 100.0, "best_epoch": 2, "best_val_accuracy": 0.55}
+        meta = {
+            "class_names": CLASS_NAMES,
+            "input_size": SIZE,
+            "weights": "none",
+            "params": m.count_params(),
+            "train_seconds": 12.5,
+            "images_per_second": 100.0,
+            "best_epoch": 2,
+            "best_val_accuracy": 0.55,
+        }
         meta.update(overrides)
         (mdir / "metadata.json").write_text(json.dumps(meta))
         write_history(mdir / "history.csv")
@@ -116,16 +146,25 @@ def evaluated_run(tmp_path_factory, known_set):
     from virion.evaluation.evaluate import evaluate_model
     from virion.run.loading import find_model_file, load_keras_model
 
-    run = make_run(tmp_path_factory.mktemp("runs") / "demo-run",
-                   {"resnet50": {"weights": "none"}, "xception": {"weights": "none", "train_seconds": 30.0}},
-                   skipped=["bad/broken.tif\ttruncated file"])
+    run = make_run(
+        tmp_path_factory.mktemp("runs") / "demo-run",
+        {"resnet50": {"weights": "none"}, "xception": {"weights": "none", "train_seconds": 30.0}},
+        skipped=["bad/broken.tif\ttruncated file"],
+    )
     for name in ("resnet50", "xception"):
         mdir = run / name
         with pytest.warns(RuntimeWarning):  # class 3 is never predicted
-            evaluate_model(load_keras_model(find_model_file(mdir)), known_set["images"], known_set["labels"], CLASS_NAMES,
-                           mdir / "evaluation", files=known_set["files"], history_csv=mdir / "history.csv",
-                           model_name=name,
-                           batch_size=4)
+            evaluate_model(
+                load_keras_model(find_model_file(mdir)),
+                known_set["images"],
+                known_set["labels"],
+                CLASS_NAMES,
+                mdir / "evaluation",
+                files=known_set["files"],
+                history_csv=mdir / "history.csv",
+                model_name=name,
+                batch_size=4,
+            )
     return run
 
 
@@ -134,5 +173,12 @@ def helpers():
     """The helpers above for test modules (importlib import mode: conftest is not importable)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(CLASS_NAMES=CLASS_NAMES, LEVELS=LEVELS, SIZE=SIZE, brightness_model=brightness_model,
-                           flat_images=flat_images, write_history=write_history, make_run=make_run)
+    return SimpleNamespace(
+        CLASS_NAMES=CLASS_NAMES,
+        LEVELS=LEVELS,
+        SIZE=SIZE,
+        brightness_model=brightness_model,
+        flat_images=flat_images,
+        write_history=write_history,
+        make_run=make_run,
+    )

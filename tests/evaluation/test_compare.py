@@ -15,18 +15,35 @@ def _fake_summary(model_dir, **values):
 
 
 SUMMARIES = {
-    "resnet50": dict(accuracy=0.91, macro_precision=0.81, macro_recall=0.71, macro_f1=0.75, weighted_f1=0.9,
-                     inference_images_per_second=250.0),
-    "densenet121": dict(accuracy=0.5, macro_precision=0.4, macro_recall=0.3, macro_f1=0.33, weighted_f1=0.45,
-                        inference_images_per_second=80.5),
+    "resnet50": dict(
+        accuracy=0.91,
+        macro_precision=0.81,
+        macro_recall=0.71,
+        macro_f1=0.75,
+        weighted_f1=0.9,
+        inference_images_per_second=250.0,
+    ),
+    "densenet121": dict(
+        accuracy=0.5,
+        macro_precision=0.4,
+        macro_recall=0.3,
+        macro_f1=0.33,
+        weighted_f1=0.45,
+        inference_images_per_second=80.5,
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, helpers):
     root = tmp_path_factory.mktemp("cmp")
-    a = helpers.make_run(root / "run-a", {"resnet50": {"params": 1234, "train_seconds": 61.0},
-                                          "densenet121": {"params": 99, "train_seconds": 7.5, "weights": "imagenet"}})
+    a = helpers.make_run(
+        root / "run-a",
+        {
+            "resnet50": {"params": 1234, "train_seconds": 61.0},
+            "densenet121": {"params": 99, "train_seconds": 7.5, "weights": "imagenet"},
+        },
+    )
     b = helpers.make_run(root / "run-b", {"resnet50": {"params": 1234, "train_seconds": 3.0}})
     for run in (a, b):
         for name, values in SUMMARIES.items():

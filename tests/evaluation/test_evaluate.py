@@ -12,9 +12,19 @@ from virion.evaluation import evaluate
 from virion.inference.batching import as_model_input
 from virion.run.loading import find_model_file, load_keras_model
 
-OUTPUTS = ["classification_report.txt", "classification_report.json", "classification_report.csv",
-           "per_class_reference_metrics.csv", "confusion_matrix.csv", "confusion_matrix.png",
-           "confusion_matrix_normalized.png", "curves.png", "predictions.csv", "mistakes.png", "summary.json"]
+OUTPUTS = [
+    "classification_report.txt",
+    "classification_report.json",
+    "classification_report.csv",
+    "per_class_reference_metrics.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "confusion_matrix_normalized.png",
+    "curves.png",
+    "predictions.csv",
+    "mistakes.png",
+    "summary.json",
+]
 
 
 def _rows(path):
@@ -27,9 +37,16 @@ def evaluated(tmp_path_factory, model, known_set, helpers):
     out = tmp_path_factory.mktemp("eval")
     history = helpers.write_history(out / "history.csv")
     with pytest.warns(RuntimeWarning, match="'Rift Valley'"):  # class 3 is never predicted
-        summary = evaluate.evaluate_model(model, known_set["images"], known_set["labels"], helpers.CLASS_NAMES,
-                                          out / "evaluation", files=known_set["files"], history_csv=history,
-                                          batch_size=4)  # 11 images: the last batch is partial
+        summary = evaluate.evaluate_model(
+            model,
+            known_set["images"],
+            known_set["labels"],
+            helpers.CLASS_NAMES,
+            out / "evaluation",
+            files=known_set["files"],
+            history_csv=history,
+            batch_size=4,
+        )  # 11 images: the last batch is partial
     return out / "evaluation", summary
 
 
@@ -75,8 +92,9 @@ def test_predictions_line_up_with_files(evaluated, model, known_set, helpers):
     assert [r["true_class"] for r in rows] == [names[i] for i in known_set["labels"]]
     assert [r["predicted_class"] for r in rows] == [names[i] for i in known_set["predicted"]]
     # each row's confidence is the model's own answer for that image, predicted alone
-    single = np.stack([model.predict_on_batch(as_model_input(known_set["images"][i:i + 1]))[0]
-                       for i in range(len(rows))])
+    single = np.stack(
+        [model.predict_on_batch(as_model_input(known_set["images"][i : i + 1]))[0] for i in range(len(rows))]
+    )
     np.testing.assert_allclose([float(r["confidence"]) for r in rows], single.max(axis=1), atol=1e-4)
     for r in rows:
         top = [(p.rsplit(":", 1)[0], float(p.rsplit(":", 1)[1])) for p in r["top3"].split(";")]
@@ -142,8 +160,11 @@ def test_evaluate_run_with_the_data_layer(tmp_path, helpers, capsys):
         for i, img in enumerate(helpers.flat_images([helpers.LEVELS[label]] * 6, seed=label)):
             Image.fromarray(img).save(data / name / f"{i}.png")
     names = helpers.CLASS_NAMES[:3]
-    run = helpers.make_run(tmp_path / "run", {"resnet50": {"class_names": names},
-                                              "densenet121": {"class_names": names}}, data=tmp_path / "moved")
+    run = helpers.make_run(
+        tmp_path / "run",
+        {"resnet50": {"class_names": names}, "densenet121": {"class_names": names}},
+        data=tmp_path / "moved",
+    )
     for mdir in (run / "resnet50", run / "densenet121"):  # three-class models for the three folders
         for f in mdir.glob("*.keras"):
             helpers.brightness_model(3).save(f)
@@ -154,14 +175,16 @@ def test_evaluate_run_with_the_data_layer(tmp_path, helpers, capsys):
     # The run's own data, moved: same fingerprint as dataset.json, so it is the run's own evaluation.
     info = json.loads((run / "dataset.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    info["fingerprint"] = load_dataset(data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"],
-                                       seed=cfg["seed"]).fingerprint()
+    info["fingerprint"] = load_dataset(
+        data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]
+    ).fingerprint()
     (run / "dataset.json").write_text(json.dumps(info))
     results = evaluate.evaluate_run(run, data=data, progress=False)
     assert sorted(results) == ["densenet121", "resnet50"]
     cfg = json.loads((run / "config.json").read_text())
-    test_split = load_dataset(data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"],
-                              seed=cfg["seed"]).splits["test"]
+    test_split = load_dataset(
+        data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]
+    ).splits["test"]
     for name, summary in results.items():
         rows = _rows(run / name / "evaluation" / "predictions.csv")
         assert len(rows) == len(test_split.files) == summary["n_images"] > 0
@@ -184,11 +207,14 @@ def test_cli_prints_evaluation_warnings_on_one_line(tmp_path, monkeypatch, capsy
     from virion.cli.main import main
 
     def fake_evaluate_run(run, data=None, batch_size=None):
-        warnings.warn("precision set to 0 for class 'Orf': never predicted", RuntimeWarning)
+        warnings.warn("precision set to 0 for class 'Orf': never predicted", RuntimeWarning, stacklevel=2)
         return {"resnet50": {"accuracy": 0.5, "macro_f1": 0.25, "inference_images_per_second": 10.0}}
 
-    monkeypatch.setattr(evaluate, "evaluate_run", lambda run, data=None, batch_size=None, progress=True:
-                        fake_evaluate_run(run, data, batch_size))
+    monkeypatch.setattr(
+        evaluate,
+        "evaluate_run",
+        lambda run, data=None, batch_size=None, progress=True: fake_evaluate_run(run, data, batch_size),
+    )
     assert main(["evaluate", str(tmp_path), "--no-report"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "virion: warning: precision set to 0 for class 'Orf': never predicted\n"
@@ -204,8 +230,9 @@ def test_model_file_choice(tmp_path):
         find_model_file(mdir)
     (mdir / "xception_virus_classification.keras").write_bytes(b"x")
     assert find_model_file(mdir).name == "xception_virus_classification.keras"
-    (mdir / "metadata.json").write_text(json.dumps({"class_names": ["a", "b"], "input_size": 32,
-                                                    "files": {"keras": "b.keras"}}))
+    (mdir / "metadata.json").write_text(
+        json.dumps({"class_names": ["a", "b"], "input_size": 32, "files": {"keras": "b.keras"}})
+    )
     assert find_model_file(mdir).name == "b.keras"
     with pytest.raises(VirionError, match="could not load the model"):
         load_keras_model(mdir / "b.keras")
@@ -267,9 +294,20 @@ NAN_FAILURE = "the loss became NaN at epoch 1 (lower the learning rate)"
 def _run_with_a_failed_model(root, helpers, data):
     """resnet50 trained; xception failed as the trainer leaves it: metadata says so, no model file."""
     names = helpers.CLASS_NAMES[:3]
-    run = helpers.make_run(root, {"resnet50": {"class_names": names},
-                                  "xception": {"class_names": names, "status": "failed", "failure": NAN_FAILURE,
-                                               "params": 0, "best_epoch": None}}, data=data)
+    run = helpers.make_run(
+        root,
+        {
+            "resnet50": {"class_names": names},
+            "xception": {
+                "class_names": names,
+                "status": "failed",
+                "failure": NAN_FAILURE,
+                "params": 0,
+                "best_epoch": None,
+            },
+        },
+        data=data,
+    )
     for f in (run / "resnet50").glob("*.keras"):
         helpers.brightness_model(3).save(f)
     for f in (run / "xception").glob("*.keras"):
@@ -312,7 +350,8 @@ def test_every_model_failed_is_one_line_error(tmp_path, helpers):
 
     run = _run_with_a_failed_model(tmp_path / "run", helpers, tmp_path / "nodata")
     (run / "resnet50" / "metadata.json").write_text(
-        json.dumps({"class_names": ["a", "b"], "input_size": 32, "status": "failed", "failure": "NaN"}))
+        json.dumps({"class_names": ["a", "b"], "input_size": 32, "status": "failed", "failure": "NaN"})
+    )
     with pytest.raises(VirionError, match="every model of this run failed"):
         load_models(run)
 
@@ -331,8 +370,22 @@ def test_train_reports_the_models_that_worked_then_exits_non_zero(tmp_path, help
 
     monkeypatch.setattr(trainer, "train_run", failing_train_run)
     run = tmp_path / "run"
-    code = main(["train", "--data", str(own), "--out", str(run), "--models", "resnet50", "xception",
-                 "--input-size", "72", "--epochs", "1"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(own),
+            "--out",
+            str(run),
+            "--models",
+            "resnet50",
+            "xception",
+            "--input-size",
+            "72",
+            "--epochs",
+            "1",
+        ]
+    )
     assert code != 0
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("virion: error: training failed for xception")
@@ -346,8 +399,9 @@ def test_metadata_status_round_trip_and_old_files():
 
     old = ModelMetadata.from_dict({"class_names": ["a", "b"], "input_size": 32})
     assert old.status == "trained" and old.failure is None and not old.failed
-    failed = ModelMetadata.from_dict({"class_names": ["a", "b"], "input_size": 32, "status": "failed",
-                                      "failure": "NaN"})
+    failed = ModelMetadata.from_dict(
+        {"class_names": ["a", "b"], "input_size": 32, "status": "failed", "failure": "NaN"}
+    )
     values = failed.to_dict()
     assert values["status"] == "failed" and values["failure"] == "NaN" and "status" not in failed.extra
     assert ModelMetadata.from_dict(values).failed
@@ -378,8 +432,17 @@ def test_real_nan_training_then_the_rest_is_evaluated_and_reported(tmp_path, hel
     own = _class_folders(tmp_path / "own", helpers, helpers.CLASS_NAMES[:3], per_class=8)
     run = tmp_path / "run"
     with pytest.raises(TrainingFailed, match="xception"):
-        workflow.train(data=str(own), out=str(run), models=["resnet50", "xception"], input_size=32, batch_size=8,
-                       epochs=1, weights="none", stretch="linear", progress=False)
+        workflow.train(
+            data=str(own),
+            out=str(run),
+            models=["resnet50", "xception"],
+            input_size=32,
+            batch_size=8,
+            epochs=1,
+            weights="none",
+            stretch="linear",
+            progress=False,
+        )
     meta = json.loads((run / "xception" / "metadata.json").read_text())
     assert meta["status"] == "failed" and meta["failure"]
     assert (run / "resnet50" / "evaluation" / "summary.json").is_file()

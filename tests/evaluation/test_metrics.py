@@ -21,9 +21,7 @@ def test_confusion_by_hand():
 
 def test_counts_and_measures_with_a_never_predicted_class():
     # rows = truth, columns = prediction; class 2 is present once but never predicted
-    cm = np.array([[5, 1, 0],
-                   [2, 3, 0],
-                   [1, 0, 0]])
+    cm = np.array([[5, 1, 0], [2, 3, 0], [1, 0, 0]])
     counts = metrics.per_class_counts(cm)
     np.testing.assert_array_equal(counts["TP"], [5, 3, 0])
     np.testing.assert_array_equal(counts["FP"], [3, 1, 0])
@@ -31,8 +29,9 @@ def test_counts_and_measures_with_a_never_predicted_class():
     np.testing.assert_array_equal(counts["TN"], [3, 6, 11])
 
     with pytest.warns(RuntimeWarning, match="Cowpox") as record:
-        m = metrics.reference_measures(counts["TP"], counts["TN"], counts["FP"], counts["FN"],
-                                       class_names=["Ebola", "Lassa", "Cowpox"])
+        m = metrics.reference_measures(
+            counts["TP"], counts["TN"], counts["FP"], counts["FN"], class_names=["Ebola", "Lassa", "Cowpox"]
+        )
     messages = " ".join(str(w.message) for w in record)
     assert "precision" in messages and "never predicted" in messages
     assert "Ebola" not in messages and "Lassa" not in messages

@@ -7,8 +7,22 @@ from PIL import Image
 from virion.evaluation import plots
 from virion.reports import plots as report_plots
 
-FOURTEEN = ["Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa", "Marburg",
-            "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley", "Rotavirus"]
+FOURTEEN = [
+    "Adenovirus",
+    "Astrovirus",
+    "CCHF",
+    "Cowpox",
+    "Ebola",
+    "Influenza",
+    "Lassa",
+    "Marburg",
+    "Nipah virus",
+    "Norovirus",
+    "Orf",
+    "Papilloma",
+    "Rift Valley",
+    "Rotavirus",
+]
 
 
 def _png_ok(path, min_side=100):
@@ -68,18 +82,35 @@ def test_mistakes_grid_and_placeholder(tmp_path):
     fig = plots.mistakes_figure(images, ["Ebola", "Orf", "CCHF"], ["Orf", "Ebola", "Lassa"], [0.9, 0.8, 0.5])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "true: Ebola\npred: Orf (90%)" and len(titles) == 3
-    _png_ok(plots.plot_mistakes(images, ["Ebola", "Orf", "CCHF"], ["Orf", "Ebola", "Lassa"], [0.9, 0.8, 0.5],
-                                tmp_path / "m.png"))
+    _png_ok(
+        plots.plot_mistakes(
+            images, ["Ebola", "Orf", "CCHF"], ["Orf", "Ebola", "Lassa"], [0.9, 0.8, 0.5], tmp_path / "m.png"
+        )
+    )
     fig = plots.mistakes_figure([], [], [], [])
     assert any("no mistakes" in t.get_text() for ax in fig.axes for t in ax.texts)
     assert plots.plot_mistakes([], [], [], [], tmp_path / "none.png").stat().st_size > 500
 
 
 def test_comparison_chart(tmp_path):
-    rows = [{"label": "resnet50", "accuracy": 0.9, "macro_precision": 0.8, "macro_recall": 0.7, "macro_f1": 0.75,
-             "weighted_f1": 0.88},
-            {"label": "xception", "accuracy": 0.5, "macro_precision": 0.4, "macro_recall": 0.3, "macro_f1": 0.35,
-             "weighted_f1": 0.45}]
+    rows = [
+        {
+            "label": "resnet50",
+            "accuracy": 0.9,
+            "macro_precision": 0.8,
+            "macro_recall": 0.7,
+            "macro_f1": 0.75,
+            "weighted_f1": 0.88,
+        },
+        {
+            "label": "xception",
+            "accuracy": 0.5,
+            "macro_precision": 0.4,
+            "macro_recall": 0.3,
+            "macro_f1": 0.35,
+            "weighted_f1": 0.45,
+        },
+    ]
     fig = report_plots.comparison_figure(rows)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resnet50", "xception"]

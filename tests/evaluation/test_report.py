@@ -72,11 +72,15 @@ def test_report_content(report, helpers):
 def test_report_says_when_imagenet_was_used(tmp_path, helpers):
     from virion.reports.html import _weights_statement
 
-    tone, sentence = _weights_statement([("resnet50", {"weights": "none"}), ("xception", {"weights": "imagenet"}),
-                                         ("densenet121", {"weights": "imagenet"})])
+    tone, sentence = _weights_statement(
+        [
+            ("resnet50", {"weights": "none"}),
+            ("xception", {"weights": "imagenet"}),
+            ("densenet121", {"weights": "imagenet"}),
+        ]
+    )
     assert tone == "ok" and "ImageNet pre-trained weights were used for xception, densenet121" in sentence
     assert "NOT" not in sentence
     run = helpers.make_run(tmp_path / "fresh", {"densenet121": {"weights": "imagenet"}})
     text = write_report(run).read_text()  # not evaluated yet: still a report, with a clear note
     assert "Not every model is evaluated yet" in text and "ImageNet pre-trained weights were used" in text
-

@@ -22,16 +22,39 @@ from PIL import Image
 from virion.reports.html import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WIDTH = 1400
 MIN_DIGIT_PX = 10
-FOURTEEN = ["Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa", "Marburg",
-            "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley fever virus", "Rotavirus"]
+FOURTEEN = [
+    "Adenovirus",
+    "Astrovirus",
+    "CCHF",
+    "Cowpox",
+    "Ebola",
+    "Influenza",
+    "Lassa",
+    "Marburg",
+    "Nipah virus",
+    "Norovirus",
+    "Orf",
+    "Papilloma",
+    "Rift Valley fever virus",
+    "Rotavirus",
+]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
-                                "chromium); .ci/run installs it so this test runs in CI")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium not installed (Debian: apt-get install chromium); .ci/run installs it so this test runs in CI",
+)
 pytest.importorskip("playwright", reason="the browser test needs playwright (in the dev extra)")
 
 # What the page shows, gathered in the browser after the load event.

@@ -46,9 +46,17 @@ def run_dir(tmp_path_factory) -> Path:
     folder = run / "tiny"
     folder.mkdir(parents=True)
     _tiny_model().save(folder / "tiny_virus_classification.keras")
-    (folder / "metadata.json").write_text(json.dumps({
-        "model": "tiny", "class_names": CLASSES, "input_size": SIZE, "stretch": [0.5, 99.5],
-        "files": {"keras": "tiny_virus_classification.keras"}}))
+    (folder / "metadata.json").write_text(
+        json.dumps(
+            {
+                "model": "tiny",
+                "class_names": CLASSES,
+                "input_size": SIZE,
+                "stretch": [0.5, 99.5],
+                "files": {"keras": "tiny_virus_classification.keras"},
+            }
+        )
+    )
     (run / "config.json").write_text(json.dumps({"seed": 0}))
     return run
 
@@ -164,7 +172,7 @@ def test_exports_load_and_run_without_virion(exported, run_dir, images, tmp_path
             raise SystemExit("virion was importable")
         except ImportError:
             pass
-        x = np.load({str(tmp_path / 'x.npy')!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
         paths = json.loads({json.dumps(paths)!r})
         out = {{}}
         import tensorflow as tf
@@ -180,10 +188,12 @@ def test_exports_load_and_run_without_virion(exported, run_dir, images, tmp_path
             import onnxruntime as ort
             s = ort.InferenceSession(paths["onnx"], providers=["CPUExecutionProvider"])
             out["onnx"] = s.run(None, {{s.get_inputs()[0].name: x}})[0]
-        np.savez({str(tmp_path / 'out.npz')!r}, **out)
+        np.savez({str(tmp_path / "out.npz")!r}, **out)
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = _keras(run_dir, images)
     outputs = np.load(tmp_path / "out.npz")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 CLASSES = ["Adenovirus", "Ebola", "Nipah virus"]
 
 
@@ -33,8 +32,14 @@ def save_model_folder(model, folder: Path, name: str, class_names, input_size: i
     stem = f"{name}_virus_classification"
     model.save(folder / f"{stem}.keras")
     model.save(folder / f"{stem}.h5")
-    meta = {"name": name, "class_names": list(class_names), "input_size": input_size,
-            "scaling": "rescale_0_1", "weights": "none", **extra}
+    meta = {
+        "name": name,
+        "class_names": list(class_names),
+        "input_size": input_size,
+        "scaling": "rescale_0_1",
+        "weights": "none",
+        **extra,
+    }
     (folder / "metadata.json").write_text(json.dumps(meta))
     return folder
 
@@ -66,7 +71,9 @@ def image_dir(tmp_path_factory) -> Path:
     (root / "b" / "deep").mkdir(parents=True)
     yy, xx = np.mgrid[:48, :48]
     blob = np.exp(-((yy - 20) ** 2 + (xx - 28) ** 2) / 60.0)
-    Image.fromarray((40 + 180 * blob + rng.normal(0, 5, blob.shape)).clip(0, 255).astype(np.uint8)).save(root / "a" / "one.png")
+    Image.fromarray((40 + 180 * blob + rng.normal(0, 5, blob.shape)).clip(0, 255).astype(np.uint8)).save(
+        root / "a" / "one.png"
+    )
     Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "a" / "TWO.PNG")
     _write_tiff(root / "b" / "eight.tif", (200 - 150 * blob).astype(np.uint8))
     # 16-bit with a narrow value range: a naive 8-bit conversion would turn it all white.

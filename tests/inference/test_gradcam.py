@@ -24,8 +24,9 @@ def test_gradcam_map_at_image_size_in_unit_range(make_tiny_model):
     image = np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     heatmap, index, confidence = gradcam(model, image)
     _check_heatmap(heatmap, (50, 60))
-    probs = model.predict_on_batch(np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR))[None]
-                                   .astype("float32"))[0]
+    probs = model.predict_on_batch(
+        np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR))[None].astype("float32")
+    )[0]
     assert index == int(np.argmax(probs))
     assert confidence == pytest.approx(float(probs[index]), rel=1e-4)
     assert heatmap.max() == pytest.approx(1.0)  # non-zero gradient: normalized to a peak of 1
@@ -42,8 +43,14 @@ def test_gradcam_points_at_the_evidence():
     import keras
 
     inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(1, 1, activation="relu", name="feat",
-                            kernel_initializer=keras.initializers.Constant(1 / 765), bias_initializer="zeros")(inputs)
+    x = keras.layers.Conv2D(
+        1,
+        1,
+        activation="relu",
+        name="feat",
+        kernel_initializer=keras.initializers.Constant(1 / 765),
+        bias_initializer="zeros",
+    )(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(2, activation="softmax", name="out")(x)
     model = keras.Model(inputs, outputs)
@@ -90,8 +97,19 @@ def test_overlay_blends_heatmap_over_image():
 
 def test_cli_explain_writes_one_png_per_image(run_dir, image_dir, tmp_path, capsys):
     out = tmp_path / "cams"
-    code = main(["explain", str(run_dir), str(image_dir / "a"), str(image_dir / "b" / "deep" / "sixteen.tiff"),
-                 str(image_dir / "b" / "broken.tif"), "--model", "tiny", "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            str(run_dir),
+            str(image_dir / "a"),
+            str(image_dir / "b" / "deep" / "sixteen.tiff"),
+            str(image_dir / "b" / "broken.tif"),
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     pngs = sorted(p.name for p in out.iterdir())
@@ -102,11 +120,36 @@ def test_cli_explain_writes_one_png_per_image(run_dir, image_dir, tmp_path, caps
     # Non-empty folder refused, then allowed with --overwrite; every model of a run, named apart.
     assert main(["explain", str(run_dir), str(image_dir / "a" / "one.png"), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["explain", str(run_dir), str(image_dir / "a" / "one.png"), "--out", str(out), "--overwrite",
-                 "--class", "Nipah virus"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(run_dir),
+                str(image_dir / "a" / "one.png"),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--class",
+                "Nipah virus",
+            ]
+        )
+        == 0
+    )
     assert {"one_tiny.png", "one_tiny40.png"} <= {p.name for p in out.iterdir()}
-    assert main(["explain", str(run_dir), str(image_dir / "a" / "one.png"), "--out", str(tmp_path / "x"),
-                 "--class", "Measles"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(run_dir),
+                str(image_dir / "a" / "one.png"),
+                "--out",
+                str(tmp_path / "x"),
+                "--class",
+                "Measles",
+            ]
+        )
+        == 2
+    )
     assert "--class Measles" in capsys.readouterr().err
 
 

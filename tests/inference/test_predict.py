@@ -201,8 +201,19 @@ def test_csv_lines_up_with_files(clf, models, files, tmp_path):
     path = write_csv(result, tmp_path / "out" / "p.csv", top_k=3)
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["file", "model", "class", "confidence", "top1_class", "top1_confidence", "top2_class",
-                             "top2_confidence", "top3_class", "top3_confidence", "error"]
+    assert list(rows[0]) == [
+        "file",
+        "model",
+        "class",
+        "confidence",
+        "top1_class",
+        "top1_confidence",
+        "top2_class",
+        "top2_confidence",
+        "top3_class",
+        "top3_confidence",
+        "error",
+    ]
     readable = [f for f in files if f.name != "broken.tif"]
     assert [r["file"] for r in rows if not r["error"]] == [str(f) for f in readable for _ in models]
     assert [r["file"] for r in rows] == [str(f) for f in files for _ in (models if f.name != "broken.tif" else [0])]
@@ -233,8 +244,24 @@ def test_cli_predict_writes_csv_and_refuses_overwrite(run_dir, image_dir, tmp_pa
     before = out.read_text()
     assert main(["predict", str(run_dir), str(image_dir), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_text() == before
-    assert main(["predict", str(run_dir), str(image_dir), "--out", str(out), "--overwrite",
-                 "--ensemble", "--tta", "--top-k", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run_dir),
+                str(image_dir),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--ensemble",
+                "--tta",
+                "--top-k",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["model"] for r in rows if not r["error"]} == {"ensemble"} and "top3_class" not in rows[0]

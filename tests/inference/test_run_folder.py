@@ -56,16 +56,25 @@ def test_metadata_round_trip_keeps_unknown_keys_and_refuses_newer_schema(tmp_pat
 
 
 def test_write_metadata_from_keywords_as_training_calls_it(tmp_path):
-    store.write_metadata(tmp_path / "xception", class_names=["a", "b"], input_size=72, config={"stretch": None},
-                         weights="none", model="xception", train_seconds=1.23456, fine_tuned=True)
+    store.write_metadata(
+        tmp_path / "xception",
+        class_names=["a", "b"],
+        input_size=72,
+        config={"stretch": None},
+        weights="none",
+        model="xception",
+        train_seconds=1.23456,
+        fine_tuned=True,
+    )
     meta = store.read_metadata(tmp_path / "xception")
     assert meta.name == "xception" and meta.stretch is None and meta.train_seconds == 1.235
     assert meta.extra == {"fine_tuned": True} and meta.versions["virion"]
 
 
-@pytest.mark.parametrize("value, expected", [
-    ((0.5, 99.5), (0.5, 99.5)), ([1, 99], (1.0, 99.0)), (None, None), ("linear", None), ("none", None),
-    (False, None)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [((0.5, 99.5), (0.5, 99.5)), ([1, 99], (1.0, 99.0)), (None, None), ("linear", None), ("none", None), (False, None)],
+)
 def test_the_one_stretch_parser(value, expected):
     assert schema.parse_stretch(value) == expected
 

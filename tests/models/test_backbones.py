@@ -61,7 +61,8 @@ def family(request, tmp_path_factory):
     else:
         keras.utils.set_random_seed(3)
         reference = getattr(keras.applications, ARCHS[arch].application)(
-            include_top=False, weights=None, input_shape=(size, size, 3))
+            include_top=False, weights=None, input_shape=(size, size, 3)
+        )
     expected = _numpy(reference(images, training=False))
     path = tmp_path_factory.mktemp(arch) / IMAGENET_WEIGHTS[arch].file_name
     with h5py.File(path, "w") as f:  # the format of the ImageNet files Keras downloads
@@ -72,9 +73,19 @@ def family(request, tmp_path_factory):
     features = keras.Model(pretrained.input, pretrained.get_layer(last_conv).output)
     both = keras.Model(pretrained.input, [features.output, pretrained.output])
     got_features, probs = (_numpy(t) for t in both(images, training=False))
-    return {"arch": arch, "reference": reference, "path": path, "pretrained": pretrained, "scratch": scratch,
-            "images": images, "last_conv": last_conv, "expected_features": expected, "features": features,
-            "got_features": got_features, "probs": probs}
+    return {
+        "arch": arch,
+        "reference": reference,
+        "path": path,
+        "pretrained": pretrained,
+        "scratch": scratch,
+        "images": images,
+        "last_conv": last_conv,
+        "expected_features": expected,
+        "features": features,
+        "got_features": got_features,
+        "probs": probs,
+    }
 
 
 def test_head_feature_map_and_grad_cam_layer(family):
@@ -100,8 +111,11 @@ def test_head_feature_map_and_grad_cam_layer(family):
 def test_weights_file_and_preprocessing_reproduce_keras_own_base(family):
     """Ours on raw 0..255 pixels == the file's source model on the same pixels, with the file's weights."""
     model, arch = family["pretrained"], family["arch"]
-    scalers = [layer for layer in _leaves(model.layers)
-               if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
+    scalers = [
+        layer
+        for layer in _leaves(model.layers)
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+    ]
     assert [layer.name for layer in scalers] == ["preprocess"]  # one in-graph step, never two
     expected, got = family["expected_features"], family["got_features"]
     assert got.shape == expected.shape and np.ptp(expected) > 0  # not a constant map
@@ -109,8 +123,7 @@ def test_weights_file_and_preprocessing_reproduce_keras_own_base(family):
     if arch.startswith("densenet"):  # Keras' DenseNet takes preprocess_input's output
         x = family["images"]
         scaled = _numpy(keras.Model(model.input, model.get_layer("preprocess").output)(x))
-        np.testing.assert_allclose(scaled, keras.applications.densenet.preprocess_input(x.copy()),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scaled, keras.applications.densenet.preprocess_input(x.copy()), rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_base_then_fine_tuning_top_with_batch_norm_frozen(family):
@@ -126,14 +139,19 @@ def test_frozen_base_then_fine_tuning_top_with_batch_norm_frozen(family):
         assert not weighted[0].trainable_weights  # the bottom of the base stays frozen
         top = [layer for layer in weighted if not isinstance(layer, keras.layers.BatchNormalization)][-1]
         assert top.trainable_weights  # the top of the base now trains
-        assert opened == len([layer for layer in layers[-len(layers) // 4:] if layer.trainable_weights])
-        assert not any(layer.trainable_weights for layer in _leaves(layers)
-                       if isinstance(layer, keras.layers.BatchNormalization))
+        assert opened == len([layer for layer in layers[-len(layers) // 4 :] if layer.trainable_weights])
+        assert not any(
+            layer.trainable_weights for layer in _leaves(layers) if isinstance(layer, keras.layers.BatchNormalization)
+        )
         # BN stays in inference mode (frozen statistics): a training pass gives the same features
         # (EfficientNetV2 excepted: its stochastic-depth Dropout layers are active in any training pass)
         if not any(isinstance(layer, keras.layers.Dropout) for layer in layers):
-            np.testing.assert_allclose(_numpy(features(x, training=True)), family["expected_features"],
-                                       rtol=1e-3, atol=1e-3 * float(np.abs(family["expected_features"]).max()))
+            np.testing.assert_allclose(
+                _numpy(features(x, training=True)),
+                family["expected_features"],
+                rtol=1e-3,
+                atol=1e-3 * float(np.abs(family["expected_features"]).max()),
+            )
     finally:  # the module's other tests expect the frozen model
         for layer in base_layers(model):
             layer.trainable = False
@@ -163,7 +181,8 @@ def test_saved_model_reloads_in_safe_mode_with_the_same_outputs(family, tmp_path
         model.save(files["keras"])
     for kind, path in files.items():
         reloaded = load_keras_model(path)  # safe_mode=True
-        np.testing.assert_allclose(_numpy(reloaded(family["images"], training=False)), family["probs"],
-                                   rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(
+            _numpy(reloaded(family["images"], training=False)), family["probs"], rtol=1e-5, atol=1e-6, err_msg=kind
+        )
         assert base_is_frozen(reloaded), kind
         assert find_last_conv_layer(reloaded, preferred=family["last_conv"]) == family["last_conv"]

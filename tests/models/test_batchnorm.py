@@ -4,10 +4,9 @@ Every test runs the stock layer and ours from identical weights on identical inp
 them, so a wrong variance convention, momentum, epsilon or inference rule fails here.
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from virion.models import batchnorm
 from virion.models.batchnorm import BatchNormalization
@@ -70,9 +69,7 @@ def test_training_forward_gradients_and_moving_statistics_match_stock(axis, fuse
             np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(fast.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-5)
     # Keras 3 tracks the biased batch variance; the fused kernel's is Bessel-corrected.
-    np.testing.assert_allclose(
-        fast.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5
-    )
+    np.testing.assert_allclose(fast.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5)
     assert not np.allclose(fast.moving_mean.numpy(), 0.0)  # statistics did move
     assert fused_calls == [True, True, True]
 
@@ -100,9 +97,7 @@ def test_frozen_layer_runs_in_inference_mode_even_when_training(fused_calls):
     stock.trainable = fast.trainable = False
     x = _inputs(shape)
     moving = fast.moving_mean.numpy().copy()
-    np.testing.assert_allclose(
-        np.asarray(fast(x, training=True)), np.asarray(stock(x, training=True)), rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(fast(x, training=True)), np.asarray(stock(x, training=True)), rtol=1e-5)
     np.testing.assert_array_equal(fast.moving_mean.numpy(), moving)
     assert fused_calls == [False]
 
@@ -145,9 +140,7 @@ def test_other_backends_get_the_stock_implementation(monkeypatch):
     shape = (3, 4, 4, 6)
     stock, fast = _pair(shape, epsilon=EPS)
     x = _inputs(shape)
-    np.testing.assert_allclose(
-        np.asarray(fast(x, training=True)), np.asarray(stock(x, training=True)), rtol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(fast(x, training=True)), np.asarray(stock(x, training=True)), rtol=1e-6)
     np.testing.assert_allclose(fast.moving_variance.numpy(), stock.moving_variance.numpy())
 
 
@@ -163,9 +156,7 @@ def test_mixed_bfloat16_keeps_float32_statistics(fused_calls):
         atol=0.05,
     )
     assert fast.moving_variance.dtype == "float32"
-    np.testing.assert_allclose(
-        fast.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-3
-    )
+    np.testing.assert_allclose(fast.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-3)
     assert fused_calls == [True]
 
 

@@ -64,8 +64,13 @@ def test_saved_files_load_without_virion_in_a_fresh_process(tmp_path):
     np.save(tmp_path / "x.npy", x)
     expected = model.predict(x, verbose=0)
     paths = [str(files["keras"]), str(files["h5"])]
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "x.npy"), *paths],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, str(tmp_path / "x.npy"), *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path in paths:
         np.testing.assert_allclose(np.load(path + ".npy"), expected, rtol=1e-4, atol=1e-5)

@@ -36,11 +36,14 @@ def test_catalog_covers_every_model_and_every_transfer_model_has_weights():
         assert model_info(name).default_weights == "imagenet" and model_info(name, "none").weights == "none"
 
 
-@pytest.mark.parametrize("call", [
-    lambda: build_model("resnet", 3),
-    lambda: model_info("vgg16"),
-    lambda: model_file_stem("Xception "),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: build_model("resnet", 3),
+        lambda: model_info("vgg16"),
+        lambda: model_file_stem("Xception "),
+    ],
+)
 def test_unknown_name_lists_the_valid_ones(call):
     with pytest.raises(VirionError) as err:
         call()

@@ -42,8 +42,12 @@ def test_stem_and_stage_shapes(model):
     assert model.get_layer("conv1_conv").kernel_size == (7, 7)
     assert model.get_layer("conv1_conv").strides == (2, 2)
     assert model.get_layer("pool1_pool").output.shape[1:] == (16, 16, 64)
-    expected = {"conv2_block3_out": (16, 16, 256), "conv3_block4_out": (8, 8, 512),
-                "conv4_block6_out": (4, 4, 1024), LAST_CONV_LAYER: (2, 2, 2048)}
+    expected = {
+        "conv2_block3_out": (16, 16, 256),
+        "conv3_block4_out": (8, 8, 512),
+        "conv4_block6_out": (4, 4, 1024),
+        LAST_CONV_LAYER: (2, 2, 2048),
+    }
     for name, shape in expected.items():
         assert model.get_layer(name).output.shape[1:] == shape
 

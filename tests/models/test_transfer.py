@@ -43,8 +43,16 @@ def arch_case(request, tmp_path_factory):
     pretrained = build_transfer_model(arch, N_CLASSES, (size, size, 3), str(path))
     scratch = build_transfer_model(arch, N_CLASSES, (size, size, 3), "none")
     images = np.random.default_rng(2).uniform(0, 255, size=(4, size, size, 3)).astype("float32")
-    return dict(arch=arch, size=size, reference=reference, path=path, pretrained=pretrained,
-                scratch=scratch, images=images, last_conv=ARCHS[arch][1])
+    return dict(
+        arch=arch,
+        size=size,
+        reference=reference,
+        path=path,
+        pretrained=pretrained,
+        scratch=scratch,
+        images=images,
+        last_conv=ARCHS[arch][1],
+    )
 
 
 def test_head_layout(arch_case):
@@ -94,9 +102,12 @@ def test_pretrained_base_is_frozen_and_runs_in_inference_mode(arch_case):
     # Frozen BN uses its moving statistics even in a training step: same features either way.
     features = keras.Model(model.input, model.get_layer(arch_case["last_conv"]).output)
     x = arch_case["images"]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(features(x, training=True)),
-                               keras.ops.convert_to_numpy(features(x, training=False)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(features(x, training=True)),
+        keras.ops.convert_to_numpy(features(x, training=False)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_training_step_leaves_the_frozen_base_untouched(arch_case):
@@ -124,15 +135,20 @@ def test_weights_none_trains_the_whole_network(arch_case):
     features = keras.Model(model.input, model.get_layer(arch_case["last_conv"]).output)
     x = arch_case["images"]
     # trainable BN normalizes with batch statistics in training: different features
-    assert not np.allclose(keras.ops.convert_to_numpy(features(x, training=True)),
-                           keras.ops.convert_to_numpy(features(x, training=False)), atol=1e-4)
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(features(x, training=True)),
+        keras.ops.convert_to_numpy(features(x, training=False)),
+        atol=1e-4,
+    )
 
 
 def test_weights_path_loads_the_files_weights(arch_case):
     model, reference, scratch = arch_case["pretrained"], arch_case["reference"], arch_case["scratch"]
     # Layers pair up by order (Keras auto-names some of Xception's layers per process).
-    weighted = [[layer for layer in layers if layer.weights]
-                for layers in (reference.layers, base_layers(model), base_layers(scratch))]
+    weighted = [
+        [layer for layer in layers if layer.weights]
+        for layers in (reference.layers, base_layers(model), base_layers(scratch))
+    ]
     assert len(weighted[0]) == len(weighted[1]) == len(weighted[2])
     compared = 0
     for ref_layer, layer, other_layer in zip(*weighted):
@@ -150,8 +166,9 @@ def test_keras3_weight_files_load_too(arch_case, tmp_path):
     size = arch_case["size"]
     model = build_transfer_model(arch_case["arch"], N_CLASSES, (size, size, 3), str(path))
     for ref_layer in ("block1_conv1", "block14_sepconv2"):
-        np.testing.assert_array_equal(model.get_layer(ref_layer).get_weights()[0],
-                                      arch_case["reference"].get_layer(ref_layer).get_weights()[0])
+        np.testing.assert_array_equal(
+            model.get_layer(ref_layer).get_weights()[0], arch_case["reference"].get_layer(ref_layer).get_weights()[0]
+        )
 
 
 def test_bad_weights_files_raise_one_line_errors(arch_case, tmp_path):
@@ -192,7 +209,7 @@ def test_unfreeze_top_keeps_batch_norm_frozen(arch_case):
     with_weights = [layer for layer in layers if layer.weights]
     assert not with_weights[0].trainable_weights  # the bottom of the base stays frozen
     assert with_weights[-1].trainable_weights or isinstance(with_weights[-1], keras.layers.BatchNormalization)
-    top_trainable = [layer for layer in layers[-len(layers) // 4:] if layer.trainable_weights]
+    top_trainable = [layer for layer in layers[-len(layers) // 4 :] if layer.trainable_weights]
     assert len(top_trainable) == opened
 
     # From a named layer: exactly the layers from it upwards open (BN excepted).
@@ -203,16 +220,19 @@ def test_unfreeze_top_keeps_batch_norm_frozen(arch_case):
     start = [layer for layer in layers2 if isinstance(layer, (keras.layers.Conv2D,))][-2]
     index = layers2.index(start)
     opened2 = unfreeze_top(model2, from_layer=start.name)
-    expected = [l for l in layers2[index:] if l.weights and not isinstance(l, keras.layers.BatchNormalization)]
+    expected = [lay for lay in layers2[index:] if lay.weights and not isinstance(lay, keras.layers.BatchNormalization)]
     assert opened2 == len(expected) > 0
     assert all(not layer.trainable_weights for layer in layers2[:index])
 
     # Features still come from moving statistics after unfreezing (BN in inference mode).
     features = keras.Model(model.input, model.get_layer(arch_case["last_conv"]).output)
     x = arch_case["images"]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(features(x, training=True)),
-                               keras.ops.convert_to_numpy(features(x, training=False)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(features(x, training=True)),
+        keras.ops.convert_to_numpy(features(x, training=False)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_unfreeze_top_rejects_bad_arguments(arch_case):
@@ -232,8 +252,12 @@ def test_save_reload_same_outputs_and_frozen_base(arch_case, tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path, compile=False)
     x = arch_case["images"]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x, training=False)),
-                               keras.ops.convert_to_numpy(model(x, training=False)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded(x, training=False)),
+        keras.ops.convert_to_numpy(model(x, training=False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert base_is_frozen(reloaded)
     assert not [layer for layer in reloaded.layers if isinstance(layer, keras.Model)]
     reloaded.get_layer(arch_case["last_conv"])

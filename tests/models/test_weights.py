@@ -34,6 +34,7 @@ def _fail_download(calls):
     def fake_get_file(fname, origin, **kwargs):
         calls.append(dict(fname=fname, origin=origin, timeout=socket.getdefaulttimeout(), **kwargs))
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
     return fake_get_file
 
 
@@ -62,7 +63,8 @@ def test_offline_imagenet_names_the_three_ways_out(arch, empty_keras_home, monke
 
 def test_socket_timeouts_become_the_same_error(empty_keras_home, monkeypatch):
     def hang(*args, **kwargs):
-        raise socket.timeout("timed out")
+        raise TimeoutError("timed out")
+
     monkeypatch.setattr(keras.utils, "get_file", hang)
     with pytest.raises(VirionError, match="--weights none"):
         build_model("xception", 3, 71, weights="imagenet")
@@ -107,8 +109,10 @@ def test_cached_imagenet_file_goes_through_keras_applications(empty_keras_home, 
     # Pretend the test file is the genuine one: no network call at all.
     spec = IMAGENET_WEIGHTS["densenet121"]
     monkeypatch.setitem(wmod.IMAGENET_WEIGHTS, "densenet121", WeightsFile(spec.file_name, spec.url, md5))
+
     def no_network(*args, **kwargs):
         raise AssertionError("a cached file must not trigger a download")
+
     monkeypatch.setattr(keras.utils, "get_file", no_network)
     assert imagenet_available("densenet121")
     assert resolve_weights("densenet121", "imagenet") == str(target)

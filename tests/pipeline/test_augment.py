@@ -31,8 +31,9 @@ def test_quarter_turn_matrix_matches_numpy_rot90():
     ops = keras.ops
     one, zero = ops.ones(1), ops.zeros(1)
     for k in range(4):
-        by_angle = affine_matrices(ops.convert_to_tensor([k * np.pi / 2], "float32"), zero, zero, one,
-                                   one, one, zero, 9, 9)
+        by_angle = affine_matrices(
+            ops.convert_to_tensor([k * np.pi / 2], "float32"), zero, zero, one, one, one, zero, 9, 9
+        )
         by_turns = affine_matrices(zero, zero, zero, one, one, one, ops.convert_to_tensor([float(k)]), 9, 9)
         expected = np.rot90(img[0, :, :, 0], k)
         exact = ops.image.affine_transform(img.astype("float32"), by_turns, interpolation="bilinear")
@@ -83,8 +84,16 @@ def test_identity_when_not_training_and_when_disabled():
 def test_training_output_changes_and_stays_in_range():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (8, 32, 32, 1)).astype(np.uint8)
-    cfg = AugmentConfig(rotation=30, shift=0.2, zoom=0.2, rot90=True, vertical_flip=True,
-                        brightness=0.4, contrast=0.5, fill_mode="reflect")
+    cfg = AugmentConfig(
+        rotation=30,
+        shift=0.2,
+        zoom=0.2,
+        rot90=True,
+        vertical_flip=True,
+        brightness=0.4,
+        contrast=0.5,
+        fill_mode="reflect",
+    )
     out = np.asarray(TEMAugment(cfg, seed=3)(img, training=True))
     assert out.shape == img.shape and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 255.0

@@ -26,8 +26,20 @@ OFF = {"rotation": 0.0, "shift": 0.0, "horizontal_flip": False}  # no warp: isol
 
 def _noise(batch, **columns):
     """Noise rows with chosen columns (0.5 = no change for the spread draws, 0 = off for blur/noise)."""
-    names = ["angle", "shift_x", "shift_y", "zoom", "hflip", "vflip", "rot90", "bright", "contrast",
-             "gamma", "blur", "noise"]
+    names = [
+        "angle",
+        "shift_x",
+        "shift_y",
+        "zoom",
+        "hflip",
+        "vflip",
+        "rot90",
+        "bright",
+        "contrast",
+        "gamma",
+        "blur",
+        "noise",
+    ]
     assert len(names) == NOISE_DIM
     noise = np.full((batch, NOISE_DIM), 0.5, np.float32)
     noise[:, names.index("blur")] = 0.0
@@ -77,8 +89,9 @@ def test_blur_matches_a_gaussian_kernel_and_keeps_flat_images_flat():
     sig = np.array([0.7, 1.6], np.float32)
     together = np.asarray(gaussian_blur(rgb, sig, 2.0))
     for ch in range(3):
-        np.testing.assert_allclose(together[..., ch:ch + 1], np.asarray(gaussian_blur(rgb[..., ch:ch + 1], sig, 2.0)),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            together[..., ch : ch + 1], np.asarray(gaussian_blur(rgb[..., ch : ch + 1], sig, 2.0)), atol=1e-5
+        )
     flat = np.full((1, 8, 8, 1), 90.0, np.float32)  # reflect padding: borders keep their level
     np.testing.assert_allclose(np.asarray(gaussian_blur(flat, np.array([5.0], np.float32), 5.0)), flat, atol=1e-3)
 
@@ -95,8 +108,19 @@ def test_noise_has_the_drawn_standard_deviation():
 
 def test_all_options_seeded_in_range_and_deterministic():
     x = _images(batch=4, size=24)
-    cfg = AugmentConfig(rotation=180, shift=0.1, zoom=0.1, rot90=True, vertical_flip=True, brightness=0.1,
-                        contrast=0.2, fill_mode="reflect", gamma=0.3, blur_sigma=1.5, noise_std=0.05)
+    cfg = AugmentConfig(
+        rotation=180,
+        shift=0.1,
+        zoom=0.1,
+        rot90=True,
+        vertical_flip=True,
+        brightness=0.1,
+        contrast=0.2,
+        fill_mode="reflect",
+        gamma=0.3,
+        blur_sigma=1.5,
+        noise_std=0.05,
+    )
     a = np.asarray(TEMAugment(cfg, seed=4)(x, training=True))
     b = np.asarray(TEMAugment(cfg, seed=4)(x, training=True))
     c = np.asarray(TEMAugment(cfg, seed=5)(x, training=True))
@@ -112,8 +136,9 @@ def test_full_turns_with_reflect_fill_leave_no_empty_corners():
     noise = _noise(4, angle=np.array([0.0, 0.2, 0.7, 0.9], np.float32))  # up to ±180°
     reflect = _run(AugmentConfig(rotation=180, shift=0, horizontal_flip=False, fill_mode="reflect"), flat, noise=noise)
     np.testing.assert_allclose(reflect, 100.0, atol=1e-3)
-    constant = _run(AugmentConfig(rotation=180, shift=0, horizontal_flip=False, fill_mode="constant"), flat,
-                    noise=noise)
+    constant = _run(
+        AugmentConfig(rotation=180, shift=0, horizontal_flip=False, fill_mode="constant"), flat, noise=noise
+    )
     assert (constant[1:, 0, 0, 0] == 0).all()  # the corners rotated out are filled with 0
 
 

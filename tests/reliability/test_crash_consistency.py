@@ -23,8 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 import tiny_run
+
 from virion.errors import VirionError
 from virion.run.loading import load_keras_model
 from virion.training import faults
@@ -158,8 +158,13 @@ def test_a_kill_inside_a_save_leaves_a_temp_file_that_resume_removes(lab):
 def test_real_kill_in_a_child_process_then_resume(lab, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, faults.ENV: "state_save:2", "VIRION_CACHE_DIR": str(lab.cache_dir)}
-    proc = subprocess.run([sys.executable, str(Path(tiny_run.__file__)), "train", str(lab.data), str(run)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(Path(tiny_run.__file__)), "train", str(lab.data), str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == faults.CRASH_EXIT_CODE, proc.stderr[-2000:]
     assert _temp_files(run), "the kill inside the state save left no temporary file"
     assert json.loads((run / "xception" / "state" / "progress.json").read_text())["epochs_done"] == 1
@@ -173,8 +178,17 @@ def test_finished_model_whose_state_was_deleted_before_done_is_not_retrained(lab
     run = tmp_path / "run"
     shutil.copytree(lab.run, run)
     state = run / "xception" / "state"
-    legacy = {"epochs_done": 3, "phase": "fine_tune", "head_epochs": 2, "monitor": "val_accuracy", "best": 1.0,
-              "best_epoch": 1, "best_logs": {}, "train_seconds": 1.0, "train_images": 54}
+    legacy = {
+        "epochs_done": 3,
+        "phase": "fine_tune",
+        "head_epochs": 2,
+        "monitor": "val_accuracy",
+        "best": 1.0,
+        "best_epoch": 1,
+        "best_logs": {},
+        "train_seconds": 1.0,
+        "train_images": 54,
+    }
     (state / "progress.json").write_text(json.dumps(legacy))
     model_file = run / "xception" / f"{STEM}.keras"
     before = model_file.stat().st_mtime_ns
@@ -202,8 +216,10 @@ def test_legacy_history_with_an_uncommitted_repeat_is_repaired(lab, tmp_path):
     progress = json.loads((state / "progress.json").read_text())
     os.replace(state / progress["model_file"], state / "last.keras")
     os.replace(state / progress["best_file"], state / "best.weights.h5")
-    legacy = {k: progress[k] for k in ("epochs_done", "phase", "monitor", "best", "best_epoch", "best_logs",
-                                       "train_seconds", "train_images")}
+    legacy = {
+        k: progress[k]
+        for k in ("epochs_done", "phase", "monitor", "best", "best_epoch", "best_logs", "train_seconds", "train_images")
+    }
     (state / "progress.json").write_text(json.dumps(legacy))
     with open(folder / "history.csv", "a", newline="") as fh:  # the uncommitted row of epoch 2
         fh.write("2,0.5,0.5,0.5,0.5,0.5,0.03\n")
@@ -303,8 +319,9 @@ def test_kill_during_evaluation_or_report_then_resume(lab, tmp_path, phase):
     _assert_like_uninterrupted(lab, snapshot, f"kill during {phase}")
     assert (snapshot / "xception" / "evaluation" / "summary.json").is_file()
     assert (snapshot / "report.html").is_file()
-    resumed, uninterrupted = (json.loads((r / "xception" / "evaluation" / "summary.json").read_text())
-                              for r in (snapshot, run))
+    resumed, uninterrupted = (
+        json.loads((r / "xception" / "evaluation" / "summary.json").read_text()) for r in (snapshot, run)
+    )
     timing = [k for k in uninterrupted if "second" in k or "time" in k]
     for summary in (resumed, uninterrupted):
         for key in timing:

@@ -52,13 +52,22 @@ print(json.dumps({"results": results, "heavy_modules": heavy, "peak_rss_kb": pea
 # file makers
 
 
-def _tiff(width, height, *, spp=1, bps=8, photometric=1, data=b"\0" * 64, planar=1, extra=(),
-          rowsperstrip=None, next_ifd=0):
+def _tiff(
+    width, height, *, spp=1, bps=8, photometric=1, data=b"\0" * 64, planar=1, extra=(), rowsperstrip=None, next_ifd=0
+):
     """A little-endian one-strip TIFF whose tags say whatever we like (the data may be far shorter)."""
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, bps), (259, 3, 1, 1),
-               (262, 3, 1, photometric), (273, 4, 1, 0), (277, 3, 1, spp),
-               (278, 4, 1, height if rowsperstrip is None else rowsperstrip), (279, 4, 1, len(data)),
-               (284, 3, 1, planar)] + list(extra)
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bps),
+        (259, 3, 1, 1),
+        (262, 3, 1, photometric),
+        (273, 4, 1, 0),
+        (277, 3, 1, spp),
+        (278, 4, 1, height if rowsperstrip is None else rowsperstrip),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, planar),
+    ] + list(extra)
     entries.sort()
     offset = 8 + 2 + 12 * len(entries) + 4
     ifd = struct.pack("<H", len(entries))
@@ -88,7 +97,7 @@ def _saved(fmt, size=16, mode="L", **kwargs) -> bytes:
 def _jpeg(width, height) -> bytes:
     data = bytearray(_saved("JPEG"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -109,7 +118,7 @@ def _gif(width, height) -> bytes:
             pos += data[pos] + 1
         pos += 1
     assert data[pos] == 0x2C  # the image descriptor
-    data[pos + 5:pos + 9] = struct.pack("<HH", width, height)
+    data[pos + 5 : pos + 9] = struct.pack("<HH", width, height)
     return bytes(data)
 
 
@@ -140,8 +149,10 @@ def _cases() -> dict[str, tuple[bytes, str]]:
         "dims.tif": (_tiff(200_000, 200_000, bps=16), "refused"),
         "depth.tif": (_tiff(4096, 4096, extra=[(32997, 4, 1, 65535)]), "refused"),
         "bytes16rgba.tif": (_tiff(12000, 12000, spp=4, bps=16, photometric=2), "refused"),
-        "tiles.tif": (_tiff(16, 16, extra=[(322, 4, 1, 65536), (323, 4, 1, 65536), (324, 4, 1, 8),
-                                           (325, 4, 1, 64)]), "either"),
+        "tiles.tif": (
+            _tiff(16, 16, extra=[(322, 4, 1, 65536), (323, 4, 1, 65536), (324, 4, 1, 8), (325, 4, 1, 64)]),
+            "either",
+        ),
         "dims.png": (_png(200_000, 200_000), "refused"),
         "dims_rgba16.png": (_png(65535, 65535, bit_depth=16, colour=6), "refused"),
         "dims.jpg": (_jpeg(65500, 65500), "refused"),
@@ -153,8 +164,10 @@ def _cases() -> dict[str, tuple[bytes, str]]:
         # allowed samples per pixel, but 8-byte samples: 2 GB of pixels, refused by the byte count.
         "spp_total.tif": (_tiff(8192, 8192, spp=4, bps=64, photometric=2, extra=[(339, 3, 1, 3)]), "refused"),
         # truncated and zero-byte files.
-        **{f"truncated.{ext}": (_truncated(data), "error")
-           for ext, data in (("png", png_ok), ("jpg", jpg_ok), ("bmp", bmp_ok), ("gif", gif_ok))},
+        **{
+            f"truncated.{ext}": (_truncated(data), "error")
+            for ext, data in (("png", png_ok), ("jpg", jpg_ok), ("bmp", bmp_ok), ("gif", gif_ok))
+        },
         "truncated.tif": (_truncated(_multipage_tiff(), 0.05), "error"),
         "header_only.tif": (tif_ok[:8], "error"),
         **{f"zero.{ext}": (b"", "error") for ext in ("png", "jpg", "tif", "bmp", "gif")},
@@ -180,8 +193,14 @@ def test_hostile_files_are_decoded_or_reported_with_bounded_memory(tmp_path):
     listing = tmp_path / "files.json"
     listing.write_text(json.dumps([str(folder / name) for name in cases]))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(listing), str(ADDRESS_SPACE_LIMIT)],
-                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(listing), str(ADDRESS_SPACE_LIMIT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["heavy_modules"] == []  # the limit must measure the decoder, not a framework

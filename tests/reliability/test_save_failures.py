@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import tiny_run
+
 from virion.training.progress import is_temp_file
 
 LIMIT = 256 * 1024  # bytes: the tiny model below saves to about 1 MB (3 MB with Adam's moments)
@@ -29,10 +30,33 @@ def test_file_size_limit_during_the_model_save(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "TINY_DENSE": "4096", "VIRION_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("VIRION_DEBUG", None)
-    args = ["train", "--data", str(data), "--out", str(run), "--models", "resnet50", "--epochs", "1",
-            "--input-size", "16", "--batch-size", "6", "--weights", "none", "--linear", "--no-augment"]
-    proc = subprocess.run([sys.executable, str(Path(tiny_run.__file__)), "cli", *args], env=env,
-                          preexec_fn=_limit_file_size, capture_output=True, text=True, timeout=300)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--models",
+        "resnet50",
+        "--epochs",
+        "1",
+        "--input-size",
+        "16",
+        "--batch-size",
+        "6",
+        "--weights",
+        "none",
+        "--linear",
+        "--no-augment",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(Path(tiny_run.__file__)), "cli", *args],
+        env=env,
+        preexec_fn=_limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("virion: error:")]
     assert len(errors) == 1, proc.stderr[-3000:]

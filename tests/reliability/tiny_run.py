@@ -71,10 +71,24 @@ def install(dense: int = 16) -> None:
 
 def settings(data: Path, out: Path, **overrides) -> dict:
     """A transfer model (tiny) with 2 head epochs and 1 fine-tune epoch: both stages and the switch."""
-    values = dict(data=str(data), models=["xception"], out=str(out), input_size=SIZE, batch_size=6, epochs=2,
-                  fine_tune_epochs=1, unfreeze="base_conv", fine_tune_lr=1e-2, learning_rate=3e-2, stretch="linear",
-                  weights=str(Path(data).parent / "marker.weights.h5"), val_fraction=0.25, test_fraction=0.2,
-                  augment={"rotation": 10.0, "shift": 0.1, "horizontal_flip": True}, seed=3)
+    values = dict(
+        data=str(data),
+        models=["xception"],
+        out=str(out),
+        input_size=SIZE,
+        batch_size=6,
+        epochs=2,
+        fine_tune_epochs=1,
+        unfreeze="base_conv",
+        fine_tune_lr=1e-2,
+        learning_rate=3e-2,
+        stretch="linear",
+        weights=str(Path(data).parent / "marker.weights.h5"),
+        val_fraction=0.25,
+        test_fraction=0.2,
+        augment={"rotation": 10.0, "shift": 0.1, "horizontal_flip": True},
+        seed=3,
+    )
     values.update(overrides)
     return values
 

@@ -15,13 +15,30 @@ from PIL import Image
 from virion.data.synth import CLASS_NAMES, generate_dataset, image_rng, render_image, split_counts
 from virion.errors import VirionError
 
-EXPECTED_CLASSES = ["Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa", "Marburg",
-                    "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley", "Rotavirus"]
+EXPECTED_CLASSES = [
+    "Adenovirus",
+    "Astrovirus",
+    "CCHF",
+    "Cowpox",
+    "Ebola",
+    "Influenza",
+    "Lassa",
+    "Marburg",
+    "Nipah virus",
+    "Norovirus",
+    "Orf",
+    "Papilloma",
+    "Rift Valley",
+    "Rotavirus",
+]
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.parent != root}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.parent != root
+    }
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +141,17 @@ def test_rewrites_its_own_output_without_stale_files(tmp_path):
     assert len(list((out / "train" / "Lassa").iterdir())) == split_counts(3, (0.6, 0.2, 0.2))[0]
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"fmt": "jpg"}, "format"), ({"bit_depth": 12}, "bit depth"), ({"difficulty": -1}, "difficulty"),
-    ({"per_class": 2}, "per_class"), ({"splits": (0.5, 0.2, 0.2)}, "splits"), ({"size": 4}, "size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"fmt": "jpg"}, "format"),
+        ({"bit_depth": 12}, "bit depth"),
+        ({"difficulty": -1}, "difficulty"),
+        ({"per_class": 2}, "per_class"),
+        ({"splits": (0.5, 0.2, 0.2)}, "splits"),
+        ({"size": 4}, "size"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, kwargs, word):
     with pytest.raises(VirionError, match=word) as err:
         generate_dataset(tmp_path / "x", progress=False, **{"per_class": 3, "size": 32, **kwargs})
@@ -138,8 +162,26 @@ def test_cli_writes_the_layout(tmp_path, capsys):
     from virion.cli.main import main
 
     out = tmp_path / "cli"
-    rc = main(["synth", "--out", str(out), "--per-class", "3", "--size", "32", "--format", "tif",
-               "--bit-depth", "16", "--seed", "5", "--difficulty", "0.5", "--quiet"])
+    rc = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--per-class",
+            "3",
+            "--size",
+            "32",
+            "--format",
+            "tif",
+            "--bit-depth",
+            "16",
+            "--seed",
+            "5",
+            "--difficulty",
+            "0.5",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert len(list(out.glob("*/*/*.tif"))) == 14 * 3
     assert (out / "montage.png").is_file()

@@ -70,8 +70,19 @@ def make_config():
 def base_config(data: Path, out: Path, **overrides):
     from virion.training.config import TrainConfig
 
-    values = dict(data=str(data), models=["resnet50"], out=str(out), input_size=32, batch_size=4, epochs=3,
-                  learning_rate=3e-2, stretch="linear", weights="none", val_fraction=0.3, test_fraction=0.2,
-                  augment={"rotation": 0.0, "shift": 0.0, "horizontal_flip": False})
+    values = dict(
+        data=str(data),
+        models=["resnet50"],
+        out=str(out),
+        input_size=32,
+        batch_size=4,
+        epochs=3,
+        learning_rate=3e-2,
+        stretch="linear",
+        weights="none",
+        val_fraction=0.3,
+        test_fraction=0.2,
+        augment={"rotation": 0.0, "shift": 0.0, "horizontal_flip": False},
+    )
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -20,8 +20,25 @@ def _error_lines(err: str) -> list[str]:
 def test_imagenet_offline_is_one_line_and_stops_before_training(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(keras.utils, "get_file", _fail_download)
     out = tmp_path / "run"
-    code = main(["train", "--data", str(tiny_data), "--models", "resnet50", "densenet121", "--out", str(out),
-                 "--input-size", "32", "--epochs", "1", "--weights", "imagenet", "--linear"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--models",
+            "resnet50",
+            "densenet121",
+            "--out",
+            str(out),
+            "--input-size",
+            "32",
+            "--epochs",
+            "1",
+            "--weights",
+            "imagenet",
+            "--linear",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     lines = _error_lines(err)
@@ -34,9 +51,35 @@ def test_cli_trains_with_preset_file_and_flags_then_resumes(tiny_data, tiny_regi
     out = tmp_path / "run"
     toml = tmp_path / "t.toml"
     toml.write_text("epochs = 1\nbatch_size = 4\nlearning_rate = 0.03\n[augment]\nrotation = 0.0\nshift = 0.0\n")
-    args = ["train", "--data", str(tiny_data), "--models", "resnet50", "--out", str(out), "--config", str(toml),
-            "--preset", "tem", "--input-size", "32", "--epochs", "2", "--early-stopping", "off", "--linear",
-            "--weights", "none", "--no-horizontal-flip", "--zoom", "0", "--mixup", "0.2", "--cutmix", "1"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_data),
+        "--models",
+        "resnet50",
+        "--out",
+        str(out),
+        "--config",
+        str(toml),
+        "--preset",
+        "tem",
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--early-stopping",
+        "off",
+        "--linear",
+        "--weights",
+        "none",
+        "--no-horizontal-flip",
+        "--zoom",
+        "0",
+        "--mixup",
+        "0.2",
+        "--cutmix",
+        "1",
+    ]
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["mixup"], config["cutmix"], config["mix_prob"]) == (0.2, 1.0, 1.0)  # tf.data pipeline mixes
@@ -68,8 +111,22 @@ def test_print_config_is_the_full_config_as_toml(capsys):
     assert main(["train", "--print-config"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
     assert cfg.TrainConfig.from_dict(printed) == cfg.TrainConfig()
-    assert main(["train", "--print-config", "--preset", "tem", "--epochs", "3",
-                 "--weights", "xception=/w/x.h5", "densenet121=none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--print-config",
+                "--preset",
+                "tem",
+                "--epochs",
+                "3",
+                "--weights",
+                "xception=/w/x.h5",
+                "densenet121=none",
+            ]
+        )
+        == 0
+    )
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["preset"] == "tem" and printed["epochs"] == 3 and printed["augment"]["rot90"] is True
     assert printed["weights"] == {"xception": "/w/x.h5", "densenet121": "none"}
@@ -88,8 +145,7 @@ def test_every_setting_is_a_generated_option_with_its_default_in_the_help():
     assert "(default 128)" in help_text and "(default 0.001)" in help_text
 
 
-def test_tensorboard_missing_is_one_line_naming_the_extra_before_any_data(tiny_data, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_tensorboard_missing_is_one_line_naming_the_extra_before_any_data(tiny_data, tmp_path, monkeypatch, capsys):
     import importlib.util
 
     real = importlib.util.find_spec

@@ -41,8 +41,10 @@ def test_tem_preset_is_provisional_valid_and_differs():
 
 def test_precedence_preset_then_toml_then_command_line(tmp_path):
     toml = tmp_path / "train.toml"
-    toml.write_text('preset = "tem"\nepochs = 5\nbatch_size = 16\nmodels = ["xception"]\nstretch = "linear"\n'
-                    'early_stopping = 3\n[augment]\nrotation = 5.0\n')
+    toml.write_text(
+        'preset = "tem"\nepochs = 5\nbatch_size = 16\nmodels = ["xception"]\nstretch = "linear"\n'
+        "early_stopping = 3\n[augment]\nrotation = 5.0\n"
+    )
     c = load_config(toml, {"epochs": "7", "learning_rate": None})
     assert c.preset == "tem"  # from the file
     assert c.epochs == 7  # command line wins over the file
@@ -56,8 +58,13 @@ def test_precedence_preset_then_toml_then_command_line(tmp_path):
 
 @pytest.mark.parametrize("preset", ["reference", "tem"])
 def test_print_config_toml_round_trips(tmp_path, preset):
-    c = load_config(preset=preset).merged({"weights": ["xception=/w/x.h5", "densenet121=none"],
-                                           "models": ["xception", "densenet121"], "group_by": r"^(.*)_\d+$"})
+    c = load_config(preset=preset).merged(
+        {
+            "weights": ["xception=/w/x.h5", "densenet121=none"],
+            "models": ["xception", "densenet121"],
+            "group_by": r"^(.*)_\d+$",
+        }
+    )
     path = tmp_path / "printed.toml"
     path.write_text(c.to_toml())
     again = load_config(path)
@@ -74,25 +81,28 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_config(toml)
 
 
-@pytest.mark.parametrize("text, words", [
-    ('epochs = "two"', ["epochs", "'two'", "integer"]),
-    ("epochs = 2.5", ["epochs", "2.5", "integer"]),
-    ("epochs = true", ["epochs", "True"]),
-    ("learning_rate = -1.0", ["learning_rate", "-1.0", "> 0"]),
-    ("learning_rate = nan", ["learning_rate", "nan", "finite"]),
-    ("learning_rate = inf", ["learning_rate", "inf"]),
-    ("batch_size = 0", ["batch_size", "0", ">= 1"]),
-    ("seed = 99999999999999", ["seed", "99999999999999"]),
-    ('optimizer = "rmsprop"', ["optimizer", "rmsprop", "adamw"]),
-    ("label_smoothing = 1.0", ["label_smoothing", "< 1"]),
-    ('models = ["vgg16"]', ["models", "vgg16"]),
-    ("stretch = [90, 10]", ["stretch", "LOW < HIGH"]),
-    ('group_by = "(unclosed"', ["group_by", "regular expression"]),
-    ("[augment]\nrotation = -5.0", ["augment.rotation", "-5.0", "0 and 180"]),
-    ('[augment]\nfill_mode = "mirror"', ["augment.fill_mode", "reflect"]),
-    ("[weights]\nresnet99 = \"none\"", ["weights", "resnet99"]),
-    ("epochs = = 3", ["not valid TOML"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('epochs = "two"', ["epochs", "'two'", "integer"]),
+        ("epochs = 2.5", ["epochs", "2.5", "integer"]),
+        ("epochs = true", ["epochs", "True"]),
+        ("learning_rate = -1.0", ["learning_rate", "-1.0", "> 0"]),
+        ("learning_rate = nan", ["learning_rate", "nan", "finite"]),
+        ("learning_rate = inf", ["learning_rate", "inf"]),
+        ("batch_size = 0", ["batch_size", "0", ">= 1"]),
+        ("seed = 99999999999999", ["seed", "99999999999999"]),
+        ('optimizer = "rmsprop"', ["optimizer", "rmsprop", "adamw"]),
+        ("label_smoothing = 1.0", ["label_smoothing", "< 1"]),
+        ('models = ["vgg16"]', ["models", "vgg16"]),
+        ("stretch = [90, 10]", ["stretch", "LOW < HIGH"]),
+        ('group_by = "(unclosed"', ["group_by", "regular expression"]),
+        ("[augment]\nrotation = -5.0", ["augment.rotation", "-5.0", "0 and 180"]),
+        ('[augment]\nfill_mode = "mirror"', ["augment.fill_mode", "reflect"]),
+        ('[weights]\nresnet99 = "none"', ["weights", "resnet99"]),
+        ("epochs = = 3", ["not valid TOML"]),
+    ],
+)
 def test_bad_toml_values_are_one_line_naming_key_value_and_expectation(tmp_path, text, words):
     toml = tmp_path / "c.toml"
     toml.write_text(text + "\n")
@@ -104,13 +114,32 @@ def test_bad_toml_values_are_one_line_naming_key_value_and_expectation(tmp_path,
         assert word in message
 
 
-@pytest.mark.parametrize("key, value", [
-    ("learning_rate", -1), ("learning_rate", math.nan), ("learning_rate", math.inf), ("learning_rate", 0),
-    ("learning_rate", 1e30), ("fine_tune_lr", 0), ("epochs", 0), ("epochs", 10**9), ("batch_size", -4),
-    ("val_fraction", 0), ("val_fraction", 1), ("test_fraction", 1.0), ("unfreeze", 1.5), ("unfreeze", 0),
-    ("feature_cache", -1), ("weight_decay", -0.1), ("early_stopping", -2), ("input_size", 10**6),
-    ("mixup", -0.1), ("cutmix", 11), ("mix_prob", 1.5),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("learning_rate", -1),
+        ("learning_rate", math.nan),
+        ("learning_rate", math.inf),
+        ("learning_rate", 0),
+        ("learning_rate", 1e30),
+        ("fine_tune_lr", 0),
+        ("epochs", 0),
+        ("epochs", 10**9),
+        ("batch_size", -4),
+        ("val_fraction", 0),
+        ("val_fraction", 1),
+        ("test_fraction", 1.0),
+        ("unfreeze", 1.5),
+        ("unfreeze", 0),
+        ("feature_cache", -1),
+        ("weight_decay", -0.1),
+        ("early_stopping", -2),
+        ("input_size", 10**6),
+        ("mixup", -0.1),
+        ("cutmix", 11),
+        ("mix_prob", 1.5),
+    ],
+)
 def test_out_of_range_values_are_refused(key, value):
     with pytest.raises(VirionError, match=key.split("_")[0]) as info:
         TrainConfig.from_dict({key: value})
@@ -145,8 +174,9 @@ def test_every_setting_has_help_kind_and_a_flag_or_table():
 
 
 def test_weights_per_model_and_spellings():
-    c = TrainConfig.from_dict({"models": ["resnet50", "xception", "densenet121"],
-                               "weights": ["xception=/a/x.h5", "densenet121=NONE"]})
+    c = TrainConfig.from_dict(
+        {"models": ["resnet50", "xception", "densenet121"], "weights": ["xception=/a/x.h5", "densenet121=NONE"]}
+    )
     assert c.weights_for("xception") == "/a/x.h5" and c.weights_for("densenet121") == "none"
     assert TrainConfig.from_dict({"weights": ["ImageNet"]}).weights == "imagenet"
     with pytest.raises(VirionError, match="no entry for densenet121"):

@@ -105,9 +105,18 @@ def test_resume_after_interrupt_runs_only_the_remaining_epochs(tiny_data, tiny_r
 def test_feature_cache_trains_the_head_and_saves_the_full_model(tiny_data, tiny_registry, make_config, tmp_path):
     weights = tmp_path / "fake.weights.h5"  # the stand-in builder ignores it; it only marks the base frozen
     weights.write_bytes(b"")
-    config = make_config(tiny_data, tmp_path / "run", models=["xception"], weights=str(weights), epochs=5,
-                         feature_cache=2, augment={"horizontal_flip": True, "vertical_flip": True},
-                         fine_tune_epochs=1, unfreeze="base_conv", checkpoint_metric="val_macro_f1")
+    config = make_config(
+        tiny_data,
+        tmp_path / "run",
+        models=["xception"],
+        weights=str(weights),
+        epochs=5,
+        feature_cache=2,
+        augment={"horizontal_flip": True, "vertical_flip": True},
+        fine_tune_epochs=1,
+        unfreeze="base_conv",
+        checkpoint_metric="val_macro_f1",
+    )
     before = tiny_registry("xception", 3, 32, str(weights))
     train_run(config, post_training=False, progress=False)
     folder = tmp_path / "run" / "xception"
@@ -122,8 +131,9 @@ def test_feature_cache_trains_the_head_and_saves_the_full_model(tiny_data, tiny_
     acc = np.mean(np.argmax(model.predict(x, verbose=0), -1) == data.validation.labels)
     assert acc == pytest.approx(meta["best_val_accuracy"], abs=1e-6)
     assert meta["best_val_accuracy"] > 1 / 3 + 0.1
-    assert not np.allclose(model.get_layer("head_dense").get_weights()[0],
-                           before.get_layer("head_dense").get_weights()[0])
+    assert not np.allclose(
+        model.get_layer("head_dense").get_weights()[0], before.get_layer("head_dense").get_weights()[0]
+    )
 
 
 def test_balanced_class_weights():
@@ -134,7 +144,8 @@ def test_balanced_class_weights():
 
 
 def test_console_has_a_header_per_model_and_one_line_per_epoch_when_not_a_terminal(
-        tiny_data, tiny_registry, make_config, tmp_path, capsys):
+    tiny_data, tiny_registry, make_config, tmp_path, capsys
+):
     config = make_config(tiny_data, tmp_path / "run", models=["resnet50", "densenet121"], epochs=2)
     train_run(config, progress=True)
     out = capsys.readouterr().out
@@ -150,10 +161,19 @@ def test_early_stopping_and_plateau_counters_survive_a_resume():
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
-    stopper = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=2,
-                                     state={"wait": 1, "best": 0.9, "best_epoch": 2, "stopped_epoch": 0})
-    plateau = ResumablePlateau(monitor="val_accuracy", mode="max", patience=2, factor=0.5,
-                               state={"wait": 1, "best": 0.9, "cooldown_counter": 0})
+    stopper = ResumableEarlyStopping(
+        monitor="val_accuracy",
+        mode="max",
+        patience=2,
+        state={"wait": 1, "best": 0.9, "best_epoch": 2, "stopped_epoch": 0},
+    )
+    plateau = ResumablePlateau(
+        monitor="val_accuracy",
+        mode="max",
+        patience=2,
+        factor=0.5,
+        state={"wait": 1, "best": 0.9, "cooldown_counter": 0},
+    )
     for callback in (stopper, plateau):
         callback.set_model(model)
         callback.on_train_begin()

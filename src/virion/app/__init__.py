@@ -14,7 +14,11 @@ EXTRA_HINT = 'pip install "virion[app]"'
 def require_app_extra() -> None:
     """Fail with one line naming the extra when the web libraries are missing."""
     missing = []
-    for module, package in (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")):
+    for module, package in (
+        ("starlette", "starlette"),
+        ("uvicorn", "uvicorn"),
+        ("python_multipart", "python-multipart"),
+    ):
         try:
             __import__(module)
         except ImportError:

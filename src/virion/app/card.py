@@ -137,16 +137,25 @@ def build_card(path: Path, classifier) -> RunCard:
         summary = _test_summary(model_dir)
         files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
         size = meta.get("input_size")
-        models.append(ModelCard(
-            name=name,
-            input_size=size if isinstance(size, int) else None,
-            weights=describe_weights(meta.get("weights")),
-            test_accuracy=_number(summary.get("accuracy")),
-            macro_f1=_number(summary.get("macro_f1")),
-            model_file=files.get("keras") or files.get("h5"),
-        ))
+        models.append(
+            ModelCard(
+                name=name,
+                input_size=size if isinstance(size, int) else None,
+                weights=describe_weights(meta.get("weights")),
+                test_accuracy=_number(summary.get("accuracy")),
+                macro_f1=_number(summary.get("macro_f1")),
+                model_file=files.get("keras") or files.get("h5"),
+            )
+        )
     synthetic, reason, data = _synthetic(run_dir, list(metas.values()), notes)
     if not any(m.test_accuracy is not None for m in models):
         notes.append(f"No test-set evaluation in the run yet: `virion evaluate {run_dir}` adds it.")
-    return RunCard(run=str(run_dir), class_names=list(classifier.class_names), models=models,
-                   synthetic=synthetic, synthetic_reason=reason, data=data, notes=notes)
+    return RunCard(
+        run=str(run_dir),
+        class_names=list(classifier.class_names),
+        models=models,
+        synthetic=synthetic,
+        synthetic_reason=reason,
+        data=data,
+        notes=notes,
+    )

@@ -145,14 +145,21 @@ class ServeState:
                     for source, probs in zip(predictions.sources, probabilities):
                         i = index_of[str(source)] if str(source) in index_of else index_of[str(Path(source).resolve())]
                         order = np.argsort(-probs, kind="stable")[: self.top_k]
-                        top = [{"class": self.class_names[j], "index": int(j), "probability": float(probs[j])}
-                               for j in order]
+                        top = [
+                            {"class": self.class_names[j], "index": int(j), "probability": float(probs[j])}
+                            for j in order
+                        ]
                         seen = self.classifier.decode([paths[i]], model=single)[0]
                         results[i].update(
-                            ok=True, model=model, predicted=top[0]["class"], confidence=top[0]["probability"],
-                            top=top, probabilities=[float(p) for p in probs],
+                            ok=True,
+                            model=model,
+                            predicted=top[0]["class"],
+                            confidence=top[0]["probability"],
+                            top=top,
+                            probabilities=[float(p) for p in probs],
                             low_confidence=bool(top[0]["probability"] < threshold),
-                            input_png=png_data_url(seen), input_shape=list(seen.shape[:2]),
+                            input_png=png_data_url(seen),
+                            input_shape=list(seen.shape[:2]),
                         )
                     for row in predictions.to_rows(CSV_TOP_K):
                         i = index_of.get(str(row.get("file")), index_of.get(str(Path(str(row.get("file"))).resolve())))
@@ -178,19 +185,24 @@ class ServeState:
             with self.lock:
                 try:
                     size = max(self.input_size(explained_by), EXPLAIN_MIN_SIZE)
-                    explanation = self.classifier.explain(path, class_index=class_index, model=explained_by,
-                                                          size=size)
+                    explanation = self.classifier.explain(path, class_index=class_index, model=explained_by, size=size)
                 except VirionError as exc:
                     raise VirionError(f"{name}: {_plain_reason(str(exc), path)}") from None
                 except (OSError, ValueError) as exc:
                     raise VirionError(f"{name}: {_plain_reason(str(exc), path)}") from None
         return {
-            "name": name, "model": explained_by, "class_index": int(explanation.class_index),
-            "class_name": explanation.class_name, "confidence": float(explanation.confidence),
+            "name": name,
+            "model": explained_by,
+            "class_index": int(explanation.class_index),
+            "class_name": explanation.class_name,
+            "confidence": float(explanation.confidence),
             "overlay_png": png_data_url(np.asarray(explanation.overlay, dtype=np.uint8)),
             "shape": list(np.asarray(explanation.overlay).shape[:2]),
-            "note": (f"Grad-CAM needs one network; the ensemble's first model ({explained_by}) is shown"
-                     if model == ENSEMBLE else None),
+            "note": (
+                f"Grad-CAM needs one network; the ensemble's first model ({explained_by}) is shown"
+                if model == ENSEMBLE
+                else None
+            ),
         }
 
 
@@ -226,8 +238,9 @@ def _csv_text(rows: list[tuple[int, dict]], results: list[dict]) -> str:
     return text.getvalue()
 
 
-def create_app(classifier, source: str | Path, *, top_k: int = DEFAULT_TOP_K,
-               max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB):
+def create_app(
+    classifier, source: str | Path, *, top_k: int = DEFAULT_TOP_K, max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+):
     """The Starlette app serving `classifier` (already loaded) for the run at `source`."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -245,8 +258,10 @@ def create_app(classifier, source: str | Path, *, top_k: int = DEFAULT_TOP_K,
     async def read_form(request):
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes:
-            raise VirionError(f"upload of {int(length) / 2**20:.0f} MB is over the limit of {max_upload_mb} MB; "
-                              "send fewer files at once or restart with a larger --max-upload-mb")
+            raise VirionError(
+                f"upload of {int(length) / 2**20:.0f} MB is over the limit of {max_upload_mb} MB; "
+                "send fewer files at once or restart with a larger --max-upload-mb"
+            )
         try:
             return await request.form(max_files=MAX_FILES, max_fields=100)
         except Exception as exc:  # noqa: BLE001 - the multipart parser's errors (too many files, bad body)
@@ -276,6 +291,7 @@ def create_app(classifier, source: str | Path, *, top_k: int = DEFAULT_TOP_K,
                     uploads.append((item.filename, await item.read()))
             tta = str(form.get("tta", "")).lower() in ("1", "true", "on", "yes")
             return await run_in_threadpool(state.predict, uploads, form.get("model"), tta)
+
         return await guarded(work)
 
     async def explain(request):
@@ -291,6 +307,7 @@ def create_app(classifier, source: str | Path, *, top_k: int = DEFAULT_TOP_K,
                 raise VirionError(f"class_index {text!r}: expected a class number") from None
             data = await item.read()
             return await run_in_threadpool(state.explain, item.filename, data, form.get("model"), class_index)
+
         return await guarded(work)
 
     async def health(request):

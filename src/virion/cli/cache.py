@@ -8,13 +8,20 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "cache", help="show or clear the decoded-image cache (~/.cache/virion)",
+        "cache",
+        help="show or clear the decoded-image cache (~/.cache/virion)",
         description="Training decodes each split once into an on-disk array and reuses it. `info` shows where "
         "the cache is, how many entries it holds and their size; `clear` deletes them (they are rebuilt when "
-        "needed). The folder is $VIRION_CACHE_DIR, else ~/.cache/virion.")
+        "needed). The folder is $VIRION_CACHE_DIR, else ~/.cache/virion.",
+    )
     parser.add_argument("action", choices=("info", "clear"), help="info: show the cache; clear: delete its entries")
-    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                        help="the cache folder (default: $VIRION_CACHE_DIR, else ~/.cache/virion)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the cache folder (default: $VIRION_CACHE_DIR, else ~/.cache/virion)",
+    )
     parser.set_defaults(func=run)
 
 

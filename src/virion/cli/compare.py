@@ -8,14 +8,25 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="compare the evaluated models of one or more runs (table + bar chart)",
+        "compare",
+        help="compare the evaluated models of one or more runs (table + bar chart)",
         description="Write comparison.md, comparison.csv and comparison.png with accuracy, macro "
         "precision/recall/F1, weighted F1, parameters, model size, training time and inference speed.",
     )
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN",
-                        help="run folders written by `virion train` and evaluated by `virion evaluate`")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="where to write the comparison (default: the run folder; required for several runs)")
+    parser.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="run folders written by `virion train` and evaluated by `virion evaluate`",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write the comparison (default: the run folder; required for several runs)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -16,29 +16,50 @@ def register(subparsers) -> None:
     from virion.workflow import PRESETS  # plain data; the heavy imports wait for run()
 
     parser = subparsers.add_parser(
-        "demo", help="generate synthetic TEM data, train all three models, evaluate and report",
+        "demo",
+        help="generate synthetic TEM data, train all three models, evaluate and report",
         description="Run the whole pipeline on the built-in synthetic TEM virus dataset: generate it, "
         "train ResNet-50 (from scratch), Xception and DenseNet121, evaluate, compare and write "
-        "report.html. The default is a reduced run (about 6 minutes on 2 cores with AVX-512, 30 on AVX2 only).")
+        "report.html. The default is a reduced run (about 6 minutes on 2 cores with AVX-512, 30 on AVX2 only).",
+    )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true",
-                      help="run the reference settings (128x128, batch 64, 20 epochs; hours on a CPU)")
-    size.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                      help="size of the run: tiny (smoke test), reduced (default) or full")
-    parser.add_argument("--out", default="virion-demo",
-                        help="folder for the synthetic data and the runs (default: ./virion-demo)")
-    parser.add_argument("--weights", default="auto",
-                        help="transfer-model weights: auto (ImageNet if it can be had, else none), "
-                        "imagenet, none, or a path to a weights file")
+    size.add_argument(
+        "--full", action="store_true", help="run the reference settings (128x128, batch 64, 20 epochs; hours on a CPU)"
+    )
+    size.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="size of the run: tiny (smoke test), reduced (default) or full",
+    )
+    parser.add_argument(
+        "--out", default="virion-demo", help="folder for the synthetic data and the runs (default: ./virion-demo)"
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        help="transfer-model weights: auto (ImageNet if it can be had, else none), "
+        "imagenet, none, or a path to a weights file",
+    )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed for the data and the training (default 0)")
-    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
-                        help="models to train (default: resnet50 xception densenet121)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="models to train (default: resnet50 xception densenet121)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from virion.workflow import demo
 
-    demo("full" if args.full else (args.preset or "reduced"), out=args.out, weights=args.weights, seed=args.seed,
-         models=args.models)
+    demo(
+        "full" if args.full else (args.preset or "reduced"),
+        out=args.out,
+        weights=args.weights,
+        seed=args.seed,
+        models=args.models,
+    )
     return 0

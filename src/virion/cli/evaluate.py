@@ -15,20 +15,34 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="evaluate a run's models on the test set (reports, matrices, plots, report.html)",
+        "evaluate",
+        help="evaluate a run's models on the test set (reports, matrices, plots, report.html)",
         description="Evaluate every model of a training run on its unshuffled test set and write "
         "RUN/<model>/evaluation/, RUN/comparison.{md,csv,png} and RUN/report.html. With --data OTHER, "
         "the test split of OTHER goes to RUN/<model>/evaluation-OTHER/, comparison-OTHER.* and "
         "report-OTHER.html; the run's own evaluation is kept.",
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `virion train` (runs/NAME)")
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="evaluate on this dataset's test split instead of the run's own (the run's data, moved, "
-                        "counts as its own; default: the path in RUN/config.json)")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="images per inference batch (default: the run's batch size)")
-    parser.add_argument("--no-report", action="store_true",
-                        help="only write the per-model evaluation, not the comparison and report.html")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate on this dataset's test split instead of the run's own (the run's data, moved, "
+        "counts as its own; default: the path in RUN/config.json)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per inference batch (default: the run's batch size)",
+    )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="only write the per-model evaluation, not the comparison and report.html",
+    )
     parser.set_defaults(func=run)
 
 

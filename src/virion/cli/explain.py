@@ -15,27 +15,50 @@ def register(subparsers) -> None:
         "side, titled with the predicted class and confidence. The last convolutional feature map is "
         "found automatically. MODEL is a .keras/.h5 file, a model folder or a run folder.",
     )
-    parser.add_argument("model_path", metavar="MODEL",
-                        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`")
-    parser.add_argument("images", metavar="IMAGE", nargs="+",
-                        help="image files or folders of images (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for the PNG files (created; must be empty unless --overwrite)")
-    parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
-                        help="with a run folder: explain only this model; default: every model in the run")
-    parser.add_argument("--class", dest="class_name", metavar="NAME", default=None,
-                        help="explain this class instead of the predicted one (a name from the model's class list)")
-    parser.add_argument("--layer", default=None, metavar="LAYER",
-                        help="feature-map layer to explain (default: the last convolutional one, found automatically)")
+    parser.add_argument(
+        "model_path",
+        metavar="MODEL",
+        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`",
+    )
+    parser.add_argument(
+        "images", metavar="IMAGE", nargs="+", help="image files or folders of images (searched recursively)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the PNG files (created; must be empty unless --overwrite)",
+    )
+    parser.add_argument(
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        default=None,
+        help="with a run folder: explain only this model; default: every model in the run",
+    )
+    parser.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME",
+        default=None,
+        help="explain this class instead of the predicted one (a name from the model's class list)",
+    )
+    parser.add_argument(
+        "--layer",
+        default=None,
+        metavar="LAYER",
+        help="feature-map layer to explain (default: the last convolutional one, found automatically)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from virion.fs import check_output_dir
     from virion.inference.classifier import Classifier
     from virion.inference.explain import explain_files
     from virion.inference.inputs import collect_inputs
-    from virion.fs import check_output_dir
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -49,8 +72,9 @@ def run(args) -> int:
     clf = Classifier.load(args.model_path, args.model_name)
     for m in clf.models:
         if args.class_name is not None and args.class_name not in m.class_names:
-            raise VirionError(f"--class {args.class_name}: not a class of model {m.name}; "
-                              f"choose one of: {', '.join(m.class_names)}")
+            raise VirionError(
+                f"--class {args.class_name}: not a class of model {m.name}; choose one of: {', '.join(m.class_names)}"
+            )
     written, unreadable, layers = explain_files(clf, files, out, class_name=args.class_name, layer=args.layer)
     for f, reason in unreadable:
         print(f"virion: warning: skipped unreadable {f}: {reason}")

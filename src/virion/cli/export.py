@@ -14,17 +14,24 @@ def register(subparsers) -> None:
         description="Export the models of a run (or one model folder/file) to --out DIR/<model>/: a TensorFlow "
         "SavedModel, a TFLite file or an ONNX file, with export.json (class order, input shape and value range). "
         "The exports need neither virion nor Keras to run. Each is checked against the Keras model on a few "
-        "images and the largest difference is printed. ONNX needs the extra: pip install \"virion[export]\".",
+        'images and the largest difference is printed. ONNX needs the extra: pip install "virion[export]".',
     )
     parser.add_argument("run", metavar="RUN", help="a run folder from `virion train` (or a model folder / .keras file)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="savedmodel, tflite or onnx")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="folder to write into (one sub-folder per model)")
-    parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
-                        help="with a run folder: export only this model (default: every model)")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="folder to write into (one sub-folder per model)"
+    )
+    parser.add_argument(
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        default=None,
+        help="with a run folder: export only this model (default: every model)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace exports already in --out")
-    parser.add_argument("--no-check", dest="check", action="store_false",
-                        help="skip running each export against the Keras model")
+    parser.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip running each export against the Keras model"
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,8 +42,9 @@ def run(args) -> int:
     check_format_available(args.format)  # a missing converter is said before the slow model loading
     if not Path(args.run).exists():
         raise VirionError(f"{args.run}: no such run folder; pass a folder written by `virion train` (runs/NAME)")
-    results = export_models(args.run, args.out, args.format, model_name=args.model_name,
-                            overwrite=args.overwrite, check=args.check)
+    results = export_models(
+        args.run, args.out, args.format, model_name=args.model_name, overwrite=args.overwrite, check=args.check
+    )
     for r in results:
         if r.max_abs_diff is None:
             checked = r.check_note or "not checked"
@@ -44,7 +52,9 @@ def run(args) -> int:
             checked = f"max |difference| vs Keras on 4 images: {r.max_abs_diff:.1e}"
         print(f"{r.model}: {r.format} -> {r.path} ({checked})")
         if r.max_abs_diff is not None and r.max_abs_diff > WARN_DIFF:
-            print(f"virion: warning: {r.model}: the {r.format} export differs from the Keras model by up to "
-                  f"{r.max_abs_diff:.3g} in probability; check it before relying on it")
+            print(
+                f"virion: warning: {r.model}: the {r.format} export differs from the Keras model by up to "
+                f"{r.max_abs_diff:.3g} in probability; check it before relying on it"
+            )
     print(f"class order and input description: {args.out}/<model>/export.json")
     return 0

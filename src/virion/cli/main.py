@@ -22,8 +22,7 @@ from virion import __version__
 from virion.errors import VirionError
 
 # Order is the order shown in `virion --help`; a module not written yet is skipped.
-COMMAND_MODULES = ("synth", "train", "evaluate", "compare", "predict", "explain", "serve", "export", "demo",
-                   "cache")
+COMMAND_MODULES = ("synth", "train", "evaluate", "compare", "predict", "explain", "serve", "export", "demo", "cache")
 # Set VIRION_DEBUG=1 to see the traceback behind a one-line error.
 DEBUG_ENV = "VIRION_DEBUG"
 
@@ -54,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     for sub in subparsers.choices.values():  # `virion train --verbose` works as well as `virion --verbose train`
         if "--verbose" not in sub._option_string_actions:
-            sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="show TensorFlow's start-up and C++ log lines")
+            sub.add_argument(
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="show TensorFlow's start-up and C++ log lines",
+            )
     return parser
 
 

@@ -17,34 +17,66 @@ def register(subparsers) -> None:
         "(every model in it, or --model NAME). Images are decoded as in training. Prints a table and "
         "optionally writes a CSV; unreadable files are listed, not fatal.",
     )
-    parser.add_argument("model_path", metavar="MODEL_OR_RUN",
-                        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`")
-    parser.add_argument("inputs", metavar="INPUT", nargs="+",
-                        help="image files or folders of images (searched recursively; hidden files skipped)")
-    parser.add_argument("--model", dest="model_name", metavar="NAME", default=None,
-                        help="with a run folder: use only this model (e.g. resnet50); default: every model")
-    parser.add_argument("--top-k", type=argtypes.positive_int, default=3, metavar="K",
-                        help="how many of the most likely classes to write per image (default: 3)")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the softmax over the 8 flips and 90-degree rotations")
-    parser.add_argument("--ensemble", action="store_true",
-                        help="average the softmax of all loaded models (they must share the class list)")
-    parser.add_argument("--out", type=Path, default=None, metavar="CSV",
-                        help="write the predictions to this CSV file (e.g. predictions.csv)")
+    parser.add_argument(
+        "model_path",
+        metavar="MODEL_OR_RUN",
+        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`",
+    )
+    parser.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="image files or folders of images (searched recursively; hidden files skipped)",
+    )
+    parser.add_argument(
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        default=None,
+        help="with a run folder: use only this model (e.g. resnet50); default: every model",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=argtypes.positive_int,
+        default=3,
+        metavar="K",
+        help="how many of the most likely classes to write per image (default: 3)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the softmax over the 8 flips and 90-degree rotations",
+    )
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="average the softmax of all loaded models (they must share the class list)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="write the predictions to this CSV file (e.g. predictions.csv)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--batch-size", type=argtypes.positive_int, default=32, metavar="N",
-                        help="images per prediction batch (default: 32)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide the progress bar")
+    parser.add_argument(
+        "--batch-size",
+        type=argtypes.positive_int,
+        default=32,
+        metavar="N",
+        help="images per prediction batch (default: 32)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     # Keras/TensorFlow load only when the command runs, so `virion --help` stays fast.
+    from virion.fs import check_output_file
     from virion.inference.classifier import ENSEMBLE, Classifier
     from virion.inference.inputs import collect_inputs
     from virion.inference.predict import format_table, unreadable, write_csv
-    from virion.fs import check_output_file
 
     out: Path | None = args.out
     if out is not None:
@@ -55,23 +87,27 @@ def run(args) -> int:
         check_output_file(out, "--out")  # before any model is loaded: unwritable place, --out under a file
     files = collect_inputs(args.inputs)
     if not files:
-        raise VirionError(f"no image files found in {' '.join(map(str, args.inputs))}; "
-                          "pass .png/.jpg/.tif/... files or folders that hold them")
+        raise VirionError(
+            f"no image files found in {' '.join(map(str, args.inputs))}; "
+            "pass .png/.jpg/.tif/... files or folders that hold them"
+        )
     clf = Classifier.load(args.model_path, args.model_name)
     if args.ensemble and len(clf.model_names) < 2:
         print(f"virion: note: --ensemble with one model ({clf.model_names[0]}) is that model's prediction")
     if args.ensemble and len(clf.model_names) > 1:
-        results = [clf.predict(files, model=ENSEMBLE, tta=args.tta, batch_size=args.batch_size,
-                               progress=args.progress)]
+        results = [clf.predict(files, model=ENSEMBLE, tta=args.tta, batch_size=args.batch_size, progress=args.progress)]
     else:
         results = clf.predict_each(files, tta=args.tta, batch_size=args.batch_size, progress=args.progress)
     if not any(p.sources for p in results):
         reasons = "; ".join(f"{f}: {why}" for f, why in unreadable(results)[:3]).replace("\n", " ")
-        raise VirionError(f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
-                          "check the paths and file formats")
+        raise VirionError(
+            f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
+            "check the paths and file formats"
+        )
     used = ", ".join(f"{m.name} ({m.input_size}px)" for m in clf.models)
-    mode = (" averaged as an ensemble" if args.ensemble and len(clf.model_names) > 1 else "") \
-        + (", with TTA" if args.tta else "")
+    mode = (" averaged as an ensemble" if args.ensemble and len(clf.model_names) > 1 else "") + (
+        ", with TTA" if args.tta else ""
+    )
     print(f"{len(files)} image(s), model(s): {used}{mode}")
     print(format_table(results))
     if out is not None:

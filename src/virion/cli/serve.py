@@ -21,19 +21,38 @@ def register(subparsers) -> None:
         description="Serve a web page on this machine for a trained run (or one model folder/file): upload "
         "images (PNG, JPEG, 8/16-bit TIFF), see each as the model sees it, the top classes with probabilities, "
         "a Grad-CAM map for any class, a model card, and download the results as CSV (the columns of "
-        "`virion predict --out`). Works offline. Needs the extra: pip install \"virion[app]\".",
+        '`virion predict --out`). Works offline. Needs the extra: pip install "virion[app]".',
     )
     parser.add_argument("run", metavar="RUN", help="a run folder from `virion train` (or a model folder / .keras file)")
-    parser.add_argument("--model", dest="models", metavar="NAME", action="append", default=None,
-                        help="serve only this model of the run (repeat for several); default: every model")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only); another address "
-                        "lets other machines use the page, with no login")
+    parser.add_argument(
+        "--model",
+        dest="models",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="serve only this model of the run (repeat for several); default: every model",
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only); another address "
+        "lets other machines use the page, with no login",
+    )
     parser.add_argument("--port", type=argtypes.port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--top-k", type=argtypes.positive_int, default=5, metavar="K",
-                        help="how many classes each result's bar chart shows (default: 5)")
-    parser.add_argument("--max-upload-mb", type=argtypes.positive_int, default=512, metavar="MB",
-                        help="largest upload accepted in one request (default: 512)")
+    parser.add_argument(
+        "--top-k",
+        type=argtypes.positive_int,
+        default=5,
+        metavar="K",
+        help="how many classes each result's bar chart shows (default: 5)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=argtypes.positive_int,
+        default=512,
+        metavar="MB",
+        help="largest upload accepted in one request (default: 512)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,16 +70,18 @@ def check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise VirionError(f"--host {host}: not an address of this machine ({exc.strerror}); "
-                          f"use {DEFAULT_HOST} or 0.0.0.0") from None
+        raise VirionError(
+            f"--host {host}: not an address of this machine ({exc.strerror}); use {DEFAULT_HOST} or 0.0.0.0"
+        ) from None
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
         except OSError as exc:
-            raise VirionError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
-                              "choose another --port") from None
+            raise VirionError(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
 
 
 def run(args) -> int:
@@ -71,9 +92,11 @@ def run(args) -> int:
     if not source.exists():
         raise VirionError(f"{source}: no such run folder; pass a folder written by `virion train` (runs/NAME)")
     if not is_loopback(args.host):
-        print(f"virion: warning: --host {args.host}: the page will be reachable from other machines, with no "
-              "login and no encryption; anyone who can reach it can upload images and use the models",
-              file=sys.stderr)
+        print(
+            f"virion: warning: --host {args.host}: the page will be reachable from other machines, with no "
+            "login and no encryption; anyone who can reach it can upload images and use the models",
+            file=sys.stderr,
+        )
     check_port_free(args.host, args.port)
 
     import uvicorn

@@ -40,8 +40,11 @@ def _add_setting(group, key: str) -> None:
     kwargs: dict = {"dest": key, "default": None}
     if key == "preset":
         names = cfg.preset_names()
-        help_text = "start from a named recipe (the config file and options given here win): " + "; ".join(
-            f"{n}: {cfg.preset_summary(n).rstrip('.')}" for n in names) + f" (default {cfg.DEFAULT_PRESET})"
+        help_text = (
+            "start from a named recipe (the config file and options given here win): "
+            + "; ".join(f"{n}: {cfg.preset_summary(n).rstrip('.')}" for n in names)
+            + f" (default {cfg.DEFAULT_PRESET})"
+        )
         kwargs.update(metavar="|".join(names))
     elif kind == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction
@@ -66,8 +69,11 @@ def _add_augment(group) -> None:
     defaults = cfg.TrainConfig().augment
     for key in defaults:  # every AugmentConfig field gets a flag, described or not
         help_text, metavar = cfg.AUGMENT_HELP.get(key, (key.replace("_", " "), "X"))
-        kwargs: dict = {"dest": "augment_" + key, "default": None,
-                        "help": f"{help_text} (default {_default_text(key)})"}
+        kwargs: dict = {
+            "dest": "augment_" + key,
+            "default": None,
+            "help": f"{help_text} (default {_default_text(key)})",
+        }
         if isinstance(defaults[key], bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -78,19 +84,26 @@ def _add_augment(group) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train the models into a run folder (runs/NAME), or resume one",
+        "train",
+        help="train the models into a run folder (runs/NAME), or resume one",
         description="Train each requested model into a run folder: <model>.keras, <model>.h5, metadata.json and "
         "history.csv per model under --out, then evaluate them. Settings come from the preset (default: "
         "reference = 128x128, batch 64, 20 epochs, Adam 1e-3), then a --config TOML file, then the options "
-        "given here. `--print-config` shows the resolved settings as TOML.")
+        "given here. `--print-config` shows the resolved settings as TOML.",
+    )
     groups = {name: p.add_argument_group(title) for name, title in _GROUPS.items()}
-    groups["run"].add_argument("--config", metavar="FILE.toml", type=Path,
-                               help="TOML file with any of the settings below (options given here win); "
-                               "see --print-config")
-    groups["run"].add_argument("--resume", metavar="RUN", type=Path,
-                               help="continue an interrupted run folder with its own settings")
-    groups["run"].add_argument("--print-config", action="store_true",
-                               help="print the resolved settings as TOML and exit (nothing is trained)")
+    groups["run"].add_argument(
+        "--config",
+        metavar="FILE.toml",
+        type=Path,
+        help="TOML file with any of the settings below (options given here win); see --print-config",
+    )
+    groups["run"].add_argument(
+        "--resume", metavar="RUN", type=Path, help="continue an interrupted run folder with its own settings"
+    )
+    groups["run"].add_argument(
+        "--print-config", action="store_true", help="print the resolved settings as TOML and exit (nothing is trained)"
+    )
     for key, f in cfg.FIELDS.items():
         _add_setting(groups[f.metadata.get("group", "training")], key)
     _add_augment(groups["augmentation"])
@@ -166,8 +179,9 @@ def _train(config, *, resume: bool) -> int:
     from virion.training.distribute import prepare_process
 
     # Backend and multi-machine start first: Keras reads its backend once, at its import.
-    prepare_process(config.backend, coordinator=config.coordinator, num_processes=config.num_processes,
-                    process_id=config.process_id)
+    prepare_process(
+        config.backend, coordinator=config.coordinator, num_processes=config.num_processes, process_id=config.process_id
+    )
     from virion import workflow
 
     result = workflow.train(config, resume=resume)
@@ -179,11 +193,14 @@ def next_steps(run_dir, data=None) -> str:
     """What to try after training, with the real paths (printed at the end of `virion train`)."""
     run = _quote(run_dir)
     images = _quote(Path(data) / "test") if data and (Path(data) / "test").is_dir() else "IMAGES..."
-    lines = [f"run folder: {run_dir}", "next:",
-             f"  virion evaluate {run}  # again, or on other data with --data DIR",
-             f"  virion predict {run} {images} --out predictions.csv",
-             f"  virion explain {run} {images} --out {_quote(Path(run_dir) / 'gradcam')}",
-             f"  virion serve {run}  # a local web page: upload images, see classes and Grad-CAM"]
+    lines = [
+        f"run folder: {run_dir}",
+        "next:",
+        f"  virion evaluate {run}  # again, or on other data with --data DIR",
+        f"  virion predict {run} {images} --out predictions.csv",
+        f"  virion explain {run} {images} --out {_quote(Path(run_dir) / 'gradcam')}",
+        f"  virion serve {run}  # a local web page: upload images, see classes and Grad-CAM",
+    ]
     return "\n".join(lines)
 
 

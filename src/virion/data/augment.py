@@ -119,8 +119,10 @@ class TEMAugment(keras.layers.Layer):
         batch, height, width = shape[0], shape[1], shape[2]
         if cfg.noise_std and pixel_noise is None:
             if noise is not None:
-                raise ValueError("TEMAugment: noise_std > 0 with explicit `noise` needs `pixel_noise` too "
-                                 "(standard normal, the shape of the images)")
+                raise ValueError(
+                    "TEMAugment: noise_std > 0 with explicit `noise` needs `pixel_noise` too "
+                    "(standard normal, the shape of the images)"
+                )
             pixel_noise = keras.random.normal(shape, seed=self.seed_generator)
         if noise is None:
             noise = self.sample_noise(batch)
@@ -140,12 +142,16 @@ class TEMAugment(keras.layers.Layer):
             scale = one + spread(_ZOOM, cfg.zoom)
             flip_x = ops.where(noise[:, _HFLIP] < 0.5, -one, one) if cfg.horizontal_flip else one
             flip_y = ops.where(noise[:, _VFLIP] < 0.5, -one, one) if cfg.vertical_flip else one
-            turns = (ops.floor(noise[:, _ROT90] * 4.0) if cfg.rot90 else 0.0 * one)
-            matrices = affine_matrices(angle, shift_x, shift_y, scale, flip_x, flip_y, turns,
-                                       height, width)
+            turns = ops.floor(noise[:, _ROT90] * 4.0) if cfg.rot90 else 0.0 * one
+            matrices = affine_matrices(angle, shift_x, shift_y, scale, flip_x, flip_y, turns, height, width)
             images = ops.image.affine_transform(
-                images, matrices, interpolation=cfg.interpolation, fill_mode=cfg.fill_mode,
-                fill_value=0, data_format="channels_last")
+                images,
+                matrices,
+                interpolation=cfg.interpolation,
+                fill_mode=cfg.fill_mode,
+                fill_value=0,
+                data_format="channels_last",
+            )
         if cfg.blur_sigma:
             images = gaussian_blur(images, noise[:, _BLUR] * cfg.blur_sigma, cfg.blur_sigma)
         if cfg.gamma:
@@ -256,8 +262,7 @@ def mix_batch(images, labels, config: MixConfig, lam_mixup, lam_cutmix, partner,
     def per_image(v):
         return ops.reshape(v, (-1, 1, 1, 1))
 
-    inside = ((rows >= per_image(y0)) & (rows < per_image(y1))
-              & (cols >= per_image(x0)) & (cols < per_image(x1)))
+    inside = (rows >= per_image(y0)) & (rows < per_image(y1)) & (cols >= per_image(x0)) & (cols < per_image(x1))
     box_lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
     use_box = cut & apply
     box = per_image(use_box) & inside

@@ -57,12 +57,23 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> AugmentConfig:
         """No augmentation at all (the layer becomes the identity)."""
-        return cls(rotation=0.0, shift=0.0, horizontal_flip=False, vertical_flip=False,
-                   rot90=False, zoom=0.0, brightness=0.0, contrast=0.0, gamma=0.0, blur_sigma=0.0,
-                   noise_std=0.0)
+        return cls(
+            rotation=0.0,
+            shift=0.0,
+            horizontal_flip=False,
+            vertical_flip=False,
+            rot90=False,
+            zoom=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            gamma=0.0,
+            blur_sigma=0.0,
+            noise_std=0.0,
+        )
 
     def validate(self) -> None:
         """Reject values that would silently produce garbage images."""
+
         def bad(option: str, value: Any, fix: str) -> VirionError:
             return VirionError(f"augmentation option {option}={value!r} is invalid: {fix}")
 
@@ -98,8 +109,9 @@ class AugmentConfig:
     @property
     def geometric(self) -> bool:
         """True when any warp is drawn (otherwise the affine pass is skipped)."""
-        return bool(self.rotation or self.shift or self.zoom or self.horizontal_flip
-                    or self.vertical_flip or self.rot90)
+        return bool(
+            self.rotation or self.shift or self.zoom or self.horizontal_flip or self.vertical_flip or self.rot90
+        )
 
     @property
     def photometric(self) -> bool:
@@ -125,8 +137,9 @@ class AugmentConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise VirionError(f"unknown augmentation option(s) {', '.join(unknown)}: "
-                              f"use only {', '.join(sorted(known))}")
+            raise VirionError(
+                f"unknown augmentation option(s) {', '.join(unknown)}: use only {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 
@@ -151,8 +164,10 @@ class MixConfig:
             setattr(self, name, float(value))
         for name in ("mixup", "cutmix"):
             if not 0.0 <= getattr(self, name) <= 10.0:
-                raise VirionError(f"mixing option {name}={getattr(self, name)!r} is invalid: use a Beta alpha "
-                                  f"in [0, 10] (0 = off), e.g. 0.2")
+                raise VirionError(
+                    f"mixing option {name}={getattr(self, name)!r} is invalid: use a Beta alpha "
+                    f"in [0, 10] (0 = off), e.g. 0.2"
+                )
         if not 0.0 <= self.mix_prob <= 1.0:
             raise VirionError(f"mixing option mix_prob={self.mix_prob!r} is invalid: use a probability in [0, 1]")
 

@@ -15,8 +15,10 @@ def check_images(images, what: str, allow_channels: bool = False) -> np.ndarray:
     ok = images.ndim == 3 or (allow_channels and images.ndim == 4 and images.shape[-1] in (1, 3))
     if images.dtype != np.uint8 or not ok:
         shapes = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)" if allow_channels else "grayscale (N, H, W)"
-        raise VirionError(f"{what} must be uint8 {shapes}, got {images.dtype} {images.shape}: "
-                          "decode with virion.data.decode / virion.data.cache.load_split_arrays")
+        raise VirionError(
+            f"{what} must be uint8 {shapes}, got {images.dtype} {images.shape}: "
+            "decode with virion.data.decode / virion.data.cache.load_split_arrays"
+        )
     return images
 
 
@@ -32,14 +34,20 @@ def check_split(arrays, num_classes, batch_size) -> tuple[np.ndarray, np.ndarray
     labels = np.asarray(arrays.labels)
     batch_size = check_batch_size(batch_size)
     if len(images) == 0:
-        raise VirionError("cannot build an input pipeline from a split with no images: "
-                          "check the dataset folder (see the dataset summary) and its split options")
+        raise VirionError(
+            "cannot build an input pipeline from a split with no images: "
+            "check the dataset folder (see the dataset summary) and its split options"
+        )
     if labels.shape != (len(images),):
-        raise VirionError(f"labels shape {labels.shape} does not match {len(images)} images: "
-                          "rebuild the split with virion.data.cache.load_split_arrays")
+        raise VirionError(
+            f"labels shape {labels.shape} does not match {len(images)} images: "
+            "rebuild the split with virion.data.cache.load_split_arrays"
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise VirionError(f"num_classes={num_classes!r} is invalid: a classifier needs at least 2 classes")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise VirionError(f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}: "
-                          "pass the dataset's number of classes")
+        raise VirionError(
+            f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}: "
+            "pass the dataset's number of classes"
+        )
     return images, labels, batch_size

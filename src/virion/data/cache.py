@@ -104,8 +104,15 @@ def cache_key(files: list[Path], settings: DecodeSettings) -> str:
     return h.hexdigest()[:40]
 
 
-def load_split_arrays(split: Split, settings: DecodeSettings, *, cache_dir: Path | None = None,
-                      workers: int | None = None, strict: bool = False, progress: bool = True) -> SplitArrays:
+def load_split_arrays(
+    split: Split,
+    settings: DecodeSettings,
+    *,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> SplitArrays:
     """Decoded images of `split` at `settings.size`, from the cache or decoded (once) into it.
 
     The returned `images` is a read-only memory map of the cache file when the split is not empty.
@@ -119,8 +126,10 @@ def load_split_arrays(split: Split, settings: DecodeSettings, *, cache_dir: Path
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise VirionError(f"{root}: cannot create the decode cache folder ({exc.strerror or exc}); "
-                          f"set the environment variable VIRION_CACHE_DIR to a writable folder") from None
+        raise VirionError(
+            f"{root}: cannot create the decode cache folder ({exc.strerror or exc}); "
+            f"set the environment variable VIRION_CACHE_DIR to a writable folder"
+        ) from None
     key = cache_key(files, settings)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
     _IN_USE.add(key)
@@ -147,10 +156,16 @@ def load_split_arrays(split: Split, settings: DecodeSettings, *, cache_dir: Path
     if failures:
         first = ", ".join(f"{f.name} ({r})" for f, r in failures[:3])
         if strict:
-            raise VirionError(f"{failures[0][0]}: {failures[0][1]}; {len(failures)} of {len(files)} {split.name} "
-                              f"image(s) cannot be decoded: fix or remove them, or run without --strict to skip them")
-        warnings.warn(f"skipped {len(failures)} of {len(files)} {split.name} image(s) that could not be decoded: "
-                      f"{first}{', ...' if len(failures) > 3 else ''}", SkippedFilesWarning, stacklevel=2)
+            raise VirionError(
+                f"{failures[0][0]}: {failures[0][1]}; {len(failures)} of {len(files)} {split.name} "
+                f"image(s) cannot be decoded: fix or remove them, or run without --strict to skip them"
+            )
+        warnings.warn(
+            f"skipped {len(failures)} of {len(files)} {split.name} image(s) that could not be decoded: "
+            f"{first}{', ...' if len(failures) > 3 else ''}",
+            SkippedFilesWarning,
+            stacklevel=2,
+        )
     return SplitArrays(images, labels[kept], [files[i] for i in kept], failures)
 
 
@@ -190,20 +205,30 @@ class CacheInfo:
         cap = f"{self.max_bytes / 1e9:g} GB (${MAX_GB_ENV})" if self.max_bytes else f"off (${MAX_GB_ENV}=0)"
         age = f"{self.max_age_days:g} days" if self.max_age_days else f"off (set ${MAX_AGE_ENV})"
         used = f"last used: oldest {when(self.oldest)}, newest {when(self.newest)}"
-        lines = [f"Decode cache {self.folder} ($VIRION_CACHE_DIR to move it)",
-                 f"  entries: {self.entries}, {_human(self.bytes)}; {used}",
-                 f"  size cap: {cap}; age limit: {age}"]
+        lines = [
+            f"Decode cache {self.folder} ($VIRION_CACHE_DIR to move it)",
+            f"  entries: {self.entries}, {_human(self.bytes)}; {used}",
+            f"  size cap: {cap}; age limit: {age}",
+        ]
         if self.incomplete or self.temp_files:
-            lines.append(f"  also {self.incomplete} incomplete entr{'y' if self.incomplete == 1 else 'ies'} and "
-                         f"{self.temp_files} temporary file(s) (builds in progress or interrupted)")
+            lines.append(
+                f"  also {self.incomplete} incomplete entr{'y' if self.incomplete == 1 else 'ies'} and "
+                f"{self.temp_files} temporary file(s) (builds in progress or interrupted)"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"folder": str(self.folder), "entries": self.entries, "bytes": self.bytes,
-                "oldest": self.oldest.isoformat() if self.oldest else None,
-                "newest": self.newest.isoformat() if self.newest else None,
-                "incomplete": self.incomplete, "temp_files": self.temp_files,
-                "max_bytes": self.max_bytes, "max_age_days": self.max_age_days}
+        return {
+            "folder": str(self.folder),
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "oldest": self.oldest.isoformat() if self.oldest else None,
+            "newest": self.newest.isoformat() if self.newest else None,
+            "incomplete": self.incomplete,
+            "temp_files": self.temp_files,
+            "max_bytes": self.max_bytes,
+            "max_age_days": self.max_age_days,
+        }
 
 
 @dataclass
@@ -216,7 +241,8 @@ class PruneResult:
 
     def summary(self) -> str:
         kept = f"; kept {self.kept_in_use} in use" if self.kept_in_use else ""
-        return f"removed {self.removed} cache entr{'y' if self.removed == 1 else 'ies'}, freed {_human(self.freed_bytes)}{kept}"
+        entries = "entry" if self.removed == 1 else "entries"
+        return f"removed {self.removed} cache {entries}, freed {_human(self.freed_bytes)}{kept}"
 
 
 def _human(n: int) -> str:
@@ -270,9 +296,15 @@ def _entries(root: Path) -> tuple[list[CacheEntry], int]:
     entries = []
     for key, found in parts.items():
         stamp = found["json"].st_mtime if "json" in found else found["npy"].st_mtime
-        entries.append(CacheEntry(key, [root / f"{key}.{ext}" for ext in sorted(found)],
-                                  sum(st.st_size for st in found.values()), stamp,
-                                  complete="json" in found and "npy" in found))
+        entries.append(
+            CacheEntry(
+                key,
+                [root / f"{key}.{ext}" for ext in sorted(found)],
+                sum(st.st_size for st in found.values()),
+                stamp,
+                complete="json" in found and "npy" in found,
+            )
+        )
     entries.sort(key=lambda e: e.last_used)
     return entries, temps
 
@@ -287,11 +319,17 @@ def cache_info(cache_dir=None) -> CacheInfo:
     def stamp(t):
         return datetime.fromtimestamp(t, tz=timezone.utc)
 
-    return CacheInfo(root, len(complete), sum(e.bytes for e in entries),
-                     stamp(complete[0].last_used) if complete else None,
-                     stamp(complete[-1].last_used) if complete else None,
-                     incomplete=len(entries) - len(complete), temp_files=temps,
-                     max_bytes=max_bytes, max_age_days=max_age)
+    return CacheInfo(
+        root,
+        len(complete),
+        sum(e.bytes for e in entries),
+        stamp(complete[0].last_used) if complete else None,
+        stamp(complete[-1].last_used) if complete else None,
+        incomplete=len(entries) - len(complete),
+        temp_files=temps,
+        max_bytes=max_bytes,
+        max_age_days=max_age,
+    )
 
 
 def _remove(entry: CacheEntry, result: PruneResult) -> None:
@@ -321,8 +359,9 @@ def clear_cache(cache_dir=None) -> PruneResult:
     return result
 
 
-def prune_cache(cache_dir=None, *, max_bytes: int | None = None, max_age_days: float | None = None,
-                now: float | None = None) -> PruneResult:
+def prune_cache(
+    cache_dir=None, *, max_bytes: int | None = None, max_age_days: float | None = None, now: float | None = None
+) -> PruneResult:
     """Remove least-recently-used entries until the cache fits `max_bytes`, and entries unused for
     more than `max_age_days`. Limits default to `cache_limits()` (environment); None = no limit.
 
@@ -450,8 +489,16 @@ def _chunks(n: int, workers: int) -> list[list[int]]:
     return [list(range(s, min(s + step, n))) for s in range(0, n, step)]
 
 
-def _build(files: list[Path], settings: DecodeSettings, npy: Path, meta_path: Path, key: str, split_name: str,
-           workers: int | None, progress: bool) -> dict:
+def _build(
+    files: list[Path],
+    settings: DecodeSettings,
+    npy: Path,
+    meta_path: Path,
+    key: str,
+    split_name: str,
+    workers: int | None,
+    progress: bool,
+) -> dict:
     """Decode all files into a temp .npy, compact out failures, rename into place, then the sidecar."""
     from tqdm import tqdm
 
@@ -463,8 +510,15 @@ def _build(files: list[Path], settings: DecodeSettings, npy: Path, meta_path: Pa
     started = time.perf_counter()
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
-        bar = tqdm(total=n, desc=f"Decoding {split_name}", unit="img", file=sys.stderr, disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=n,
+            desc=f"Decoding {split_name}",
+            unit="img",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         with bar:
             chunks = _chunks(n, workers)
             done: set[int] = set()
@@ -484,7 +538,7 @@ def _build(files: list[Path], settings: DecodeSettings, npy: Path, meta_path: Pa
         if failures and kept:
             compact = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(kept), size, size))
             for s in range(0, len(kept), 1024):
-                compact[s:s + 1024] = arr[kept[s:s + 1024]]
+                compact[s : s + 1024] = arr[kept[s : s + 1024]]
             compact.flush()
             del compact, arr
             os.replace(tmp2, tmp)
@@ -528,17 +582,20 @@ def _decode_parallel(files, chunks, settings, workers, store, done: set[int]) ->
     try:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context())
     except (OSError, ValueError, NotImplementedError) as exc:  # e.g. no /dev/shm in a sandbox
-        warnings.warn(f"parallel decoding unavailable ({exc}); decoding in this process", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(f"parallel decoding unavailable ({exc}); decoding in this process", RuntimeWarning, stacklevel=3)
         return
     try:
-        futures = {pool.submit(_decode_chunk, c, [str(files[i]) for i in c], settings): ci
-                   for ci, c in enumerate(chunks)}
+        futures = {
+            pool.submit(_decode_chunk, c, [str(files[i]) for i in c], settings): ci for ci, c in enumerate(chunks)
+        }
         for future in as_completed(futures):
             store(future.result())
             done.add(futures[future])
     except (BrokenProcessPool, OSError) as exc:
-        warnings.warn(f"parallel decoding failed ({type(exc).__name__}: {exc}); decoding the remaining "
-                      f"files in this process", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"parallel decoding failed ({type(exc).__name__}: {exc}); decoding the remaining files in this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

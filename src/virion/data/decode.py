@@ -60,8 +60,9 @@ class DecodeSettings:
         if self.stretch is not None:
             lo, hi = (float(v) for v in self.stretch)
             if not 0.0 <= lo < hi <= 100.0:
-                raise ValueError(f"DecodeSettings.stretch must be two percentiles 0 <= low < high <= 100, "
-                                 f"got {self.stretch}")
+                raise ValueError(
+                    f"DecodeSettings.stretch must be two percentiles 0 <= low < high <= 100, got {self.stretch}"
+                )
             object.__setattr__(self, "stretch", (lo, hi))
 
     @property
@@ -73,8 +74,11 @@ class DecodeSettings:
         return 4 * int(self.max_pixels)
 
     def to_json(self) -> dict:
-        return {"size": int(self.size), "stretch": list(self.stretch) if self.stretch else None,
-                "max_pixels": int(self.max_pixels)}
+        return {
+            "size": int(self.size),
+            "stretch": list(self.stretch) if self.stretch else None,
+            "max_pixels": int(self.max_pixels),
+        }
 
 
 class _TiffLogCapture(logging.Filter):
@@ -159,8 +163,7 @@ def decode_image(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarra
             raise DecodeError(path, "not enough memory to decode the image") from None
         except Exception as exc:  # any decoder failure on a bad file becomes one clear message
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DecodeError(path, f"cannot decode ({type(exc).__name__}: {reason})"
-                              + _log_note(logged)) from None
+            raise DecodeError(path, f"cannot decode ({type(exc).__name__}: {reason})" + _log_note(logged)) from None
 
 
 def decode_rgb(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
@@ -171,8 +174,15 @@ def decode_rgb(path, settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _refuse_if_huge(path: Path, width: int, height: int, depth: int, settings: DecodeSettings,
-                    samples: int = 1, bytes_per_sample: int = 1) -> None:
+def _refuse_if_huge(
+    path: Path,
+    width: int,
+    height: int,
+    depth: int,
+    settings: DecodeSettings,
+    samples: int = 1,
+    bytes_per_sample: int = 1,
+) -> None:
     """Refuse, from the header alone, an image whose decoded buffer would be too large.
 
     Every sample counts: width x height x depth (of the one page used) x samples per pixel x
@@ -181,21 +191,32 @@ def _refuse_if_huge(path: Path, width: int, height: int, depth: int, settings: D
     depth, samples, bytes_per_sample = max(int(depth), 1), int(samples), max(int(bytes_per_sample), 1)
     pixels = int(width) * int(height) * depth
     if pixels > settings.max_pixels:
-        raise DecodeError(path, f"header declares {width}x{height}" + (f"x{depth}" if depth > 1 else "")
-                          + f" = {pixels:,} pixels, more than the limit of {settings.max_pixels:,} "
-                          f"(DecodeSettings.max_pixels); refusing to decode")
+        raise DecodeError(
+            path,
+            f"header declares {width}x{height}"
+            + (f"x{depth}" if depth > 1 else "")
+            + f" = {pixels:,} pixels, more than the limit of {settings.max_pixels:,} "
+            f"(DecodeSettings.max_pixels); refusing to decode",
+        )
     if pixels == 0 or samples < 1:
         raise DecodeError(path, f"header declares an empty image ({width}x{height}, {samples} samples per pixel)")
     if samples > MAX_SAMPLES_PER_PIXEL:
-        raise DecodeError(path, f"header declares {samples:,} samples per pixel ({width}x{height}); virion reads "
-                          f"at most {MAX_SAMPLES_PER_PIXEL} (gray, gray+alpha, RGB, RGBA/CMYK): save the "
-                          f"channel to use as a grayscale image; refusing to decode")
+        raise DecodeError(
+            path,
+            f"header declares {samples:,} samples per pixel ({width}x{height}); virion reads "
+            f"at most {MAX_SAMPLES_PER_PIXEL} (gray, gray+alpha, RGB, RGBA/CMYK): save the "
+            f"channel to use as a grayscale image; refusing to decode",
+        )
     nbytes = pixels * samples * bytes_per_sample
     if nbytes > settings.max_bytes:
-        raise DecodeError(path, f"header declares {width}x{height}" + (f"x{depth}" if depth > 1 else "")
-                          + f" pixels of {samples} x {bytes_per_sample}-byte samples = {nbytes:,} bytes, more "
-                          f"than the limit of {settings.max_bytes:,} (4 x DecodeSettings.max_pixels); "
-                          f"refusing to decode")
+        raise DecodeError(
+            path,
+            f"header declares {width}x{height}"
+            + (f"x{depth}" if depth > 1 else "")
+            + f" pixels of {samples} x {bytes_per_sample}-byte samples = {nbytes:,} bytes, more "
+            f"than the limit of {settings.max_bytes:,} (4 x DecodeSettings.max_pixels); "
+            f"refusing to decode",
+        )
 
 
 def _read_tiff(path: Path, settings: DecodeSettings) -> np.ndarray:
@@ -234,11 +255,19 @@ def _check_tiff_page(path: Path, page, settings: DecodeSettings) -> None:
     depth = int(getattr(page, "imagedepth", 1) or 1)
     _refuse_if_huge(path, page.imagewidth, page.imagelength, depth, settings, samples, itemsize)
     if getattr(page, "is_tiled", False):  # a forged tile size is decoded into a buffer of its own
-        tile = (int(page.tilewidth) * int(page.tilelength) * max(int(getattr(page, "tiledepth", 1) or 1), 1)
-                * samples * itemsize)
+        tile = (
+            int(page.tilewidth)
+            * int(page.tilelength)
+            * max(int(getattr(page, "tiledepth", 1) or 1), 1)
+            * samples
+            * itemsize
+        )
         if tile > settings.max_bytes:
-            raise DecodeError(path, f"header declares {page.tilewidth}x{page.tilelength} tiles of {tile:,} bytes, "
-                              f"more than the limit of {settings.max_bytes:,}; refusing to decode")
+            raise DecodeError(
+                path,
+                f"header declares {page.tilewidth}x{page.tilelength} tiles of {tile:,} bytes, "
+                f"more than the limit of {settings.max_bytes:,}; refusing to decode",
+            )
 
 
 def _pillow_bytes_per_pixel(mode: str) -> int:
@@ -255,8 +284,11 @@ def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
         try:
             im = Image.open(path)  # reads the header only
         except Image.DecompressionBombError:
-            raise DecodeError(path, f"header declares a decompression bomb (more than "
-                                    f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels); refusing to decode") from None
+            raise DecodeError(
+                path,
+                f"header declares a decompression bomb (more than "
+                f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels); refusing to decode",
+            ) from None
         with im:
             width, height = im.size
             # Pillow holds every mode in 1, 2 or 4 bytes a pixel, whatever the bands.
@@ -350,7 +382,8 @@ def decode_array(array, settings: DecodeSettings = DecodeSettings(), name: str =
     if data.ndim == 3 and data.shape[-1] in (3, 4):
         data = _luminance(data)
     if data.ndim != 2 or data.dtype.kind not in "uifb":
-        raise DecodeError(name, f"expected an (H, W) or (H, W, 3) array of numbers, got shape {data.shape} "
-                                f"of {data.dtype}")
+        raise DecodeError(
+            name, f"expected an (H, W) or (H, W, 3) array of numbers, got shape {data.shape} of {data.dtype}"
+        )
     _refuse_if_huge(Path(name), data.shape[1], data.shape[0], 1, settings)
     return _resize(_to_gray_float(data, settings), settings.size)

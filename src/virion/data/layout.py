@@ -39,8 +39,15 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_EXCLUDE = ("crop_outlines",)
 
 SPLIT_NAMES = ("train", "validation", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
-                  "valid": "validation", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 # Reasons are generic (no file names) so the summary can group them.
 R_HIDDEN = "hidden file or folder"
@@ -130,8 +137,11 @@ class Dataset:
         out: dict[str, dict[str, int]] = {}
         for name in SPLIT_NAMES:
             split = self.splits.get(name)
-            per = np.bincount(split.labels, minlength=self.num_classes) if split is not None else \
-                np.zeros(self.num_classes, dtype=np.int64)
+            per = (
+                np.bincount(split.labels, minlength=self.num_classes)
+                if split is not None
+                else np.zeros(self.num_classes, dtype=np.int64)
+            )
             out[name] = {c: int(n) for c, n in zip(self.class_names, per)}
         return out
 
@@ -176,8 +186,10 @@ class Dataset:
         counts = self.counts()
         splits = [s for s in SPLIT_NAMES if s in self.splits]
         width = max([len("class"), len("total")] + [len(c) for c in self.class_names])
-        lines = [f"Dataset {self.root} ({self.layout} layout): {self.num_classes} classes, "
-                 + ", ".join(f"{len(self.splits[s])} {s}" for s in splits)]
+        lines = [
+            f"Dataset {self.root} ({self.layout} layout): {self.num_classes} classes, "
+            + ", ".join(f"{len(self.splits[s])} {s}" for s in splits)
+        ]
         header = f"  {'class':<{width}}" + "".join(f" {s:>10}" for s in splits)
         lines += [header, "  " + "-" * (len(header) - 2)]
         for c in self.class_names:
@@ -190,8 +202,10 @@ class Dataset:
             lines.append(f"Groups from {source}: validation/test splits made here hold whole groups.")
             shared = self.shared_groups()
             if shared:
-                lines.append(f"Note: {len(shared)} group(s) appear in more than one of the given splits, "
-                             f"e.g. {shared[0]!r}: those splits leak.")
+                lines.append(
+                    f"Note: {len(shared)} group(s) appear in more than one of the given splits, "
+                    f"e.g. {shared[0]!r}: those splits leak."
+                )
         if self.ignored:
             lines.append(f"Ignored {len(self.ignored)} entries:")
             for reason, n in self.ignored_counts().items():
@@ -226,8 +240,9 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _image_files(folder: Path, include_subfolders: bool, ignored: list[tuple[Path, str]],
-                 exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> list[Path]:
+def _image_files(
+    folder: Path, include_subfolders: bool, ignored: list[tuple[Path, str]], exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+) -> list[Path]:
     """Image files of one class folder, sorted; everything else goes to `ignored` with a reason.
 
     With `include_subfolders`, sub-folders are read too, except those that would not be classes
@@ -282,12 +297,14 @@ def _check_classes_option(classes: list[str] | None, available: set[str], where:
         return
     unknown = [c for c in classes if c not in available]
     if unknown:
-        raise VirionError(f"--classes: unknown class {unknown[0]!r} in {where}; "
-                          f"choose from: {', '.join(sorted(available))}")
+        raise VirionError(
+            f"--classes: unknown class {unknown[0]!r} in {where}; choose from: {', '.join(sorted(available))}"
+        )
 
 
-def _split_off(files: list[Path], labels: np.ndarray, fraction: float, seed: int, what: str,
-               class_names: list[str], where: str) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+def _split_off(
+    files: list[Path], labels: np.ndarray, fraction: float, seed: int, what: str, class_names: list[str], where: str
+) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
     """Hold out `fraction` of the files, stratified by class and seeded (sklearn)."""
     if fraction <= 0 or len(files) == 0:
         return files, labels, [], np.zeros(0, dtype=np.int64)
@@ -296,21 +313,33 @@ def _split_off(files: list[Path], labels: np.ndarray, fraction: float, seed: int
     per_class = np.bincount(labels, minlength=len(class_names))
     smallest = int(np.argmin(np.where(per_class > 0, per_class, np.iinfo(np.int64).max)))
     if per_class[smallest] < 2:
-        raise VirionError(f"{where}: class {class_names[smallest]!r} has only {per_class[smallest]} image(s); "
-                          f"a stratified {what} split needs at least 2 per class: add images or provide a "
-                          f"{what}/ split")
+        raise VirionError(
+            f"{where}: class {class_names[smallest]!r} has only {per_class[smallest]} image(s); "
+            f"a stratified {what} split needs at least 2 per class: add images or provide a "
+            f"{what}/ split"
+        )
     idx = np.arange(len(files))
     try:
         keep, hold = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError as exc:
-        raise VirionError(f"{where}: cannot make a stratified {what} split of {len(files)} images "
-                          f"({exc}); add images or change the {what} fraction") from None
+        raise VirionError(
+            f"{where}: cannot make a stratified {what} split of {len(files)} images "
+            f"({exc}); add images or change the {what} fraction"
+        ) from None
     keep, hold = np.sort(keep), np.sort(hold)
     return ([files[i] for i in keep], labels[keep], [files[i] for i in hold], labels[hold])
 
 
-def _split_off_groups(files: list[Path], labels: np.ndarray, groups: list[str], fraction: float, seed: int,
-                      what: str, class_names: list[str], where: str):
+def _split_off_groups(
+    files: list[Path],
+    labels: np.ndarray,
+    groups: list[str],
+    fraction: float,
+    seed: int,
+    what: str,
+    class_names: list[str],
+    where: str,
+):
     """Hold out about `fraction` of the files as whole groups, stratified by class as far as groups allow.
 
     Seeded greedy: groups are visited in a random order and one is held out when that brings every
@@ -323,8 +352,10 @@ def _split_off_groups(files: list[Path], labels: np.ndarray, groups: list[str], 
         return files, labels, groups, *empty
     names = sorted(set(groups))
     if len(names) < 2:
-        raise VirionError(f"{where}: all {len(files)} images are in one group ({names[0]!r}); a grouped {what} "
-                          f"split needs at least 2 groups: check the group column or group_by pattern")
+        raise VirionError(
+            f"{where}: all {len(files)} images are in one group ({names[0]!r}); a grouped {what} "
+            f"split needs at least 2 groups: check the group column or group_by pattern"
+        )
     gidx = {g: i for i, g in enumerate(names)}
     per_file = np.array([gidx[g] for g in groups], dtype=np.int64)
     num_classes = len(class_names)
@@ -353,19 +384,30 @@ def _split_off_groups(files: list[Path], labels: np.ndarray, groups: list[str], 
             if c < current:
                 held, current, chosen[g] = after, c, True
         if not chosen.any():  # every group is too big for the fraction: hold out the one that fits best
-            fits = [(cost(counts[g]), g) for g in range(len(names))
-                    if not np.any(present & (counts[g] >= totals) & (counts[g] > 0))]
+            fits = [
+                (cost(counts[g]), g)
+                for g in range(len(names))
+                if not np.any(present & (counts[g] >= totals) & (counts[g] > 0))
+            ]
             if not fits:
-                raise VirionError(f"{where}: every group holds all images of some class, so no grouped {what} "
-                                  f"split can leave them in training: add groups or provide a {what}/ split")
+                raise VirionError(
+                    f"{where}: every group holds all images of some class, so no grouped {what} "
+                    f"split can leave them in training: add groups or provide a {what}/ split"
+                )
             current, g = min(fits)
             chosen[g] = True
         if best is None or current < best[0]:
             best = (current, chosen)
     hold_mask = best[1][per_file]
     keep, hold = np.flatnonzero(~hold_mask), np.flatnonzero(hold_mask)
-    return ([files[i] for i in keep], labels[keep], [groups[i] for i in keep],
-            [files[i] for i in hold], labels[hold], [groups[i] for i in hold])
+    return (
+        [files[i] for i in keep],
+        labels[keep],
+        [groups[i] for i in keep],
+        [files[i] for i in hold],
+        labels[hold],
+        [groups[i] for i in hold],
+    )
 
 
 def _hold_out(files, labels, groups, fraction, seed, what, class_names, where):
@@ -384,8 +426,9 @@ def _compile_group_by(group_by: str | None):
     try:
         return re.compile(group_by)
     except re.error as exc:
-        raise VirionError(f"group_by={group_by!r} is not a valid regular expression ({exc}); "
-                          f"e.g. {GROUP_BY_EXAMPLE!r}") from None
+        raise VirionError(
+            f"group_by={group_by!r} is not a valid regular expression ({exc}); e.g. {GROUP_BY_EXAMPLE!r}"
+        ) from None
 
 
 def group_of(path, pattern) -> str:
@@ -399,9 +442,11 @@ def group_of(path, pattern) -> str:
     m = regex.search(stem)
     value = None if m is None else (m.group(1) if regex.groups else m.group(0))
     if not value:
-        raise VirionError(f"{path}: file name {stem!r} does not match group_by {regex.pattern!r}"
-                          + (" (its group is empty)" if m is not None else "")
-                          + f"; fix the pattern (e.g. {GROUP_BY_EXAMPLE!r}) or rename the file")
+        raise VirionError(
+            f"{path}: file name {stem!r} does not match group_by {regex.pattern!r}"
+            + (" (its group is empty)" if m is not None else "")
+            + f"; fix the pattern (e.g. {GROUP_BY_EXAMPLE!r}) or rename the file"
+        )
     return value
 
 
@@ -425,29 +470,43 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
         if split is None:
             continue
         if split in found:
-            raise VirionError(f"{root}: both {found[split].name}/ and {entry.name}/ hold the {split} split; "
-                              f"keep one of them")
+            raise VirionError(
+                f"{root}: both {found[split].name}/ and {entry.name}/ hold the {split} split; keep one of them"
+            )
         found[split] = entry
     return found
 
 
-def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclude, include_subfolders,
-                        val_fraction, test_fraction, seed, regex=None) -> Dataset:
+def _load_split_folders(
+    root: Path,
+    split_dirs: dict[str, Path],
+    classes,
+    exclude,
+    include_subfolders,
+    val_fraction,
+    test_fraction,
+    seed,
+    regex=None,
+) -> Dataset:
     ignored: list[tuple[Path, str]] = []
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry not in split_dirs.values():
             reason = R_HIDDEN if _is_hidden(entry.name) else (R_NOT_SPLIT if entry.is_dir() else R_LOOSE_FILE)
             ignored.append((entry, reason))
     if "train" not in split_dirs:
-        raise VirionError(f"{root}: found {', '.join(sorted(p.name + '/' for p in split_dirs.values()))} but no "
-                          f"train/ folder; add {root / 'train'} with one sub-folder per class")
+        raise VirionError(
+            f"{root}: found {', '.join(sorted(p.name + '/' for p in split_dirs.values()))} but no "
+            f"train/ folder; add {root / 'train'} with one sub-folder per class"
+        )
     per_split = {s: _class_folders(d, exclude, ignored) for s, d in split_dirs.items()}
     train_classes = set(per_split["train"])
     for s, folders in per_split.items():
         extra = sorted(c for c in set(folders) - train_classes if classes is None or c in classes)
         if extra:
-            raise VirionError(f"{folders[extra[0]]}: class {extra[0]!r} is in {s}/ but not in train/; "
-                              f"add its training images or exclude it (--exclude)")
+            raise VirionError(
+                f"{folders[extra[0]]}: class {extra[0]!r} is in {s}/ but not in train/; "
+                f"add its training images or exclude it (--exclude)"
+            )
     _check_classes_option(classes, train_classes, f"{split_dirs['train']}")
     if classes is not None:
         for folders in per_split.values():
@@ -462,16 +521,19 @@ def _load_split_folders(root: Path, split_dirs: dict[str, Path], classes, exclud
         for name in sorted(folders):
             found = _image_files(folders[name], include_subfolders, ignored, exclude)
             if not found:
-                raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                                  f"add images or remove/exclude the folder")
+                raise VirionError(
+                    f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                    f"add images or remove/exclude the folder"
+                )
             files += found
             labels += [index[name]] * len(found)
         gathered[s] = (files, np.asarray(labels, dtype=np.int64))
     where = str(split_dirs["train"])
     gathered = {s: (f, lab, _groups_for(f, regex)) for s, (f, lab) in gathered.items()}
     splits = _auto_splits(gathered, val_fraction, test_fraction, seed, class_names, where)
-    return Dataset(root, "split-folders", class_names, splits, ignored,
-                   group_by=regex.pattern if regex is not None else None)
+    return Dataset(
+        root, "split-folders", class_names, splits, ignored, group_by=regex.pattern if regex is not None else None
+    )
 
 
 def _auto_splits(gathered: dict, val_fraction, test_fraction, seed, class_names, where) -> dict[str, Split]:
@@ -479,25 +541,29 @@ def _auto_splits(gathered: dict, val_fraction, test_fraction, seed, class_names,
     train_files, train_labels, train_groups = gathered["train"]
     if "test" not in gathered:
         train_files, train_labels, train_groups, *held = _hold_out(
-            train_files, train_labels, train_groups, test_fraction, seed, "test", class_names, where)
+            train_files, train_labels, train_groups, test_fraction, seed, "test", class_names, where
+        )
         gathered["test"] = tuple(held)
     if "validation" not in gathered:
         train_files, train_labels, train_groups, *held = _hold_out(
-            train_files, train_labels, train_groups, val_fraction, seed, "validation", class_names, where)
+            train_files, train_labels, train_groups, val_fraction, seed, "validation", class_names, where
+        )
         gathered["validation"] = tuple(held)
     gathered["train"] = (train_files, train_labels, train_groups)
     return {s: Split(s, *gathered[s]) for s in SPLIT_NAMES}
 
 
-def _check_enough_classes(class_names: list[str], where: Path,
-                          fix: str = "put each class's images in its own sub-folder") -> None:
+def _check_enough_classes(
+    class_names: list[str], where: Path, fix: str = "put each class's images in its own sub-folder"
+) -> None:
     if len(class_names) < 2:
         found = f"only {class_names[0]!r}" if class_names else "none"
         raise VirionError(f"{where}: need at least two classes, found {found}; {fix}")
 
 
-def _load_class_folders(root: Path, classes, exclude, include_subfolders, val_fraction, test_fraction,
-                        seed, regex=None) -> Dataset:
+def _load_class_folders(
+    root: Path, classes, exclude, include_subfolders, val_fraction, test_fraction, seed, regex=None
+) -> Dataset:
     ignored: list[tuple[Path, str]] = []
     folders = _class_folders(root, exclude, ignored)
     _check_classes_option(classes, set(folders), str(root))
@@ -511,15 +577,18 @@ def _load_class_folders(root: Path, classes, exclude, include_subfolders, val_fr
     for i, name in enumerate(class_names):
         found = _image_files(folders[name], include_subfolders, ignored, exclude)
         if not found:
-            raise VirionError(f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                              f"add images or remove/exclude the folder")
+            raise VirionError(
+                f"{folders[name]}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                f"add images or remove/exclude the folder"
+            )
         files += found
         labels += [i] * len(found)
     lab = np.asarray(labels, dtype=np.int64)
     gathered = {"train": (files, lab, _groups_for(files, regex))}
     splits = _auto_splits(gathered, val_fraction, test_fraction, seed, class_names, str(root))
-    return Dataset(root, "class-folders", class_names, splits, ignored,
-                   group_by=regex.pattern if regex is not None else None)
+    return Dataset(
+        root, "class-folders", class_names, splits, ignored, group_by=regex.pattern if regex is not None else None
+    )
 
 
 def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction, seed, regex=None) -> Dataset:
@@ -532,14 +601,18 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if "path" not in fields or "label" not in fields:
-                raise VirionError(f"{csv_path}: manifest needs a header row 'path,label[,split][,group]', found "
-                                  f"{','.join(reader.fieldnames or []) or 'nothing'}")
+                raise VirionError(
+                    f"{csv_path}: manifest needs a header row 'path,label[,split][,group]', found "
+                    f"{','.join(reader.fieldnames or []) or 'nothing'}"
+                )
             reader.fieldnames = fields
             has_split = "split" in fields
             group_column = next((c for c in GROUP_COLUMNS if c in fields), None)
             if group_column is not None and regex is not None:
-                raise VirionError(f"{csv_path}: the manifest has a '{group_column}' column and group_by "
-                                  f"{regex.pattern!r} was given too; use one of them")
+                raise VirionError(
+                    f"{csv_path}: the manifest has a '{group_column}' column and group_by "
+                    f"{regex.pattern!r} was given too; use one of them"
+                )
             missing: list[str] = []
             for lineno, row in enumerate(reader, start=2):
                 raw, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
@@ -552,14 +625,18 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
                     value = (row.get("split") or "").strip().lower()
                     split = _SPLIT_ALIASES.get(value)
                     if split is None:
-                        raise VirionError(f"{csv_path}: line {lineno}: unknown split {value!r}; "
-                                          f"use train, validation (or val) or test")
+                        raise VirionError(
+                            f"{csv_path}: line {lineno}: unknown split {value!r}; "
+                            f"use train, validation (or val) or test"
+                        )
                 group = None
                 if group_column is not None:
                     group = (row.get(group_column) or "").strip()
                     if not group:
-                        raise VirionError(f"{csv_path}: line {lineno} has no {group_column}; fill it in "
-                                          f"for every row or remove the column")
+                        raise VirionError(
+                            f"{csv_path}: line {lineno} has no {group_column}; fill it in "
+                            f"for every row or remove the column"
+                        )
                 path = Path(raw)
                 path = path if path.is_absolute() else base / path
                 if not path.is_file():
@@ -567,11 +644,14 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
                     continue
                 rows.append((path, label, split, group))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise VirionError(f"{csv_path}: cannot read the manifest ({exc}); give a UTF-8 CSV "
-                          f"'path,label[,split][,group]'") from None
+        raise VirionError(
+            f"{csv_path}: cannot read the manifest ({exc}); give a UTF-8 CSV 'path,label[,split][,group]'"
+        ) from None
     if missing:
-        raise VirionError(f"{csv_path}: {len(missing)} listed file(s) do not exist, first {missing[0]} "
-                          f"(paths are relative to the CSV's folder); fix the paths or remove the rows")
+        raise VirionError(
+            f"{csv_path}: {len(missing)} listed file(s) do not exist, first {missing[0]} "
+            f"(paths are relative to the CSV's folder); fix the paths or remove the rows"
+        )
 
     kept = []
     for path, label, split, group in rows:
@@ -588,8 +668,10 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
     train_labels = {lab for _, lab, s, _ in kept if s in (None, "train")}
     for _, label, split, _ in kept:
         if label not in train_labels and (classes is None or label in classes):
-            raise VirionError(f"{csv_path}: class {label!r} is in the {split} split but not in train; "
-                              f"add its training rows or exclude it (--exclude)")
+            raise VirionError(
+                f"{csv_path}: class {label!r} is in the {split} split but not in train; "
+                f"add its training rows or exclude it (--exclude)"
+            )
     _check_classes_option(classes, train_labels, str(csv_path))
     if classes is not None:
         ignored += [(p, R_NOT_LISTED) for p, lab, _, _ in kept if lab not in classes]
@@ -601,15 +683,28 @@ def _load_manifest(csv_path: Path, classes, exclude, val_fraction, test_fraction
     for s in SPLIT_NAMES:
         chosen = [(p, index[lab], g) for p, lab, sp, g in kept if (sp or "train") == s]
         if chosen or any(sp == s for _, _, sp, _ in kept):
-            gathered[s] = ([p for p, _, _ in chosen], np.asarray([i for _, i, _ in chosen], dtype=np.int64),
-                           [g for _, _, g in chosen] if grouped else None)
+            gathered[s] = (
+                [p for p, _, _ in chosen],
+                np.asarray([i for _, i, _ in chosen], dtype=np.int64),
+                [g for _, _, g in chosen] if grouped else None,
+            )
     splits = _auto_splits(gathered, val_fraction, test_fraction, seed, class_names, str(csv_path))
-    return Dataset(csv_path, "manifest", class_names, splits, ignored,
-                   group_by=regex.pattern if regex is not None else None)
+    return Dataset(
+        csv_path, "manifest", class_names, splits, ignored, group_by=regex.pattern if regex is not None else None
+    )
 
 
-def load_dataset(path, *, classes=None, exclude=(), include_subfolders=False, val_fraction=0.2,
-                 test_fraction=0.2, seed=0, group_by: str | None = None) -> Dataset:
+def load_dataset(
+    path,
+    *,
+    classes=None,
+    exclude=(),
+    include_subfolders=False,
+    val_fraction=0.2,
+    test_fraction=0.2,
+    seed=0,
+    group_by: str | None = None,
+) -> Dataset:
     """Discover a dataset at `path` (folder or CSV manifest) and return its splits.
 
     `classes` keeps only the named classes; `exclude` holds fnmatch patterns on class names (added
@@ -625,8 +720,9 @@ def load_dataset(path, *, classes=None, exclude=(), include_subfolders=False, va
     """
     root = Path(path).expanduser()
     if not root.exists():
-        raise VirionError(f"{root}: no such file or folder; pass a dataset folder (class or train/test "
-                          f"sub-folders) or a CSV manifest")
+        raise VirionError(
+            f"{root}: no such file or folder; pass a dataset folder (class or train/test sub-folders) or a CSV manifest"
+        )
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     if isinstance(exclude, str):
@@ -640,11 +736,13 @@ def load_dataset(path, *, classes=None, exclude=(), include_subfolders=False, va
     root = root.resolve()
     if root.is_file():
         if root.suffix.lower() != ".csv":
-            raise VirionError(f"{root}: a dataset is a folder or a CSV manifest (.csv), not a {root.suffix or 'plain'} file")
+            raise VirionError(
+                f"{root}: a dataset is a folder or a CSV manifest (.csv), not a {root.suffix or 'plain'} file"
+            )
         return _load_manifest(root, classes, exclude, val_fraction, test_fraction, seed, regex)
     split_dirs = _find_split_dirs(root)
     if split_dirs:
-        return _load_split_folders(root, split_dirs, classes, exclude, include_subfolders, val_fraction,
-                                   test_fraction, seed, regex)
-    return _load_class_folders(root, classes, exclude, include_subfolders, val_fraction, test_fraction, seed,
-                               regex)
+        return _load_split_folders(
+            root, split_dirs, classes, exclude, include_subfolders, val_fraction, test_fraction, seed, regex
+        )
+    return _load_class_folders(root, classes, exclude, include_subfolders, val_fraction, test_fraction, seed, regex)

@@ -71,11 +71,15 @@ def batch_plan(n: int, batch_size: int, num_devices: int, training: bool) -> lis
 def _check(arrays, num_classes, batch_size, num_devices, process_count) -> tuple[np.ndarray, np.ndarray]:
     images, labels, batch_size = check_split(arrays, num_classes, batch_size)
     if batch_size % num_devices:
-        raise VirionError(f"--batch-size {batch_size} cannot be split evenly over {num_devices} devices: "
-                          f"use a multiple of {num_devices} (the batch size is the global batch)")
+        raise VirionError(
+            f"--batch-size {batch_size} cannot be split evenly over {num_devices} devices: "
+            f"use a multiple of {num_devices} (the batch size is the global batch)"
+        )
     if num_devices % process_count:
-        raise VirionError(f"{num_devices} devices cannot be split evenly over {process_count} processes: "
-                          "give every process the same number of devices")
+        raise VirionError(
+            f"{num_devices} devices cannot be split evenly over {process_count} processes: "
+            "give every process the same number of devices"
+        )
     return images, labels
 
 
@@ -93,11 +97,22 @@ class NumpyBatches(keras.utils.PyDataset):
     `first_epoch`: the epoch number of the first pass (a resumed run continues the sequence).
     """
 
-    def __init__(self, arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
-                 augment: AugmentConfig | dict | None = None, seed: int | None = 0,
-                 mix: MixConfig | dict | None = None, num_devices: int | None = None,
-                 process_index: int | None = None, process_count: int | None = None, first_epoch: int = 0,
-                 prefetch: int = 2):
+    def __init__(
+        self,
+        arrays: SplitArrays,
+        num_classes: int,
+        batch_size: int,
+        *,
+        training: bool,
+        augment: AugmentConfig | dict | None = None,
+        seed: int | None = 0,
+        mix: MixConfig | dict | None = None,
+        num_devices: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        first_epoch: int = 0,
+        prefetch: int = 2,
+    ):
         super().__init__(workers=1, use_multiprocessing=False)  # our own in-order prefetch thread
         from virion.backend import topology
 
@@ -149,7 +164,7 @@ class NumpyBatches(keras.utils.PyDataset):
         """This process's slice of global batch `i`."""
         idx = self.global_indices(i, epoch)
         per = len(idx) // self.process_count
-        return idx[self.process_index * per:(self.process_index + 1) * per]
+        return idx[self.process_index * per : (self.process_index + 1) * per]
 
     # ------------------------------------------------------------------ building a batch
     def _make_device_fn(self):
@@ -182,7 +197,7 @@ class NumpyBatches(keras.utils.PyDataset):
         """Per-batch draws for the whole global batch, then this process's rows."""
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, i, 1])
         noise = rng.random((rows * self.process_count, NOISE_DIM), dtype=np.float32)
-        return noise[self.process_index * rows:(self.process_index + 1) * rows]
+        return noise[self.process_index * rows : (self.process_index + 1) * rows]
 
     def _mix_draws(self, i: int, epoch: int, rows: int):
         """Per-batch mixup/cutmix draws (partners within this process's rows); () when mixing is off."""
@@ -278,7 +293,7 @@ class NumpyBatches(keras.utils.PyDataset):
                         q.put(item, timeout=0.1)
                         break
                     except queue.Full:  # an epoch abandoned mid-way (interrupt) is never drained:
-                        waited += 0.1   # give up after a while; the consumer then builds batches itself
+                        waited += 0.1  # give up after a while; the consumer then builds batches itself
                         if waited > _ABANDONED_SECONDS:
                             return
                 if stop.is_set() or isinstance(item, BaseException):
@@ -306,8 +321,10 @@ class NumpyPredictBatches(keras.utils.PyDataset):
         images = np.asarray(images)
         ok = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
         if images.dtype != np.uint8 or not ok:
-            raise VirionError(f"images to predict must be uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3), "
-                              f"got {images.dtype} {images.shape}: decode with virion.data.decode")
+            raise VirionError(
+                f"images to predict must be uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3), "
+                f"got {images.dtype} {images.shape}: decode with virion.data.decode"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise VirionError(f"batch size {batch_size!r} is invalid: use a positive integer such as 64")
         self.images = images
@@ -319,21 +336,36 @@ class NumpyPredictBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range 0..{len(self) - 1}")
-        x = np.asarray(self.images[i * self.batch_size:(i + 1) * self.batch_size], np.float32)
+        x = np.asarray(self.images[i * self.batch_size : (i + 1) * self.batch_size], np.float32)
         if x.ndim == 3:
             x = x[..., None]
         return (np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x,)
 
 
-def make_numpy_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
-                       augment: AugmentConfig | dict | None = None, seed: int | None = 0,
-                       **kwargs) -> NumpyBatches:
+def make_numpy_dataset(
+    arrays: SplitArrays,
+    num_classes: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: AugmentConfig | dict | None = None,
+    seed: int | None = 0,
+    **kwargs,
+) -> NumpyBatches:
     """`pipeline.make_dataset`'s signature and contract, without TensorFlow (see `NumpyBatches`)."""
     return NumpyBatches(arrays, num_classes, batch_size, training=training, augment=augment, seed=seed, **kwargs)
 
 
-def make_backend_dataset(arrays: "SplitArrays", num_classes: int, batch_size: int, *, training: bool,
-                         augment: AugmentConfig | dict | None = None, seed: int | None = 0, first_epoch: int = 0):
+def make_backend_dataset(
+    arrays: SplitArrays,
+    num_classes: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: AugmentConfig | dict | None = None,
+    seed: int | None = 0,
+    first_epoch: int = 0,
+):
     """The input pipeline for the loaded backend, one contract: tf.data on TensorFlow (the fastest
     CPU path), this module's NumPy pipeline elsewhere (JAX: no TensorFlow needed).
 
@@ -345,5 +377,6 @@ def make_backend_dataset(arrays: "SplitArrays", num_classes: int, batch_size: in
         from virion.data.pipeline import make_dataset
 
         return make_dataset(arrays, num_classes, batch_size, training=training, augment=augment, seed=seed)
-    return NumpyBatches(arrays, num_classes, batch_size, training=training, augment=augment, seed=seed,
-                        first_epoch=first_epoch)
+    return NumpyBatches(
+        arrays, num_classes, batch_size, training=training, augment=augment, seed=seed, first_epoch=first_epoch
+    )

@@ -65,9 +65,16 @@ def _mix_draws(batch, mix: MixConfig, seed):
     return lam_mixup, lam_cutmix, partner, uniforms
 
 
-def make_dataset(arrays: SplitArrays, num_classes: int, batch_size: int, *, training: bool,
-                 augment: AugmentConfig | dict | None = None, seed: int | None = 0,
-                 mix: MixConfig | dict | None = None) -> tf.data.Dataset:
+def make_dataset(
+    arrays: SplitArrays,
+    num_classes: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: AugmentConfig | dict | None = None,
+    seed: int | None = 0,
+    mix: MixConfig | dict | None = None,
+) -> tf.data.Dataset:
     """Batches of (float32 (B, H, W, 3) in 0..255, float32 one-hot (B, C)) from a decoded split.
 
     training=True: reshuffled each epoch (seeded), augmented with `augment` (default: the
@@ -102,6 +109,7 @@ def make_dataset(arrays: SplitArrays, num_classes: int, batch_size: int, *, trai
         mix = MixConfig.from_dict(mix)
     use_mix = training and mix is not None and mix.enabled
     if not use_mix and (not training or not augment.enabled):
+
         def plain_batch(idx):
             x, y = gather(idx)
             return _to_model_input(x), y
@@ -120,10 +128,14 @@ def make_dataset(arrays: SplitArrays, num_classes: int, batch_size: int, *, trai
         if layer is not None:
             noise = tf.random.stateless_uniform((rows, BASE_NOISE_DIM), seed=batch_seed)
             extra_shape = (rows, NOISE_DIM - BASE_NOISE_DIM)
-            extra = (tf.random.stateless_uniform(extra_shape, seed=fold(batch_seed, 1)) if augment.tem
-                     else tf.zeros(extra_shape, tf.float32))
-            pixel_noise = (tf.random.stateless_normal(tf.shape(x), seed=fold(batch_seed, 2))
-                           if augment.noise_std else None)
+            extra = (
+                tf.random.stateless_uniform(extra_shape, seed=fold(batch_seed, 1))
+                if augment.tem
+                else tf.zeros(extra_shape, tf.float32)
+            )
+            pixel_noise = (
+                tf.random.stateless_normal(tf.shape(x), seed=fold(batch_seed, 2)) if augment.noise_std else None
+            )
             x = layer(x, training=True, noise=tf.concat([noise, extra], axis=1), pixel_noise=pixel_noise)
         if use_mix:  # on the single channel, before widening: a third of the work
             x, y = mix_batch(x, y, mix, *_mix_draws(rows, mix, fold(batch_seed, 3)))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -51,13 +51,19 @@ def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int = 3) -> list[st
     return [";".join(f"{class_names[j]}:{row[j]:.4f}" for j in idx) for row, idx in zip(probs, order)]
 
 
-def write_predictions(path: Path, files: Sequence, labels: np.ndarray, probs: np.ndarray,
-                      class_names: Sequence[str]) -> Path:
+def write_predictions(
+    path: Path, files: Sequence, labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> Path:
     """predictions.csv: file, true_class, predicted_class, confidence, top3, one row per input in order."""
     pred = probs.argmax(axis=1)
     rows = [
-        {"file": str(f), "true_class": class_names[int(t)], "predicted_class": class_names[int(p)],
-         "confidence": float(probs[i, p]), "top3": top}
+        {
+            "file": str(f),
+            "true_class": class_names[int(t)],
+            "predicted_class": class_names[int(p)],
+            "confidence": float(probs[i, p]),
+            "top3": top,
+        }
         for i, (f, t, p, top) in enumerate(zip(files, labels, pred, _top_k(probs, class_names)))
     ]
     if not rows:
@@ -88,10 +94,21 @@ def most_confused(cm: np.ndarray, class_names: Sequence[str], n: int = MOST_CONF
     return pairs
 
 
-def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str], out_dir: Path, *,
-                   files: Sequence | None = None, history_csv: Path | None = None, batch_size: int = 64,
-                   model_name: str | None = None, data_name: str = "", best_epoch: int | None = None,
-                   gradcam_layer: str | None = None) -> dict:
+def evaluate_model(
+    model,
+    images: np.ndarray,
+    labels,
+    class_names: Sequence[str],
+    out_dir: Path,
+    *,
+    files: Sequence | None = None,
+    history_csv: Path | None = None,
+    batch_size: int = 64,
+    model_name: str | None = None,
+    data_name: str = "",
+    best_epoch: int | None = None,
+    gradcam_layer: str | None = None,
+) -> dict:
     """Predict `images` in order, write all evaluation outputs into `out_dir`, return a summary dict.
 
     images: uint8 (N, H, W) grayscale (or (N, H, W, 3)); labels: int (N,) indices into class_names.
@@ -109,8 +126,10 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
         raise ValueError(f"{len(files)} files but {len(labels)} labels")
     outputs = int(model.outputs[0].shape[-1])
     if outputs != n_classes:
-        raise VirionError(f"the model has {outputs} outputs but {n_classes} class names were given; "
-                          "evaluate with the class list from the model's metadata.json")
+        raise VirionError(
+            f"the model has {outputs} outputs but {n_classes} class names were given; "
+            "evaluate with the class list from the model's metadata.json"
+        )
     name = model_name or getattr(model, "name", "") or "model"
     on = f" on {data_name}" if data_name else ""
 
@@ -127,25 +146,47 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
     for note in notes:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
     metrics.write_csv(table, out_dir / "per_class_reference_metrics.csv")
-    metrics.write_csv([{"true_class": c, **{p: int(cm[i, j]) for j, p in enumerate(class_names)}}
-                       for i, c in enumerate(class_names)], out_dir / "confusion_matrix.csv")
-    plots.plot_confusion(cm, class_names, out_dir / "confusion_matrix.png",
-                         title=f"{name}: confusion matrix (counts){on}")
-    plots.plot_confusion(cm, class_names, out_dir / "confusion_matrix_normalized.png", normalize=True,
-                         title=f"{name}: confusion matrix (row-normalized){on}")
+    metrics.write_csv(
+        [{"true_class": c, **{p: int(cm[i, j]) for j, p in enumerate(class_names)}} for i, c in enumerate(class_names)],
+        out_dir / "confusion_matrix.csv",
+    )
+    plots.plot_confusion(
+        cm, class_names, out_dir / "confusion_matrix.png", title=f"{name}: confusion matrix (counts){on}"
+    )
+    plots.plot_confusion(
+        cm,
+        class_names,
+        out_dir / "confusion_matrix_normalized.png",
+        normalize=True,
+        title=f"{name}: confusion matrix (row-normalized){on}",
+    )
     if history_csv is not None and Path(history_csv).is_file():
-        plots.plot_curves(Path(history_csv), out_dir / "curves.png", title=f"{name}: training curves",
-                          best_epoch=best_epoch)
+        plots.plot_curves(
+            Path(history_csv), out_dir / "curves.png", title=f"{name}: training curves", best_epoch=best_epoch
+        )
     write_predictions(out_dir / "predictions.csv", files, labels, probs, class_names)
 
     wrong = np.flatnonzero(pred != labels)
     worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:MAX_MISTAKES]  # most confident first
-    plots.plot_mistakes([images[i] for i in worst], [class_names[labels[i]] for i in worst],
-                        [class_names[pred[i]] for i in worst], [float(confidence[i]) for i in worst],
-                        out_dir / "mistakes.png", title=f"{name}: most confident mistakes{on} ({len(wrong)} in all)")
+    plots.plot_mistakes(
+        [images[i] for i in worst],
+        [class_names[labels[i]] for i in worst],
+        [class_names[pred[i]] for i in worst],
+        [float(confidence[i]) for i in worst],
+        out_dir / "mistakes.png",
+        title=f"{name}: most confident mistakes{on} ({len(wrong)} in all)",
+    )
 
-    gradcam_note = gradcam_examples(model, images, labels, probs, class_names, out_dir / "gradcam_examples.png",
-                                    title=f"{name}: Grad-CAM, one test image per class{on}", layer=gradcam_layer)
+    gradcam_note = gradcam_examples(
+        model,
+        images,
+        labels,
+        probs,
+        class_names,
+        out_dir / "gradcam_examples.png",
+        title=f"{name}: Grad-CAM, one test image per class{on}",
+        layer=gradcam_layer,
+    )
     if gradcam_note:
         notes.append(gradcam_note)
     summary = {
@@ -169,8 +210,9 @@ def evaluate_model(model, images: np.ndarray, labels, class_names: Sequence[str]
     return summary
 
 
-def gradcam_examples(model, images, labels, probs, class_names, path: Path, *, title: str = "",
-                     layer: str | None = None) -> str | None:
+def gradcam_examples(
+    model, images, labels, probs, class_names, path: Path, *, title: str = "", layer: str | None = None
+) -> str | None:
     """gradcam_examples.png: per class, its test image the model is surest of, explained for that class.
 
     Returns a note instead of the figure when Grad-CAM cannot run here (another backend, no
@@ -215,8 +257,9 @@ def other_data_name(run_dir: Path, config: dict, data: str | Path | None, datase
     return layout.data_slug(data)
 
 
-def evaluate_run(run_dir: Path, data: Path | None = None, *, batch_size: int | None = None,
-                 progress: bool = True) -> dict[str, dict]:
+def evaluate_run(
+    run_dir: Path, data: Path | None = None, *, batch_size: int | None = None, progress: bool = True
+) -> dict[str, dict]:
     """Evaluate every trained model of a run on a test split; returns {model folder name: summary dict}.
 
     Models whose training failed (metadata "status": "failed") are skipped; `store.failed_models` lists them.
@@ -233,8 +276,9 @@ def evaluate_run(run_dir: Path, data: Path | None = None, *, batch_size: int | N
     label = data_name or f"{Path(str(dataset.root)).name} (the run's test split)"
     test = dataset.splits.get("test")
     if test is None or len(test.files) == 0:
-        raise VirionError(f"{dataset.root}: the dataset has no test images; give it a test split "
-                          "(test/ folder or test_fraction > 0)")
+        raise VirionError(
+            f"{dataset.root}: the dataset has no test images; give it a test split (test/ folder or test_fraction > 0)"
+        )
     from virion.data.cache import load_split_arrays
 
     decoded: dict = {}
@@ -245,9 +289,11 @@ def evaluate_run(run_dir: Path, data: Path | None = None, *, batch_size: int | N
     for loaded in load_models(run_dir):  # models whose training failed are skipped
         folder = loaded.source.parent
         if list(dataset.class_names) != list(loaded.class_names):
-            raise VirionError(f"{folder / layout.METADATA_FILE}: the model's classes {loaded.class_names} differ "
-                              f"from the dataset's {list(dataset.class_names)}; pass data with the same class "
-                              "folders with --data DIR")
+            raise VirionError(
+                f"{folder / layout.METADATA_FILE}: the model's classes {loaded.class_names} differ "
+                f"from the dataset's {list(dataset.class_names)}; pass data with the same class "
+                "folders with --data DIR"
+            )
         settings = decode_settings({**config, "stretch": loaded.metadata.stretch}, loaded.input_size)
         if settings not in decoded:
             decoded[settings] = load_split_arrays(test, settings, progress=progress)
@@ -255,19 +301,34 @@ def evaluate_run(run_dir: Path, data: Path | None = None, *, batch_size: int | N
         out_dir = layout.evaluation_dir(folder, data_name)
         if progress:
             print(f"evaluating {folder.name} on {len(arrays.labels)} test images of {label}", file=sys.stderr)
-        summary = evaluate_model(loaded.model, arrays.images, arrays.labels, loaded.class_names, out_dir,
-                                 files=_relative(arrays.files, dataset.root),
-                                 history_csv=folder / layout.HISTORY_FILE, batch_size=batch_size,
-                                 model_name=folder.name, data_name=label, best_epoch=loaded.metadata.best_epoch,
-                                 gradcam_layer=loaded.metadata.last_conv_layer)
-        summary.update(model=folder.name, data_path=str(dataset.root), own_test_split=data_name is None,
-                       skipped_test_files=[[str(p), why] for p, why in arrays.failures])
+        summary = evaluate_model(
+            loaded.model,
+            arrays.images,
+            arrays.labels,
+            loaded.class_names,
+            out_dir,
+            files=_relative(arrays.files, dataset.root),
+            history_csv=folder / layout.HISTORY_FILE,
+            batch_size=batch_size,
+            model_name=folder.name,
+            data_name=label,
+            best_epoch=loaded.metadata.best_epoch,
+            gradcam_layer=loaded.metadata.last_conv_layer,
+        )
+        summary.update(
+            model=folder.name,
+            data_path=str(dataset.root),
+            own_test_split=data_name is None,
+            skipped_test_files=[[str(p), why] for p, why in arrays.failures],
+        )
         crash_point("evaluate")  # fault-injection tests: a kill with this model's evaluation half written
         store.write_json(out_dir / layout.SUMMARY_FILE, summary)
         results[folder.name] = summary
         if progress:
-            print(f"  {folder.name}: accuracy {summary['accuracy']:.4f}, macro F1 {summary['macro_f1']:.4f} "
-                  f"-> {out_dir}", file=sys.stderr)
+            print(
+                f"  {folder.name}: accuracy {summary['accuracy']:.4f}, macro F1 {summary['macro_f1']:.4f} -> {out_dir}",
+                file=sys.stderr,
+            )
     return results
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
@@ -121,16 +121,24 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 def report_dict(y_true, y_pred, class_names: Sequence[str]) -> dict:
     """sklearn's classification report as a dict (labels fixed to the class list, zero_division=0)."""
     return classification_report(
-        y_true, y_pred, labels=list(range(len(class_names))), target_names=[str(c) for c in class_names],
-        output_dict=True, zero_division=0,
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=[str(c) for c in class_names],
+        output_dict=True,
+        zero_division=0,
     )
 
 
 def report_text(y_true, y_pred, class_names: Sequence[str]) -> str:
     """sklearn's classification report as the familiar text table."""
     return classification_report(
-        y_true, y_pred, labels=list(range(len(class_names))), target_names=[str(c) for c in class_names],
-        digits=4, zero_division=0,
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=[str(c) for c in class_names],
+        digits=4,
+        zero_division=0,
     )
 
 
@@ -139,8 +147,15 @@ def report_rows(report: dict) -> list[dict]:
     rows = []
     for label, value in report.items():
         if isinstance(value, dict):
-            rows.append({"label": label, "precision": float(value["precision"]), "recall": float(value["recall"]),
-                         "f1-score": float(value["f1-score"]), "support": int(value["support"])})
+            rows.append(
+                {
+                    "label": label,
+                    "precision": float(value["precision"]),
+                    "recall": float(value["recall"]),
+                    "f1-score": float(value["f1-score"]),
+                    "support": int(value["support"]),
+                }
+            )
         else:  # "accuracy" is a bare float; support is the total, as in sklearn's text table
             total = int(report.get("macro avg", {}).get("support", 0))
             rows.append({"label": label, "precision": "", "recall": "", "f1-score": float(value), "support": total})

@@ -8,8 +8,8 @@ saves a PNG and returns its path.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
@@ -62,9 +62,21 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], *, normalize: b
     import seaborn as sns
 
     sns.heatmap(
-        data, annot=annotate, fmt=fmt, cmap="Blues", vmin=0, vmax=vmax, square=True, linewidths=0.5,
-        linecolor="white", xticklabels=list(class_names), yticklabels=list(class_names), ax=ax, cbar_ax=cax,
-        cbar_kws={"label": cbar_label}, annot_kws={"size": ANNOTATION_PT},
+        data,
+        annot=annotate,
+        fmt=fmt,
+        cmap="Blues",
+        vmin=0,
+        vmax=vmax,
+        square=True,
+        linewidths=0.5,
+        linecolor="white",
+        xticklabels=list(class_names),
+        yticklabels=list(class_names),
+        ax=ax,
+        cbar_ax=cax,
+        cbar_kws={"label": cbar_label},
+        annot_kws={"size": ANNOTATION_PT},
     )
     if not normalize:  # counts are whole numbers: no 0.25-step colour-bar ticks
         ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
@@ -81,8 +93,9 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], *, normalize: b
     return fig
 
 
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: Path, *, normalize: bool = False,
-                   title: str = "") -> Path:
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], path: Path, *, normalize: bool = False, title: str = ""
+) -> Path:
     """Save the confusion heatmap as PNG; returns the path."""
     return save_figure(confusion_figure(cm, class_names, normalize=normalize, title=title), path)
 
@@ -117,8 +130,9 @@ def curves_figure(history: dict[str, list[float]], title: str = "", best_epoch: 
             if key in history:
                 ax.plot(x, history[key], style, markersize=3, label=label)
         if best_epoch is not None and ax.get_legend_handles_labels()[0]:
-            ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1,
-                       label=f"best epoch ({best_epoch}, kept)")
+            ax.axvline(
+                best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch}, kept)"
+            )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
@@ -134,8 +148,9 @@ def curves_figure(history: dict[str, list[float]], title: str = "", best_epoch: 
     return fig
 
 
-def plot_curves(history: dict[str, list[float]] | Path | str, path: Path, *, title: str = "",
-                best_epoch: int | None = None) -> Path:
+def plot_curves(
+    history: dict[str, list[float]] | Path | str, path: Path, *, title: str = "", best_epoch: int | None = None
+) -> Path:
     """Save the accuracy/loss curves (from a history dict or a history.csv path) as PNG."""
     if not isinstance(history, dict):
         history = read_history(Path(history))
@@ -151,8 +166,15 @@ def _as_display(image: np.ndarray) -> np.ndarray:
     return image.astype(np.uint8) if image.dtype != np.uint8 and image.max() > 1 else image
 
 
-def mistakes_figure(images: Sequence[np.ndarray], true_names: Sequence[str], pred_names: Sequence[str],
-                    confidences: Sequence[float], *, columns: int = 4, title: str = ""):
+def mistakes_figure(
+    images: Sequence[np.ndarray],
+    true_names: Sequence[str],
+    pred_names: Sequence[str],
+    confidences: Sequence[float],
+    *,
+    columns: int = 4,
+    title: str = "",
+):
     """Grid of misclassified images, titled true / predicted / confidence; a placeholder if none."""
     count = len(images)
     if count == 0:
@@ -179,14 +201,21 @@ def mistakes_figure(images: Sequence[np.ndarray], true_names: Sequence[str], pre
     return fig
 
 
-def plot_mistakes(images, true_names, pred_names, confidences, path: Path, *, columns: int = 4,
-                  title: str = "") -> Path:
+def plot_mistakes(
+    images, true_names, pred_names, confidences, path: Path, *, columns: int = 4, title: str = ""
+) -> Path:
     """Save the mistakes grid as PNG; returns the path."""
     return save_figure(mistakes_figure(images, true_names, pred_names, confidences, columns=columns, title=title), path)
 
 
-def gradcam_grid_figure(images: Sequence[np.ndarray], class_names: Sequence[str], confidences: Sequence[float],
-                        *, columns: int = 7, title: str = ""):
+def gradcam_grid_figure(
+    images: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    confidences: Sequence[float],
+    *,
+    columns: int = 7,
+    title: str = "",
+):
     """One Grad-CAM overlay (uint8 RGB) per class, titled with the class and the model's confidence."""
     count = max(len(images), 1)
     columns = min(columns, count)

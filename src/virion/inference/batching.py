@@ -64,7 +64,7 @@ def predict_arrays(model, images: np.ndarray, *, batch_size: int = 32, tta: bool
     size = _device_multiple(max(1, min(int(batch_size), n)))
     out = []
     for start in range(0, n, size):
-        x = as_model_input(images[start:start + size])
+        x = as_model_input(images[start : start + size])
         count = len(x)
         if count < size:
             x = np.concatenate([x, np.repeat(x[-1:], size - count, axis=0)])

@@ -124,7 +124,7 @@ class Classifier:
         return f"Classifier({sizes}; {len(self.class_names)} classes)"
 
     @classmethod
-    def load(cls, path: str | Path, models: str | list[str] | None = None) -> "Classifier":
+    def load(cls, path: str | Path, models: str | list[str] | None = None) -> Classifier:
         """A run folder, model folder or .keras/.h5 file; `models`: None (all) or names to keep."""
         return cls(load_models(path, models))
 
@@ -171,8 +171,11 @@ class Classifier:
         def one(item):
             name, value = item
             try:
-                image = decode_image(value, settings) if isinstance(value, (str, Path)) \
+                image = (
+                    decode_image(value, settings)
+                    if isinstance(value, (str, Path))
                     else decode_array(value, settings, name=name)
+                )
                 return name, image, None
             except DecodeError as exc:
                 return name, None, exc.reason
@@ -182,9 +185,16 @@ class Classifier:
         workers = workers or min(4, os.cpu_count() or 1)
         from tqdm.auto import tqdm
 
-        with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(  # decoders release the GIL
-                total=len(items), desc=f"decode {settings.size}px", unit="img", file=sys.stderr,
-                disable=not progress or len(items) <= 64) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=workers) as pool,
+            tqdm(  # decoders release the GIL
+                total=len(items),
+                desc=f"decode {settings.size}px",
+                unit="img",
+                file=sys.stderr,
+                disable=not progress or len(items) <= 64,
+            ) as bar,
+        ):
             results = []
             for result in pool.map(one, items):
                 results.append(result)
@@ -197,8 +207,9 @@ class Classifier:
         return stacked, sources, failures
 
     # ------------------------------------------------------------------ predicting
-    def predict(self, inputs, *, model: str | None = None, tta: bool = False, batch_size: int = 32,
-                progress: bool = False) -> Predictions:
+    def predict(
+        self, inputs, *, model: str | None = None, tta: bool = False, batch_size: int = 32, progress: bool = False
+    ) -> Predictions:
         """Probabilities for every readable input.
 
         model: a model name, "ensemble" (average of all loaded models) or None (the only model,
@@ -213,16 +224,31 @@ class Classifier:
         first = self.get(names[0])
         for name in names[1:]:
             if self.get(name).class_names != first.class_names:
-                raise VirionError(f"ensemble: models {first.name} and {name} have different class lists; "
-                                  "ensemble only models trained on the same classes")
+                raise VirionError(
+                    f"ensemble: models {first.name} and {name} have different class lists; "
+                    "ensemble only models trained on the same classes"
+                )
         readable = [s for s in each[0].sources if all(s in p.sources for p in each)]
         stacked = np.mean([p.probabilities[[p.sources.index(s) for s in readable]] for p in each], axis=0)
         failures = {s: r for p in each for s, r in p.failures}
-        return Predictions(stacked.reshape(len(readable), -1), list(first.class_names), readable,
-                           list(failures.items()), ENSEMBLE, each[0].order)
+        return Predictions(
+            stacked.reshape(len(readable), -1),
+            list(first.class_names),
+            readable,
+            list(failures.items()),
+            ENSEMBLE,
+            each[0].order,
+        )
 
-    def predict_each(self, inputs, *, models: list[str] | None = None, tta: bool = False,
-                     batch_size: int = 32, progress: bool = False) -> list[Predictions]:
+    def predict_each(
+        self,
+        inputs,
+        *,
+        models: list[str] | None = None,
+        tta: bool = False,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[Predictions]:
         """One `Predictions` per model; images are decoded once per distinct decode setting."""
         if int(batch_size) < 1:
             raise VirionError(f"--batch-size {batch_size}: must be at least 1")
@@ -235,13 +261,23 @@ class Classifier:
                 decoded[m.decode] = self._decode(items, m.decode, progress=progress)
             images, sources, failures = decoded[m.decode]
             probs = predict_arrays(m.model, images, batch_size=batch_size, tta=tta)
-            out.append(Predictions(probs, list(m.class_names), list(sources), list(failures), m.name,
-                                   [name for name, _ in items]))
+            out.append(
+                Predictions(
+                    probs, list(m.class_names), list(sources), list(failures), m.name, [name for name, _ in items]
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ explaining
-    def explain(self, input, *, class_index: int | str | None = None, model: str | None = None,
-                layer: str | None = None, size: int | None = None) -> Explanation:
+    def explain(
+        self,
+        input,
+        *,
+        class_index: int | str | None = None,
+        model: str | None = None,
+        layer: str | None = None,
+        size: int | None = None,
+    ) -> Explanation:
         """Grad-CAM for one image (a path, array or PIL image): heatmap and overlay.
 
         class_index: an index or class name (default: the predicted class). size: pixels per side
@@ -255,8 +291,9 @@ class Classifier:
             raise VirionError(f"explain takes one image at a time, got {len(items)}")
         if isinstance(class_index, str):
             if class_index not in m.class_names:
-                raise VirionError(f"--class {class_index}: not a class of model {m.name}; choose one of: "
-                                  f"{', '.join(m.class_names)}")
+                raise VirionError(
+                    f"--class {class_index}: not a class of model {m.name}; choose one of: {', '.join(m.class_names)}"
+                )
             class_index = m.class_names.index(class_index)
         seen, _, failures = self._decode(items, m.decode, workers=1)
         if failures:
@@ -267,11 +304,21 @@ class Classifier:
 
             shown = self._decode(items, replace(m.decode, size=int(size)), workers=1)[0][0]
         layer = layer or find_last_conv_layer(m.model, preferred=_preferred_layer(m))
-        heatmap, index, confidence, probs = gradcam_with_probabilities(m.model, seen[0], class_index, layer,
-                                                                       out_size=shown.shape[:2])
-        return Explanation(image=shown, heatmap=heatmap, overlay=overlay(shown, heatmap), class_index=index,
-                           class_name=m.class_names[index], confidence=confidence, probabilities=probs,
-                           model=m.name, layer=layer, class_names=list(m.class_names))
+        heatmap, index, confidence, probs = gradcam_with_probabilities(
+            m.model, seen[0], class_index, layer, out_size=shown.shape[:2]
+        )
+        return Explanation(
+            image=shown,
+            heatmap=heatmap,
+            overlay=overlay(shown, heatmap),
+            class_index=index,
+            class_name=m.class_names[index],
+            confidence=confidence,
+            probabilities=probs,
+            model=m.name,
+            layer=layer,
+            class_names=list(m.class_names),
+        )
 
 
 def _preferred_layer(m: LoadedModel) -> str | None:

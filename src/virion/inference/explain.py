@@ -32,8 +32,9 @@ def _safe_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("_") or "image"
 
 
-def explain_files(clf: Classifier, files: list[Path], out: Path, *, class_name: str | None = None,
-                  layer: str | None = None) -> tuple[int, list[tuple[Path, str]], dict[str, str]]:
+def explain_files(
+    clf: Classifier, files: list[Path], out: Path, *, class_name: str | None = None, layer: str | None = None
+) -> tuple[int, list[tuple[Path, str]], dict[str, str]]:
     """One PNG per file and model into `out`; returns (written, unreadable files, layer per model)."""
     out.mkdir(parents=True, exist_ok=True)
     written, bad, used, layers = 0, {}, set(), {}
@@ -41,8 +42,9 @@ def explain_files(clf: Classifier, files: list[Path], out: Path, *, class_name: 
         m = clf.get(name)
         for f in files:
             try:
-                e = clf.explain(f, model=name, class_index=class_name, layer=layer,
-                                size=max(DISPLAY_SIZE, m.input_size))
+                e = clf.explain(
+                    f, model=name, class_index=class_name, layer=layer, size=max(DISPLAY_SIZE, m.input_size)
+                )
             except VirionError as exc:
                 if "cannot be decoded" not in str(exc):
                     raise

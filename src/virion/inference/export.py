@@ -51,8 +51,10 @@ def _need_tensorflow(fmt: str) -> None:
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise VirionError(f"--format {fmt}: exporting needs the TensorFlow backend (KERAS_BACKEND=tensorflow), "
-                          f"not '{keras.backend.backend()}'")
+        raise VirionError(
+            f"--format {fmt}: exporting needs the TensorFlow backend (KERAS_BACKEND=tensorflow), "
+            f"not '{keras.backend.backend()}'"
+        )
 
 
 def check_format_available(fmt: str) -> None:
@@ -62,8 +64,10 @@ def check_format_available(fmt: str) -> None:
     if fmt == "onnx":
         missing = [name for name in ("tf2onnx", "onnx") if not _importable(name)]
         if missing:
-            raise VirionError(f"--format onnx needs {' and '.join(missing)} (Keras converts TensorFlow graphs "
-                              f"with tf2onnx): {EXTRA_HINT}")
+            raise VirionError(
+                f"--format onnx needs {' and '.join(missing)} (Keras converts TensorFlow graphs "
+                f"with tf2onnx): {EXTRA_HINT}"
+            )
 
 
 def _importable(name: str) -> bool:
@@ -80,10 +84,12 @@ def check_images(input_size: int, count: int = CHECK_IMAGES, seed: int = 0) -> n
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:input_size, :input_size] / max(input_size - 1, 1)
-    images = [rng.uniform(0, 255, (input_size, input_size)),
-              255 * np.exp(-((yy - 0.4) ** 2 + (xx - 0.6) ** 2) / 0.05),
-              np.full((input_size, input_size), 255.0) * (xx > 0.5),
-              rng.normal(128, 30, (input_size, input_size))]
+    images = [
+        rng.uniform(0, 255, (input_size, input_size)),
+        255 * np.exp(-((yy - 0.4) ** 2 + (xx - 0.6) ** 2) / 0.05),
+        np.full((input_size, input_size), 255.0) * (xx > 0.5),
+        rng.normal(128, 30, (input_size, input_size)),
+    ]
     gray = np.clip(np.stack((images * ((count + 3) // 4))[:count]), 0, 255).astype(np.float32)
     return np.repeat(gray[..., None], 3, axis=3)
 
@@ -110,7 +116,9 @@ def _write_tflite(model, folder: Path, name: str) -> Path:
         try:
             flatbuffer = converter.convert()
         except Exception as exc:  # noqa: BLE001 - the converter raises many types; one line for the user
-            raise VirionError(f"{name}: TFLite conversion failed ({_first_line(exc)}); try --format savedmodel") from None
+            raise VirionError(
+                f"{name}: TFLite conversion failed ({_first_line(exc)}); try --format savedmodel"
+            ) from None
     path = folder / f"{name}.tflite"
     path.write_bytes(flatbuffer)
     return path
@@ -123,8 +131,9 @@ def _write_onnx(model, folder: Path, name: str) -> Path:
     except ImportError as exc:
         raise VirionError(f"--format onnx needs {exc.name or 'tf2onnx'}: {EXTRA_HINT}") from None
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types; one line for the user
-        raise VirionError(f"{name}: ONNX conversion failed ({_first_line(exc)}); try --format savedmodel "
-                          "or tflite") from None
+        raise VirionError(
+            f"{name}: ONNX conversion failed ({_first_line(exc)}); try --format savedmodel or tflite"
+        ) from None
     return path
 
 
@@ -167,8 +176,11 @@ def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})[0])
 
 
-RUNNERS = {"savedmodel": (run_savedmodel, "tensorflow"), "tflite": (run_tflite, "tensorflow"),
-           "onnx": (run_onnx, "onnxruntime")}
+RUNNERS = {
+    "savedmodel": (run_savedmodel, "tensorflow"),
+    "tflite": (run_tflite, "tensorflow"),
+    "onnx": (run_onnx, "onnxruntime"),
+}
 
 
 # ---------------------------------------------------------------------------- the job
@@ -184,11 +196,16 @@ def _info(loaded, fmt: str, artifact: Path, folder: Path) -> dict:
         "file": artifact.relative_to(folder).as_posix(),
         "class_names": list(loaded.class_names),
         "input": {
-            "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC",
+            "shape": [None, size, size, 3],
+            "dtype": "float32",
+            "layout": "NHWC",
             "values": "raw pixel values 0..255 (the model scales them itself)",
             "channels": "grayscale replicated to 3 channels",
-            "decode": {"size": size, "stretch_percentiles": list(stretch) if stretch else None,
-                       "note": "grayscale, percentile-stretched to 0..255 (16-bit aware), resized to size x size"},
+            "decode": {
+                "size": size,
+                "stretch_percentiles": list(stretch) if stretch else None,
+                "note": "grayscale, percentile-stretched to 0..255 (16-bit aware), resized to size x size",
+            },
         },
         "output": {"shape": [None, len(loaded.class_names)], "values": "softmax probabilities in class_names order"},
         "source": str(loaded.source),
@@ -196,8 +213,15 @@ def _info(loaded, fmt: str, artifact: Path, folder: Path) -> dict:
     }
 
 
-def export_models(path: str | Path, out: str | Path, fmt: str, *, model_name: str | None = None,
-                  overwrite: bool = False, check: bool = True) -> list[ExportResult]:
+def export_models(
+    path: str | Path,
+    out: str | Path,
+    fmt: str,
+    *,
+    model_name: str | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+) -> list[ExportResult]:
     """Export every model of `path` (a run, model folder or file; or only `model_name`) to out/<model>/."""
     from virion.run.loading import load_models
 
@@ -254,6 +278,8 @@ def _check(loaded, fmt: str, artifact: Path) -> tuple[float | None, str | None]:
     expected = np.asarray(loaded.model.predict(images, verbose=0), dtype=np.float64)
     got = np.asarray(runner(artifact, images), dtype=np.float64)
     if got.shape != expected.shape:
-        raise VirionError(f"{loaded.name}: the {fmt} export gives outputs of shape {got.shape}, Keras {expected.shape}; "
-                          "the conversion is broken, try another --format")
+        raise VirionError(
+            f"{loaded.name}: the {fmt} export gives outputs of shape {got.shape}, Keras {expected.shape}; "
+            "the conversion is broken, try another --format"
+        )
     return float(np.abs(got - expected).max()), None

@@ -16,7 +16,7 @@ from PIL import Image
 from virion.errors import VirionError
 
 _GLOBAL_POOLING = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
-_grad_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_grad_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _output_rank(layer) -> int | None:
@@ -39,8 +39,9 @@ def find_last_conv_layer(model, preferred: str | None = None) -> str:
         except ValueError:
             pass
     layers = list(model.layers)
-    pool_at = next((i for i in range(len(layers) - 1, -1, -1)
-                    if type(layers[i]).__name__ in _GLOBAL_POOLING), len(layers))
+    pool_at = next(
+        (i for i in range(len(layers) - 1, -1, -1) if type(layers[i]).__name__ in _GLOBAL_POOLING), len(layers)
+    )
     for layer in reversed(layers[:pool_at]):
         if type(layer).__name__ == "InputLayer":
             continue
@@ -58,7 +59,9 @@ def _grad_model(model, layer_name: str):
         try:
             conv = model.get_layer(layer_name).output
         except ValueError:
-            raise VirionError(f"layer '{layer_name}' not in model '{model.name}'; omit the layer to find it automatically") from None
+            raise VirionError(
+                f"layer '{layer_name}' not in model '{model.name}'; omit the layer to find it automatically"
+            ) from None
         last = model.layers[-1]
         activation = getattr(getattr(last, "activation", None), "__name__", "")
         # Explain the pre-softmax score, as in the paper: a saturated softmax has ~zero gradient.
@@ -97,8 +100,10 @@ def gradcam_with_probabilities(model, image_uint8_rgb, class_index=None, layer_n
 
     backend = keras.backend.backend()
     if backend not in ("tensorflow", "jax"):
-        raise VirionError(f"Grad-CAM is implemented for the TensorFlow and JAX backends, not '{backend}'; "
-                          "run with KERAS_BACKEND=tensorflow or jax")
+        raise VirionError(
+            f"Grad-CAM is implemented for the TensorFlow and JAX backends, not '{backend}'; "
+            "run with KERAS_BACKEND=tensorflow or jax"
+        )
     image = _to_rgb_uint8(image_uint8_rgb)
     height, width = image.shape[:2]
     in_h, in_w = model.inputs[0].shape[1:3]
@@ -170,8 +175,9 @@ def _conv_and_grads_jax(model, layer_name, x, class_index):
     def score(c):
         features, p = head(c, training=False)
         if use_logit:
-            logits = (keras.ops.matmul(keras.ops.cast(features, "float32"), keras.ops.cast(last.kernel.value, "float32"))
-                      + keras.ops.cast(last.bias.value, "float32"))
+            logits = keras.ops.matmul(
+                keras.ops.cast(features, "float32"), keras.ops.cast(last.kernel.value, "float32")
+            ) + keras.ops.cast(last.bias.value, "float32")
             return logits[0, k]
         return keras.ops.cast(p, "float32")[0, k]
 

@@ -24,8 +24,13 @@ def collect_inputs(inputs) -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            found = [
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in extensions
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
             files.extend(sorted(found))
         else:
             raise VirionError(f"{path}: no such file or folder; pass image files or folders of images")
@@ -81,8 +86,10 @@ def as_items(inputs) -> list[tuple[str, Any]]:
         elif isinstance(item, np.ndarray):
             items.append((f"array[{k}]", item))
         else:
-            raise VirionError(f"input {k}: {type(item).__name__} is not an image; pass file paths, folders, "
-                              "NumPy arrays or PIL images")
+            raise VirionError(
+                f"input {k}: {type(item).__name__} is not an image; pass file paths, folders, "
+                "NumPy arrays or PIL images"
+            )
     flush()
     return items
 

@@ -34,8 +34,9 @@ def format_table(predictions: list[Predictions]) -> str:
     rows = [r for r in rows_for(predictions, 1) if not r["error"]]
     show_model = len({p.model for p in predictions}) > 1
     header = ["file"] + (["model"] if show_model else []) + ["class", "confidence"]
-    lines = [[r["file"]] + ([r["model"]] if show_model else []) + [r["class"], f"{float(r['confidence']):.3f}"]
-             for r in rows]
+    lines = [
+        [r["file"]] + ([r["model"]] if show_model else []) + [r["class"], f"{float(r['confidence']):.3f}"] for r in rows
+    ]
     widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]

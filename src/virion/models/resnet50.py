@@ -91,7 +91,5 @@ def build_resnet50(num_classes: int, input_shape=(128, 128, 3)) -> keras.Model:
             x = bottleneck_block(x, filters, stride, name=f"conv{stage}_block{block}")
 
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="resnet50")

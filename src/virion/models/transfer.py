@@ -81,9 +81,7 @@ SCRATCH_BN_MOMENTUM = 0.9
 
 def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
-        raise VirionError(
-            f"unknown transfer model {arch!r}; choose one of: {', '.join(ARCHS)}"
-        )
+        raise VirionError(f"unknown transfer model {arch!r}; choose one of: {', '.join(ARCHS)}")
 
 
 def scaling_layer(arch: str) -> keras.layers.Rescaling:
@@ -161,9 +159,7 @@ def _flat_convnext(base: keras.Model, x, top_name: str):
     return x
 
 
-def build_transfer_model(
-    arch: str, num_classes: int, input_shape=(128, 128, 3), weights="imagenet"
-) -> keras.Model:
+def build_transfer_model(arch: str, num_classes: int, input_shape=(128, 128, 3), weights="imagenet") -> keras.Model:
     """A keras.applications base + the reference head, as one functional model.
 
     Args:
@@ -182,9 +178,7 @@ def build_transfer_model(
     spec = ARCHS[arch]
     input_shape = tuple(input_shape)
     if min(input_shape[:2]) < spec.min_size:
-        raise VirionError(
-            f"--input-size {input_shape[0]} is too small for {arch}; use {spec.min_size} or more"
-        )
+        raise VirionError(f"--input-size {input_shape[0]} is too small for {arch}; use {spec.min_size} or more")
     weights_path = resolve_weights(arch, weights)
 
     # --- functional model ---
@@ -213,9 +207,7 @@ def build_transfer_model(
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(0.5, name="head_dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     model = keras.Model(inputs, outputs, name=arch)
 
     frozen = weights_path is not None
@@ -230,9 +222,7 @@ def build_transfer_model(
     return model
 
 
-def unfreeze_top(
-    model: keras.Model, fraction: float | None = None, from_layer: str | None = None
-) -> int:
+def unfreeze_top(model: keras.Model, fraction: float | None = None, from_layer: str | None = None) -> int:
     """Open the top of the base for fine-tuning; batch normalization stays frozen.
 
     Frozen BN keeps the pretrained statistics and runs in inference mode, which is what keeps

@@ -8,8 +8,8 @@ on other data (`evaluation-<data>/`) are compared instead, into `comparison-<dat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from virion.atomic import atomic_write_text
 from virion.errors import VirionError
@@ -39,14 +39,20 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
     """The comparison row of one trained and evaluated model."""
     meta = store.read_json(model_dir / layout.METADATA_FILE)
     if meta.get("status") == "failed":  # no model file and no evaluation: a row that says so
-        return {"run": run_dir.name, "model": model_dir.name, "weights": weights_label(meta.get("weights")),
-                "status": f"FAILED: {meta.get('failure') or 'training failed'}"}
+        return {
+            "run": run_dir.name,
+            "model": model_dir.name,
+            "weights": weights_label(meta.get("weights")),
+            "status": f"FAILED: {meta.get('failure') or 'training failed'}",
+        }
     evaluation = layout.evaluation_dir(model_dir, data_name)
     summary_path = evaluation / layout.SUMMARY_FILE
     if not summary_path.is_file():
         again = f" --data {data_name}" if data_name else ""
-        raise VirionError(f"{model_dir}: not evaluated yet (no {evaluation.name}/{layout.SUMMARY_FILE}); "
-                          f"run `virion evaluate {run_dir}{again}` first")
+        raise VirionError(
+            f"{model_dir}: not evaluated yet (no {evaluation.name}/{layout.SUMMARY_FILE}); "
+            f"run `virion evaluate {run_dir}{again}` first"
+        )
     summary = store.read_json(summary_path)
     # The .h5 is the inference model (no optimizer state); the .keras also carries Adam's moments
     # for further training, which would triple the figure without saying anything about the model.
@@ -106,8 +112,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """The comparison as a Markdown table (also what `virion compare` prints)."""
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" if k in ("run", "model", "weights") else "---:" for k, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(format_cell(k, row.get(k)).replace("|", "\\|") for k, _ in COLUMNS) + " |"
-            for row in rows]
+    body = [
+        "| " + " | ".join(format_cell(k, row.get(k)).replace("|", "\\|") for k, _ in COLUMNS) + " |" for row in rows
+    ]
     return "\n".join([header, rule, *body]) + "\n"
 
 
@@ -125,8 +132,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_nam
             raise VirionError("comparing several runs: say where to write the table with --out DIR")
         out_dir = run_dirs[0]
     out_dir = Path(out_dir)
-    rows = [model_row(run_dir, model_dir, data_name) for run_dir in run_dirs
-            for model_dir in layout.model_dirs(run_dir)]
+    rows = [
+        model_row(run_dir, model_dir, data_name) for run_dir in run_dirs for model_dir in layout.model_dirs(run_dir)
+    ]
     several = len({r["run"] for r in rows}) > 1
     for row in rows:  # the chart's legend: the model alone unless several runs are mixed
         row["label"] = f"{row['run']}/{row['model']}" if several else row["model"]
@@ -134,5 +142,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_nam
     stem = layout.comparison_stem(data_name)
     atomic_write_text(out_dir / f"{stem}.md", markdown_table(rows))
     write_csv([{k: row.get(k) for k, _ in COLUMNS} for row in rows], out_dir / f"{stem}.csv")
-    plots.plot_comparison([r for r in rows if r["status"] == "trained"], out_dir / f"{stem}.png", title=f"Model comparison on {data_name}" if data_name else "")
+    plots.plot_comparison(
+        [r for r in rows if r["status"] == "trained"],
+        out_dir / f"{stem}.png",
+        title=f"Model comparison on {data_name}" if data_name else "",
+    )
     return rows

@@ -66,9 +66,11 @@ def _figure(path: Path, caption: str, wide: bool = False) -> str:
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     """A plain table; the first `left` columns are text (left-aligned)."""
+
     def cell(tag, i, v):
         cls = ' class="l"' if i < left else ""
         return f"<{tag}{cls}>{escape(str(v))}</{tag}>"
+
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -76,8 +78,11 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
 
 def _weights_statement(models: list[tuple[str, dict]]) -> tuple[str, str]:
     """(css class, sentence): plainly whether the transfer models started from ImageNet weights."""
-    transfer = [(name, str(meta.get("weights", "unknown"))) for name, meta in models
-                if name in TRANSFER_MODELS or meta.get("kind") == "transfer"]
+    transfer = [
+        (name, str(meta.get("weights", "unknown")))
+        for name, meta in models
+        if name in TRANSFER_MODELS or meta.get("kind") == "transfer"
+    ]
     if not transfer:
         return "ok", "No transfer-learning model in this run: every model was trained from random initialization."
     random_init = [n for n, w in transfer if w.lower() == "none"]
@@ -85,8 +90,10 @@ def _weights_statement(models: list[tuple[str, dict]]) -> tuple[str, str]:
     files = [(n, w) for n, w in transfer if w.lower() not in {"none", "imagenet"}]
     parts = []
     if random_init:
-        parts.append(f"ImageNet weights were NOT used for {', '.join(random_init)}: trained from random "
-                     "initialization (not transfer learning).")
+        parts.append(
+            f"ImageNet weights were NOT used for {', '.join(random_init)}: trained from random "
+            "initialization (not transfer learning)."
+        )
     if imagenet:
         parts.append(f"ImageNet pre-trained weights were used for {', '.join(imagenet)}.")
     for n, w in files:
@@ -116,8 +123,11 @@ def _dataset_section(run_dir: Path, config: dict) -> str:
     out = ["<h2>Dataset</h2>"]
     root = info.get("root") or config.get("data")
     if root:
-        out.append(f"<p>Source: <code>{escape(str(root))}</code>"
-                   + (f" ({escape(str(info['layout']))} layout)" if info.get("layout") else "") + "</p>")
+        out.append(
+            f"<p>Source: <code>{escape(str(root))}</code>"
+            + (f" ({escape(str(info['layout']))} layout)" if info.get("layout") else "")
+            + "</p>"
+        )
     classes = list(info.get("class_names") or info.get("classes") or [])
     counts = info.get("counts") or {}
     if counts and not set(counts) & set(SPLITS):  # class -> split -> n: turn it split-major
@@ -144,8 +154,11 @@ def _dataset_section(run_dir: Path, config: dict) -> str:
         out.append(f"<h3>Ignored while listing the dataset: {len(ignored)}</h3>")
         out.append(_table(["file", "reason"], ignored[:MAX_SKIPPED_SHOWN] + more, left=2))
     skipped_path = run_dir / layout.SKIPPED_FILE
-    skipped = [ln for ln in skipped_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()] \
-        if skipped_path.is_file() else []
+    skipped = (
+        [ln for ln in skipped_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        if skipped_path.is_file()
+        else []
+    )
     out.append(f"<h3>Skipped files (could not be decoded): {len(skipped)}</h3>")
     if skipped:  # one "path<TAB>reason" per line
         rows = [[*ln.split("\t", 1), ""][:2] for ln in skipped[:MAX_SKIPPED_SHOWN]]
@@ -185,8 +198,9 @@ def _report_table(report: dict) -> str:
     rows = []
     for label, v in report.items():
         if isinstance(v, dict):
-            rows.append([label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}",
-                         int(v["support"])])
+            rows.append(
+                [label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", int(v["support"])]
+            )
         else:
             rows.append([label, "", "", f"{float(v):.4f}", int(report.get("macro avg", {}).get("support", 0))])
     return _table(["class", "precision", "recall", "F1", "support"], rows)
@@ -216,14 +230,23 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
     out = [f'<h2 id="{escape(name)}">Model: {escape(name)}</h2>']
     if meta.get("status") == "failed":  # no model file, nothing evaluated: say why, plainly
         why = escape(str(meta.get("failure") or "no reason recorded"))
-        return "\n".join([*out, f'<p class="banner bad"><b>Training failed:</b> {why}. No model was saved; this '
-                                  "model is left out of the evaluation and comparison.</p>"])
-    facts = [("weights", weights_label(meta.get("weights")) or None), ("input size", meta.get("input_size")),
-             ("parameters", f"{meta['params']:,}" if isinstance(meta.get("params"), int) else meta.get("params")),
-             ("best epoch", meta.get("best_epoch")), ("best validation accuracy", _round(meta.get("best_val_accuracy"))),
-             ("best validation macro F1", _round(meta.get("best_val_macro_f1"))),
-             ("training time (s)", _round(meta.get("train_seconds"), 1)),
-             ("training speed (images/s)", _round(meta.get("images_per_second"), 1))]
+        return "\n".join(
+            [
+                *out,
+                f'<p class="banner bad"><b>Training failed:</b> {why}. No model was saved; this '
+                "model is left out of the evaluation and comparison.</p>",
+            ]
+        )
+    facts = [
+        ("weights", weights_label(meta.get("weights")) or None),
+        ("input size", meta.get("input_size")),
+        ("parameters", f"{meta['params']:,}" if isinstance(meta.get("params"), int) else meta.get("params")),
+        ("best epoch", meta.get("best_epoch")),
+        ("best validation accuracy", _round(meta.get("best_val_accuracy"))),
+        ("best validation macro F1", _round(meta.get("best_val_macro_f1"))),
+        ("training time (s)", _round(meta.get("train_seconds"), 1)),
+        ("training speed (images/s)", _round(meta.get("images_per_second"), 1)),
+    ]
     out.append(_table(["fact", "value"], [[k, v] for k, v in facts if v is not None], left=2))
     summary = _read_json(ev / "summary.json")
     if summary is None:
@@ -232,21 +255,28 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
     else:
         top5 = summary.get("top5_accuracy")
         data = f" of {escape(str(summary['data']))}" if summary.get("data") else ""
-        out.append(f"<p>Test set{data}: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>"
-                   + (f", top-5 accuracy {top5:.4f}" if isinstance(top5, (int, float)) else "")
-                   + f", macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
-                   f"inference {short_number(summary.get('inference_images_per_second', 0), 1)} images/s.</p>")
+        out.append(
+            f"<p>Test set{data}: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>"
+            + (f", top-5 accuracy {top5:.4f}" if isinstance(top5, (int, float)) else "")
+            + f", macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
+            f"inference {short_number(summary.get('inference_images_per_second', 0), 1)} images/s.</p>"
+        )
         pairs = summary.get("most_confused") or []
         if pairs:
-            out.append("<h3>Most confused pairs</h3>" + _table(
-                ["true class", "predicted as", "images"], [[p["true"], p["predicted"], p["count"]] for p in pairs], left=2))
+            out.append(
+                "<h3>Most confused pairs</h3>"
+                + _table(
+                    ["true class", "predicted as", "images"],
+                    [[p["true"], p["predicted"], p["count"]] for p in pairs],
+                    left=2,
+                )
+            )
         if summary.get("warnings"):
             out.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
     out.append('<div class="grid">' + _figure(ev / "curves.png", f"{name}: accuracy and loss per epoch") + "</div>")
     # Full width, one under the other: 14 classes need the room for readable cell numbers.
     out.append(_figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True))
-    out.append(_figure(ev / "confusion_matrix_normalized.png", f"{name}: confusion matrix (row-normalized)",
-                       wide=True))
+    out.append(_figure(ev / "confusion_matrix_normalized.png", f"{name}: confusion matrix (row-normalized)", wide=True))
     report = _read_json(ev / "classification_report.json")
     if report:
         out.append("<h3>Classification report</h3>" + _report_table(report))
@@ -255,8 +285,10 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
         out.append("<h3>Per class, one-vs-rest (reference formulas)</h3>" + ref)
     out.append("<h3>Most confident mistakes</h3>" + _img(ev / "mistakes.png", f"{name}: most confident mistakes"))
     if (ev / "gradcam_examples.png").is_file():
-        out.append("<h3>Where the model looks (Grad-CAM, one test image per class)</h3>"
-                   + _img(ev / "gradcam_examples.png", f"{name}: Grad-CAM examples"))
+        out.append(
+            "<h3>Where the model looks (Grad-CAM, one test image per class)</h3>"
+            + _img(ev / "gradcam_examples.png", f"{name}: Grad-CAM examples")
+        )
     return "\n".join(out)
 
 
@@ -271,12 +303,14 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
     config = store.read_config(run_dir)
     models = [(d.name, store.read_metadata(d).to_dict()) for d in dirs]
     failed = {n: m.get("failure") or "no reason recorded" for n, m in models if m.get("status") == "failed"}
-    evaluated = all((layout.evaluation_dir(d, data_name) / layout.SUMMARY_FILE).is_file() for d in dirs
-                    if d.name not in failed)
+    evaluated = all(
+        (layout.evaluation_dir(d, data_name) / layout.SUMMARY_FILE).is_file() for d in dirs if d.name not in failed
+    )
     rows = compare_runs([run_dir], data_name=data_name) if evaluated else []
     info = _dataset_info(run_dir)
-    synthetic = bool(info.get("synthetic")) or (not data_name and bool(config.get("data"))
-                                                and is_synthetic(str(config.get("data"))))
+    synthetic = bool(info.get("synthetic")) or (
+        not data_name and bool(config.get("data")) and is_synthetic(str(config.get("data")))
+    )
 
     tone, statement = _weights_statement(models)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -284,29 +318,58 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
         f"<h1>virion report: {escape(run_dir.name)}" + (f" on {escape(data_name)}" if data_name else "") + "</h1>",
         f'<p class="meta">{escape(str(run_dir.resolve()))} · written {now}</p>',
         f'<p class="banner {tone}"><b>Weights:</b> {escape(statement)}</p>',
-        *([f'<p class="banner bad" id="failed"><b>Training failed</b> for {len(failed)} model(s): '
-           + "; ".join(f"{escape(n)}: {escape(str(why))}" for n, why in failed.items()) + "</p>"] if failed else []),
-        *([f'<p class="banner warn"><b>Evaluated on other data:</b> {escape(data_name)} (the training data '
-           f'is described below; the run\'s own evaluation is in {layout.REPORT_FILE})</p>'] if data_name else []),
-        *(['<p class="banner warn" id="synthetic"><b>Synthetic data:</b> these models were trained and tested '
-           "on virion's built-in SYNTHETIC TEM images, not real micrographs; the numbers say nothing about "
-           "accuracy on real data.</p>"] if synthetic and not data_name else []),
+        *(
+            [
+                f'<p class="banner bad" id="failed"><b>Training failed</b> for {len(failed)} model(s): '
+                + "; ".join(f"{escape(n)}: {escape(str(why))}" for n, why in failed.items())
+                + "</p>"
+            ]
+            if failed
+            else []
+        ),
+        *(
+            [
+                f'<p class="banner warn"><b>Evaluated on other data:</b> {escape(data_name)} (the training data '
+                f"is described below; the run's own evaluation is in {layout.REPORT_FILE})</p>"
+            ]
+            if data_name
+            else []
+        ),
+        *(
+            [
+                '<p class="banner warn" id="synthetic"><b>Synthetic data:</b> these models were trained and tested '
+                "on virion's built-in SYNTHETIC TEM images, not real micrographs; the numbers say nothing about "
+                "accuracy on real data.</p>"
+            ]
+            if synthetic and not data_name
+            else []
+        ),
         "<p>Models: " + ", ".join(f'<a href="#{escape(n)}">{escape(n)}</a>' for n, _ in models) + "</p>",
         "<h2>Comparison</h2>",
     ]
     if rows:
         cells = [[format_cell(k, r.get(k)) for k, _ in COLUMNS] for r in rows]
         parts.append(_table([t for _, t in COLUMNS], cells, left=2))
-        parts.append(_img(run_dir / f"{layout.comparison_stem(data_name)}.png", "model comparison: " + ", ".join(n for n, _ in models)))
+        parts.append(
+            _img(
+                run_dir / f"{layout.comparison_stem(data_name)}.png",
+                "model comparison: " + ", ".join(n for n, _ in models),
+            )
+        )
     else:
         again = f" --data {escape(data_name)}" if data_name else ""
-        parts.append(f'<p class="banner warn">Not every model is evaluated yet: run <code>virion evaluate '
-                     f"{escape(str(run_dir))}{again}</code>.</p>")
+        parts.append(
+            f'<p class="banner warn">Not every model is evaluated yet: run <code>virion evaluate '
+            f"{escape(str(run_dir))}{again}</code>.</p>"
+        )
     parts.append(_dataset_section(run_dir, config))
     parts.append(_settings_section(config))
     parts.extend(_model_section(d, meta, data_name) for d, (_, meta) in zip(dirs, models))
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>virion report: {escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>virion report: {escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
     crash_point("report")  # fault-injection tests: a kill before the report is written
     return atomic_write_text(layout.report_file(run_dir, data_name), page)

@@ -31,8 +31,10 @@ def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise VirionError(f"{run_dir}: exists and is not a folder; choose another --out")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise VirionError(f"{run_dir}: run folder already exists and is not empty; pass --overwrite "
-                          f"to replace it, or --resume {run_dir} to continue it")
+        raise VirionError(
+            f"{run_dir}: run folder already exists and is not empty; pass --overwrite "
+            f"to replace it, or --resume {run_dir} to continue it"
+        )
 
 
 def create_run_dir(out: str | Path, overwrite: bool = False) -> Path:
@@ -59,8 +61,9 @@ def model_dirs(run_dir: str | Path) -> list[Path]:
         raise VirionError(f"{run_dir}: run folder not found; pass a folder written by `virion train` (runs/NAME)")
     found = sorted(p.parent for p in run_dir.glob(f"*/{METADATA_FILE}"))
     if not found:
-        raise VirionError(f"{run_dir}: no trained models in this run folder (no */{METADATA_FILE}); "
-                          "train first with `virion train`")
+        raise VirionError(
+            f"{run_dir}: no trained models in this run folder (no */{METADATA_FILE}); train first with `virion train`"
+        )
     return found
 
 

@@ -62,8 +62,10 @@ def find_model_file(model_folder: str | Path) -> Path:
         metadata = None
     if metadata is not None and metadata.failed:
         why = metadata.failure or "no reason recorded"
-        raise VirionError(f"{folder}: the training of this model failed ({why}); there is no model to load; "
-                          "train it again with a lower learning rate (`virion train ... --overwrite`)")
+        raise VirionError(
+            f"{folder}: the training of this model failed ({why}); there is no model to load; "
+            "train it again with a lower learning rate (`virion train ... --overwrite`)"
+        )
     if metadata is not None:
         named = [folder / metadata.files[k] for k in ("keras", "h5") if metadata.files.get(k)]
     named += [folder / f"{model_file_stem(folder.name)}{s}" for s in MODEL_SUFFIXES]
@@ -71,15 +73,20 @@ def find_model_file(model_folder: str | Path) -> Path:
         if candidate.is_file() and candidate.parent.name != STATE_DIR:
             return candidate
     for suffix in MODEL_SUFFIXES:
-        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix
-                       and not p.name.startswith("."))
+        found = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix and not p.name.startswith(".")
+        )
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise VirionError(f"{folder}: several model files ({', '.join(p.name for p in found)}); pass the "
-                              "file you want instead of the folder")
-    raise VirionError(f"{folder}: no .keras or .h5 model file; the training of this model did not finish, "
-                      f"resume it with `virion train --resume {folder.parent}`")
+            raise VirionError(
+                f"{folder}: several model files ({', '.join(p.name for p in found)}); pass the "
+                "file you want instead of the folder"
+            )
+    raise VirionError(
+        f"{folder}: no .keras or .h5 model file; the training of this model did not finish, "
+        f"resume it with `virion train --resume {folder.parent}`"
+    )
 
 
 def register_custom_objects() -> None:
@@ -102,8 +109,10 @@ def load_keras_model(path: str | Path, compile: bool = False):
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file; the user needs one line
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
-        raise VirionError(f"{path}: could not load the model ({reason[:300]}); re-save it with `virion train` "
-                          "(models are loaded in safe mode: files that run code are refused)") from None
+        raise VirionError(
+            f"{path}: could not load the model ({reason[:300]}); re-save it with `virion train` "
+            "(models are loaded in safe mode: files that run code are refused)"
+        ) from None
 
 
 def load_model_file(model_file: str | Path, metadata: ModelMetadata | None = None) -> LoadedModel:
@@ -115,14 +124,17 @@ def load_model_file(model_file: str | Path, metadata: ModelMetadata | None = Non
     outputs = model.outputs
     if len(outputs) != 1 or outputs[0].shape[-1] != metadata.num_classes:
         got = outputs[0].shape[-1] if len(outputs) == 1 else len(outputs)
-        raise VirionError(f"{model_file}: the model gives {got} outputs but {where} lists {metadata.num_classes} "
-                          "class_names; use the metadata.json of this model")
+        raise VirionError(
+            f"{model_file}: the model gives {got} outputs but {where} lists {metadata.num_classes} "
+            "class_names; use the metadata.json of this model"
+        )
     shape = model.inputs[0].shape
     if shape[1] is not None and (shape[1], shape[2]) != (metadata.input_size, metadata.input_size):
-        raise VirionError(f"{model_file}: model input is {shape[1]}x{shape[2]} but {where} says input_size "
-                          f"{metadata.input_size}; use the metadata.json of this model")
-    return LoadedModel(name=metadata.name or model_file.parent.name, model=model, metadata=metadata,
-                       source=model_file)
+        raise VirionError(
+            f"{model_file}: model input is {shape[1]}x{shape[2]} but {where} says input_size "
+            f"{metadata.input_size}; use the metadata.json of this model"
+        )
+    return LoadedModel(name=metadata.name or model_file.parent.name, model=model, metadata=metadata, source=model_file)
 
 
 def resolve_model_files(path: str | Path, model_name: str | list[str] | None = None) -> list[Path]:
@@ -140,8 +152,10 @@ def resolve_model_files(path: str | Path, model_name: str | list[str] | None = N
     else:
         folders = sorted(p for p in path.iterdir() if p.is_dir() and (p / METADATA_FILE).is_file())
         if not folders:
-            raise VirionError(f"{path}: no model found; expected a run folder with <model>/{METADATA_FILE} "
-                              f"sub-folders, a model folder with {METADATA_FILE}, or a .keras/.h5 file")
+            raise VirionError(
+                f"{path}: no model found; expected a run folder with <model>/{METADATA_FILE} "
+                f"sub-folders, a model folder with {METADATA_FILE}, or a .keras/.h5 file"
+            )
         files = []
         for folder in folders:
             if wanted and folder.name not in wanted and _meta_name(folder) not in wanted:
@@ -150,16 +164,20 @@ def resolve_model_files(path: str | Path, model_name: str | list[str] | None = N
                 continue  # a whole run: its failed models are skipped (asked for by name: find_model_file says why)
             files.append(find_model_file(folder))
         if not files and not wanted:
-            raise VirionError(f"{path}: the training of every model of this run failed (see each model's "
-                              f"{METADATA_FILE}); there is no model to load")
+            raise VirionError(
+                f"{path}: the training of every model of this run failed (see each model's "
+                f"{METADATA_FILE}); there is no model to load"
+            )
         missing = [w for w in wanted if w not in {f.parent.name for f in files} | {_meta_name(f.parent) for f in files}]
         if missing:
             names = ", ".join(f.name for f in folders)
             raise VirionError(f"--model {missing[0]}: not in run {path}; choose one of: {names}")
         return files
     if wanted and not set(wanted) & {folders[0].name, _meta_name(folders[0])}:
-        raise VirionError(f"--model {wanted[0]}: {path} holds model '{_meta_name(folders[0]) or folders[0].name}'; "
-                          "drop --model or pick that model")
+        raise VirionError(
+            f"--model {wanted[0]}: {path} holds model '{_meta_name(folders[0]) or folders[0].name}'; "
+            "drop --model or pick that model"
+        )
     return files
 
 

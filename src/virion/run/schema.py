@@ -42,8 +42,10 @@ def _check_version(values: dict, where: str) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise VirionError(f"{where}: schema_version must be a whole number, got {version!r}")
     if version > SCHEMA_VERSION:
-        raise VirionError(f"{where}: written by a newer virion (schema {version}, this one reads up to "
-                          f"{SCHEMA_VERSION}); upgrade virion with `pip install -U virion`")
+        raise VirionError(
+            f"{where}: written by a newer virion (schema {version}, this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade virion with `pip install -U virion`"
+        )
     return version
 
 
@@ -93,8 +95,9 @@ class ModelMetadata:
         return {"schema_version": SCHEMA_VERSION, "model": self.name, **values, **self.extra}
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "metadata.json", *, run_config: dict | None = None,
-                  default_name: str = "") -> "ModelMetadata":
+    def from_dict(
+        cls, values: dict, where: str = "metadata.json", *, run_config: dict | None = None, default_name: str = ""
+    ) -> ModelMetadata:
         """Read a metadata dict (any schema up to SCHEMA_VERSION); `where` names the file in errors.
 
         stretch: the model's own key, else its embedded config's, else the run's config.json
@@ -108,7 +111,9 @@ class ModelMetadata:
             raise VirionError(f"{where}: class_names must be a list of at least two class names in model output order")
         size = values.get("input_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-            raise VirionError(f"{where}: input_size must be a whole number of pixels per side (8 or more), got {size!r}")
+            raise VirionError(
+                f"{where}: input_size must be a whole number of pixels per side (8 or more), got {size!r}"
+            )
         config = values.get("config") if isinstance(values.get("config"), dict) else {}
         stretch = DEFAULT_STRETCH
         for source in (values, config, run_config or {}):
@@ -117,8 +122,13 @@ class ModelMetadata:
                 break
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known and k not in ("stretch", "extra", "name")}
-        kwargs.update(class_names=list(names), input_size=size, stretch=stretch, config=dict(config),
-                      name=str(values.get("model") or values.get("name") or default_name))
+        kwargs.update(
+            class_names=list(names),
+            input_size=size,
+            stretch=stretch,
+            config=dict(config),
+            name=str(values.get("model") or values.get("name") or default_name),
+        )
         status = values.get("status", "trained")
         if status not in MODEL_STATUSES:
             raise VirionError(f"{where}: status must be one of {', '.join(MODEL_STATUSES)}, got {status!r}")
@@ -147,13 +157,19 @@ class DatasetInfo:
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def from_dataset(cls, dataset, failures=()) -> "DatasetInfo":
+    def from_dataset(cls, dataset, failures=()) -> DatasetInfo:
         """From a `virion.data.layout.Dataset` and the decode failures of its splits."""
         root = Path(dataset.root)
-        return cls(root=str(root), layout=dataset.layout, class_names=list(dataset.class_names),
-                   counts=dataset.counts(), ignored=[{"path": str(p), "reason": r} for p, r in dataset.ignored],
-                   skipped=[{"path": str(p), "reason": r} for p, r in failures],
-                   fingerprint=dataset.fingerprint(), synthetic=is_synthetic(root))
+        return cls(
+            root=str(root),
+            layout=dataset.layout,
+            class_names=list(dataset.class_names),
+            counts=dataset.counts(),
+            ignored=[{"path": str(p), "reason": r} for p, r in dataset.ignored],
+            skipped=[{"path": str(p), "reason": r} for p, r in failures],
+            fingerprint=dataset.fingerprint(),
+            synthetic=is_synthetic(root),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -161,7 +177,7 @@ class DatasetInfo:
         return {**values, **self.extra}
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "dataset.json") -> "DatasetInfo":
+    def from_dict(cls, values: dict, where: str = "dataset.json") -> DatasetInfo:
         if not isinstance(values, dict):
             raise VirionError(f"{where}: expected a JSON object; the run folder is damaged")
         _check_version(values, where)
@@ -180,6 +196,8 @@ def is_synthetic(root: str | Path) -> bool:
         if (root / "synth.json").is_file():
             return True
         readme = root / "README.txt"
-        return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace")[:200].upper().startswith("SYNTHETIC")
+        return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace")[:200].upper().startswith(
+            "SYNTHETIC"
+        )
     except OSError:
         return False

@@ -6,8 +6,9 @@ training held out (same options, same seed, same decoding through the decode cac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from virion.errors import VirionError
 from virion.run.schema import DEFAULT_STRETCH, parse_stretch

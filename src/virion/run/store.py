@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from virion.atomic import atomic_write_text
 from virion.errors import VirionError
@@ -108,8 +109,13 @@ def library_versions() -> dict[str, str]:
 
     from virion import __version__
 
-    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": numpy.__version__,
-                "virion": __version__, "backend": keras.backend.backend()}
+    versions = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "virion": __version__,
+        "backend": keras.backend.backend(),
+    }
     if keras.backend.backend() == "tensorflow":
         import tensorflow
 
@@ -132,8 +138,9 @@ def write_metadata(model_folder: str | Path, metadata: ModelMetadata | None = No
         values = {k: v for k, v in fields.items()}
         if "stretch" not in values and isinstance(values.get("config"), dict) and "stretch" in values["config"]:
             values["stretch"] = values["config"]["stretch"]
-        metadata = ModelMetadata.from_dict(_plain(values), str(Path(model_folder) / METADATA_FILE),
-                                           default_name=Path(model_folder).name)
+        metadata = ModelMetadata.from_dict(
+            _plain(values), str(Path(model_folder) / METADATA_FILE), default_name=Path(model_folder).name
+        )
     return write_json(Path(model_folder) / METADATA_FILE, metadata.to_dict())
 
 
@@ -148,8 +155,10 @@ def read_metadata(model_folder: str | Path, run_config: dict | None = None) -> M
     folder = named.parent if named.is_file() else named
     path = folder / METADATA_FILE
     if not path.is_file():
-        raise VirionError(f"{named}: no {METADATA_FILE} beside it; it needs class_names (in output order) and input_size "
-                          "(the models from `virion train` have one; keep it beside the model file)")
+        raise VirionError(
+            f"{named}: no {METADATA_FILE} beside it; it needs class_names (in output order) and input_size "
+            "(the models from `virion train` have one; keep it beside the model file)"
+        )
     if run_config is None:
         run_config = _run_config_beside(folder)
     return ModelMetadata.from_dict(read_json(path), str(path), run_config=run_config, default_name=folder.name)

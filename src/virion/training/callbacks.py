@@ -21,8 +21,15 @@ from sklearn.metrics import f1_score
 from virion.inference.batching import predict_arrays
 from virion.run.layout import STATE_DIR
 from virion.training.faults import crash_point
-from virion.training.progress import (HISTORY_COLUMNS, PROGRESS_FILE, Progress, commit, is_temp_file,
-                                      state_best_name, state_model_name)
+from virion.training.progress import (
+    HISTORY_COLUMNS,
+    PROGRESS_FILE,
+    Progress,
+    commit,
+    is_temp_file,
+    state_best_name,
+    state_model_name,
+)
 from virion.training.saving import save_state_model, save_weights
 
 
@@ -52,7 +59,7 @@ class ValidationMacroF1(keras.callbacks.Callback):
         if isinstance(self.val_x, np.ndarray):  # the shared batching path (same padding as predict/evaluate)
             probs = predict_arrays(self.model, self.val_x, batch_size=self.batch_size or 32)
         else:
-            probs = self.model.predict(self.val_x, verbose=0)[:len(self.val_y)]  # drop multi-device padding
+            probs = self.model.predict(self.val_x, verbose=0)[: len(self.val_y)]  # drop multi-device padding
         pred = np.argmax(probs, axis=-1)
         logs["val_macro_f1"] = float(f1_score(self.val_y, pred, average="macro", zero_division=0))
 
@@ -64,9 +71,16 @@ class BestCheckpoint(keras.callbacks.Callback):
     it in progress.json, so a kill before the commit leaves the previous best in force.
     """
 
-    def __init__(self, state_dir: str | Path, monitor: str = "val_accuracy", best: float | None = None,
-                 best_epoch: int | None = None, best_logs: dict | None = None, best_file: str | None = None,
-                 target: keras.Model | None = None):
+    def __init__(
+        self,
+        state_dir: str | Path,
+        monitor: str = "val_accuracy",
+        best: float | None = None,
+        best_epoch: int | None = None,
+        best_logs: dict | None = None,
+        best_file: str | None = None,
+        target: keras.Model | None = None,
+    ):
         super().__init__()
         self.state_dir = Path(state_dir)
         self.target = target  # the model whose weights to keep, when not the one being fit
@@ -188,8 +202,16 @@ class EpochCommit(keras.callbacks.Callback):
        removed. A loss that became NaN commits the epoch as "failed" instead.
     """
 
-    def __init__(self, model_folder: str | Path, progress: Progress, phase: str, checkpoint: BestCheckpoint,
-                 timer: EpochTimer, nan_guard: StopOnNaN, counters: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model_folder: str | Path,
+        progress: Progress,
+        phase: str,
+        checkpoint: BestCheckpoint,
+        timer: EpochTimer,
+        nan_guard: StopOnNaN,
+        counters: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.folder = Path(model_folder)
         self.state_dir = self.folder / STATE_DIR
@@ -213,10 +235,18 @@ class EpochCommit(keras.callbacks.Callback):
             save_state_model(self.model, self.state_dir / name)
             ckpt = self.checkpoint
             new = dataclasses.replace(
-                old, phase=self.phase, stopped=bool(self.model.stop_training), model_file=name,
-                best_file=ckpt.best_file, monitor=ckpt.monitor, best=ckpt.best if np.isfinite(ckpt.best) else None,
-                best_epoch=ckpt.best_epoch, best_logs=ckpt.best_logs,
-                callbacks={key: cb.get_state() for key, cb in self.counters.items()}, **common)
+                old,
+                phase=self.phase,
+                stopped=bool(self.model.stop_training),
+                model_file=name,
+                best_file=ckpt.best_file,
+                monitor=ckpt.monitor,
+                best=ckpt.best if np.isfinite(ckpt.best) else None,
+                best_epoch=ckpt.best_epoch,
+                best_logs=ckpt.best_logs,
+                callbacks={key: cb.get_state() for key, cb in self.counters.items()},
+                **common,
+            )
         commit(self.folder, new)
         self.progress = new
         keep = {PROGRESS_FILE, new.model_file, new.best_file}
@@ -267,36 +297,66 @@ def cosine_schedule(base_lr: float, total_epochs: int, first_epoch: int = 0):
     def schedule(epoch, lr=None):
         t = min(max(epoch - first_epoch, 0), span) / span
         return float(base_lr * 0.5 * (1 + math.cos(math.pi * t)))
+
     return schedule
 
 
-def make_callbacks(model_folder: str | Path, *, phase: str, progress: Progress, val_x: Any, val_y: np.ndarray,
-                   timer: EpochTimer, checkpoint_metric: str = "val_accuracy", early_stopping: int | None = None,
-                   lr_schedule: str = "none", base_lr: float = 1e-3, first_epoch: int = 0, total_epochs: int = 1,
-                   tensorboard: bool = False, batch_size: int | None = None,
-                   checkpoint_model: keras.Model | None = None) -> tuple[list[keras.callbacks.Callback], EpochCommit]:
+def make_callbacks(
+    model_folder: str | Path,
+    *,
+    phase: str,
+    progress: Progress,
+    val_x: Any,
+    val_y: np.ndarray,
+    timer: EpochTimer,
+    checkpoint_metric: str = "val_accuracy",
+    early_stopping: int | None = None,
+    lr_schedule: str = "none",
+    base_lr: float = 1e-3,
+    first_epoch: int = 0,
+    total_epochs: int = 1,
+    tensorboard: bool = False,
+    batch_size: int | None = None,
+    checkpoint_model: keras.Model | None = None,
+) -> tuple[list[keras.callbacks.Callback], EpochCommit]:
     """The callback list in the order the shared `logs` dict needs; the commit comes last."""
     folder = Path(model_folder)
     state = folder / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    checkpoint = BestCheckpoint(state, monitor=checkpoint_metric, best=progress.best, best_epoch=progress.best_epoch,
-                                best_logs=progress.best_logs, best_file=progress.best_file, target=checkpoint_model)
+    checkpoint = BestCheckpoint(
+        state,
+        monitor=checkpoint_metric,
+        best=progress.best,
+        best_epoch=progress.best_epoch,
+        best_logs=progress.best_logs,
+        best_file=progress.best_file,
+        target=checkpoint_model,
+    )
     nan_guard = StopOnNaN()
     counters: dict[str, Any] = {}
     callbacks: list[keras.callbacks.Callback] = [timer, nan_guard, ValidationMacroF1(val_x, val_y, batch_size)]
     if lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine_schedule(base_lr, total_epochs, first_epoch)))
     elif lr_schedule == "plateau":
-        counters["plateau"] = ResumablePlateau(monitor=checkpoint_metric, mode="max", factor=0.5, patience=2,
-                                               min_lr=base_lr / 100, state=progress.callbacks.get("plateau"))
+        counters["plateau"] = ResumablePlateau(
+            monitor=checkpoint_metric,
+            mode="max",
+            factor=0.5,
+            patience=2,
+            min_lr=base_lr / 100,
+            state=progress.callbacks.get("plateau"),
+        )
         callbacks.append(counters["plateau"])
     callbacks.append(checkpoint)
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard" / phase)))
     if early_stopping:
         counters["early_stopping"] = ResumableEarlyStopping(
-            monitor=checkpoint_metric, mode="max", patience=int(early_stopping),
-            state=progress.callbacks.get("early_stopping"))
+            monitor=checkpoint_metric,
+            mode="max",
+            patience=int(early_stopping),
+            state=progress.callbacks.get("early_stopping"),
+        )
         callbacks.append(counters["early_stopping"])
     # Last: it records this epoch's best, the counters after their update and whether to stop.
     committer = EpochCommit(folder, progress, phase, checkpoint, timer, nan_guard, counters)

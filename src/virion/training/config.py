@@ -48,8 +48,9 @@ _AUGMENT_DEFAULTS: dict[str, Any] = dataclasses.asdict(AugmentConfig())
 # kind: int | float | str | bool | list | path | choice | special (own coercion in _COERCE).
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str, kind: str, flag: str | None = "",
-            factory: Any = None, **meta: Any) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING, *, help: str, kind: str, flag: str | None = "", factory: Any = None, **meta: Any
+) -> Any:
     """A dataclass field with the metadata the CLI and validate() read (flag "" = --field-name)."""
     meta.update(help=help, kind=kind, flag=flag)
     if factory is not None:
@@ -62,112 +63,281 @@ class TrainConfig:
     """All settings of `virion train`; the defaults are the reference paper's settings (preset `reference`)."""
 
     # ------------------------------------------------------------------ run
-    data: str | None = setting(None, kind="path", metavar="DIR", group="run",
-                               help="dataset folder: one sub-folder per class, train/validation/test split "
-                               "folders, or a CSV manifest")
-    models: list[str] = setting(kind="list", factory=lambda: list(DEFAULT_MODELS), choices=MODEL_NAMES,
-                                metavar="MODEL", group="run",
-                                help=f"models to train, any of {', '.join(MODEL_NAMES)} (default: the "
-                                f"reference three, {' '.join(DEFAULT_MODELS)})")
-    out: str | None = setting(None, kind="path", metavar="RUN", group="run",
-                              help="run folder to create, e.g. runs/NAME")
-    preset: str = setting(DEFAULT_PRESET, kind="special", metavar="NAME", group="run",
-                          help="named recipe the other settings start from")
+    data: str | None = setting(
+        None,
+        kind="path",
+        metavar="DIR",
+        group="run",
+        help="dataset folder: one sub-folder per class, train/validation/test split folders, or a CSV manifest",
+    )
+    models: list[str] = setting(
+        kind="list",
+        factory=lambda: list(DEFAULT_MODELS),
+        choices=MODEL_NAMES,
+        metavar="MODEL",
+        group="run",
+        help=f"models to train, any of {', '.join(MODEL_NAMES)} (default: the "
+        f"reference three, {' '.join(DEFAULT_MODELS)})",
+    )
+    out: str | None = setting(
+        None, kind="path", metavar="RUN", group="run", help="run folder to create, e.g. runs/NAME"
+    )
+    preset: str = setting(
+        DEFAULT_PRESET, kind="special", metavar="NAME", group="run", help="named recipe the other settings start from"
+    )
     overwrite: bool = setting(False, kind="bool", group="run", help="replace an existing, non-empty --out folder")
     # ------------------------------------------------------------------ training
-    input_size: int = setting(128, kind="int", low=1, high=MAX_INPUT_SIZE, metavar="PX",
-                              help="images are resized to PX x PX")
+    input_size: int = setting(
+        128, kind="int", low=1, high=MAX_INPUT_SIZE, metavar="PX", help="images are resized to PX x PX"
+    )
     batch_size: int = setting(64, kind="int", low=1, high=65536, metavar="N", help="images per batch")
     epochs: int = setting(20, kind="int", low=1, high=MAX_EPOCHS, metavar="N", help="epochs of training")
-    learning_rate: float = setting(1e-3, kind="float", low=0.0, low_open=True, high=MAX_LEARNING_RATE,
-                                   flag="--lr", metavar="LR", help="learning rate")
-    optimizer: str = setting("adam", kind="choice", choices=OPTIMIZERS,
-                             help="adam (reference), adamw (decoupled weight decay) or sgd (momentum 0.9)")
-    weight_decay: float | None = setting(None, kind="float", low=0.0, high=1.0, metavar="WD", optional=True,
-                                         help=f"decoupled weight decay (default: {ADAMW_DEFAULT_WEIGHT_DECAY} "
-                                         "with adamw, none otherwise)")
-    label_smoothing: float = setting(0.0, kind="float", low=0.0, high=1.0, high_open=True, metavar="EPS",
-                                     help="cross-entropy label smoothing, 0 = plain categorical cross-entropy")
-    seed: int = setting(0, kind="int", low=0, high=2**32 - 1, metavar="N",
-                        help="seed for the split, initial weights and augmentation order")
+    learning_rate: float = setting(
+        1e-3,
+        kind="float",
+        low=0.0,
+        low_open=True,
+        high=MAX_LEARNING_RATE,
+        flag="--lr",
+        metavar="LR",
+        help="learning rate",
+    )
+    optimizer: str = setting(
+        "adam",
+        kind="choice",
+        choices=OPTIMIZERS,
+        help="adam (reference), adamw (decoupled weight decay) or sgd (momentum 0.9)",
+    )
+    weight_decay: float | None = setting(
+        None,
+        kind="float",
+        low=0.0,
+        high=1.0,
+        metavar="WD",
+        optional=True,
+        help=f"decoupled weight decay (default: {ADAMW_DEFAULT_WEIGHT_DECAY} with adamw, none otherwise)",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        kind="float",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        metavar="EPS",
+        help="cross-entropy label smoothing, 0 = plain categorical cross-entropy",
+    )
+    seed: int = setting(
+        0,
+        kind="int",
+        low=0,
+        high=2**32 - 1,
+        metavar="N",
+        help="seed for the split, initial weights and augmentation order",
+    )
     weights: str | dict[str, str] = setting(
-        "imagenet", kind="special", metavar="SPEC", nargs="+",
+        "imagenet",
+        kind="special",
+        metavar="SPEC",
+        nargs="+",
         help="transfer models' base: imagenet (Keras cache/download), none (random init, whole network "
         "trained), a weights file, a folder holding Keras' weight file names, or per model "
-        "NAME=imagenet|none|PATH (e.g. xception=x.h5 densenet121=none)")
-    fine_tune_epochs: int = setting(0, kind="int", low=0, high=MAX_EPOCHS, metavar="N",
-                                    help="after the head, unfreeze the top of the base and train N more epochs")
-    unfreeze: float | str = setting(0.3, kind="special", metavar="FRACTION|LAYER",
-                                    help="part of the base to unfreeze for fine-tuning: a fraction in (0, 1] "
-                                    "or the name of the first layer to train")
-    fine_tune_lr: float = setting(1e-5, kind="float", low=0.0, low_open=True, high=MAX_LEARNING_RATE,
-                                  metavar="LR", help="learning rate for fine-tuning")
-    class_weight: str = setting("none", kind="choice", choices=CLASS_WEIGHTS,
-                                help="balanced: weight classes by inverse frequency")
-    checkpoint_metric: str = setting("val_accuracy", kind="choice", choices=CHECKPOINT_METRICS,
-                                     help="validation metric that picks the best epoch")
-    early_stopping: int | None = setting(None, kind="int", low=1, high=MAX_EPOCHS, optional=True,
-                                         metavar="PATIENCE", help="stop after PATIENCE epochs without "
-                                         "improvement of the checkpoint metric (0 or off: never)")
+        "NAME=imagenet|none|PATH (e.g. xception=x.h5 densenet121=none)",
+    )
+    fine_tune_epochs: int = setting(
+        0,
+        kind="int",
+        low=0,
+        high=MAX_EPOCHS,
+        metavar="N",
+        help="after the head, unfreeze the top of the base and train N more epochs",
+    )
+    unfreeze: float | str = setting(
+        0.3,
+        kind="special",
+        metavar="FRACTION|LAYER",
+        help="part of the base to unfreeze for fine-tuning: a fraction in (0, 1] "
+        "or the name of the first layer to train",
+    )
+    fine_tune_lr: float = setting(
+        1e-5,
+        kind="float",
+        low=0.0,
+        low_open=True,
+        high=MAX_LEARNING_RATE,
+        metavar="LR",
+        help="learning rate for fine-tuning",
+    )
+    class_weight: str = setting(
+        "none", kind="choice", choices=CLASS_WEIGHTS, help="balanced: weight classes by inverse frequency"
+    )
+    checkpoint_metric: str = setting(
+        "val_accuracy", kind="choice", choices=CHECKPOINT_METRICS, help="validation metric that picks the best epoch"
+    )
+    early_stopping: int | None = setting(
+        None,
+        kind="int",
+        low=1,
+        high=MAX_EPOCHS,
+        optional=True,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without improvement of the checkpoint metric (0 or off: never)",
+    )
     lr_schedule: str = setting("none", kind="choice", choices=LR_SCHEDULES, help="learning-rate schedule")
-    feature_cache: int | None = setting(None, kind="special", metavar="off|K",
-                                        help="frozen-base models: run the base once per image (0) or per each "
-                                        "of K augmented views and train the head on cached features")
+    feature_cache: int | None = setting(
+        None,
+        kind="special",
+        metavar="off|K",
+        help="frozen-base models: run the base once per image (0) or per each "
+        "of K augmented views and train the head on cached features",
+    )
     mixed_precision: str | bool = setting(
-        "auto", kind="special", metavar="auto|on|off|bfloat16",
-        aliases=(("--no-mixed-precision", False, "same as --mixed-precision off"),
-                 ("--bf16", "bfloat16", "same as --mixed-precision bfloat16 (CPUs with AVX512_BF16/AMX)")),
-        help="mixed precision: auto = float16 with a GPU, off on the CPU; bfloat16 = mixed bfloat16")
-    xla: str | bool = setting("auto", kind="special", metavar="auto|on|off",
-                              aliases=(("--no-xla", False, "same as --xla off"),),
-                              help="compile the training step with XLA (auto: with a GPU only)")
-    tensorboard: bool = setting(False, kind="bool", help="write TensorBoard logs under each model folder "
-                                "(needs the extra: pip install 'virion[tensorboard]')")
+        "auto",
+        kind="special",
+        metavar="auto|on|off|bfloat16",
+        aliases=(
+            ("--no-mixed-precision", False, "same as --mixed-precision off"),
+            ("--bf16", "bfloat16", "same as --mixed-precision bfloat16 (CPUs with AVX512_BF16/AMX)"),
+        ),
+        help="mixed precision: auto = float16 with a GPU, off on the CPU; bfloat16 = mixed bfloat16",
+    )
+    xla: str | bool = setting(
+        "auto",
+        kind="special",
+        metavar="auto|on|off",
+        aliases=(("--no-xla", False, "same as --xla off"),),
+        help="compile the training step with XLA (auto: with a GPU only)",
+    )
+    tensorboard: bool = setting(
+        False,
+        kind="bool",
+        help="write TensorBoard logs under each model folder (needs the extra: pip install 'virion[tensorboard]')",
+    )
     # ------------------------------------------------------------------ devices (virion.backend, training.distribute)
-    backend: str = setting("auto", kind="choice", choices=BACKENDS,
-                           help="Keras compute backend: auto = jax when JAX sees a GPU (pip install "
-                           "'virion[cuda]'), else tensorflow (the faster CPU path)")
-    devices: str | int = setting("all", kind="special", metavar="all|N",
-                                 help="devices to train on, data parallel: all local accelerators or the first N "
-                                 "of each machine (several need the jax backend); --batch-size is the global batch")
-    coordinator: str | None = setting(None, kind="special", metavar="HOST:PORT",
-                                      help="multi-machine training: address of process 0 (or VIRION_COORDINATOR; "
-                                      "SLURM is detected)")
-    num_processes: int | None = setting(None, kind="int", low=1, high=65536, optional=True, metavar="N",
-                                        help="multi-machine training: number of processes (or VIRION_NUM_PROCESSES)")
-    process_id: int | None = setting(None, kind="int", low=0, high=65535, optional=True, metavar="I",
-                                     help="multi-machine training: this process's index, 0 writes the run folder "
-                                     "(or VIRION_PROCESS_ID)")
+    backend: str = setting(
+        "auto",
+        kind="choice",
+        choices=BACKENDS,
+        help="Keras compute backend: auto = jax when JAX sees a GPU (pip install "
+        "'virion[cuda]'), else tensorflow (the faster CPU path)",
+    )
+    devices: str | int = setting(
+        "all",
+        kind="special",
+        metavar="all|N",
+        help="devices to train on, data parallel: all local accelerators or the first N "
+        "of each machine (several need the jax backend); --batch-size is the global batch",
+    )
+    coordinator: str | None = setting(
+        None,
+        kind="special",
+        metavar="HOST:PORT",
+        help="multi-machine training: address of process 0 (or VIRION_COORDINATOR; SLURM is detected)",
+    )
+    num_processes: int | None = setting(
+        None,
+        kind="int",
+        low=1,
+        high=65536,
+        optional=True,
+        metavar="N",
+        help="multi-machine training: number of processes (or VIRION_NUM_PROCESSES)",
+    )
+    process_id: int | None = setting(
+        None,
+        kind="int",
+        low=0,
+        high=65535,
+        optional=True,
+        metavar="I",
+        help="multi-machine training: this process's index, 0 writes the run folder (or VIRION_PROCESS_ID)",
+    )
     # ------------------------------------------------------------------ data
-    classes: list[str] | None = setting(None, kind="list", metavar="NAME", group="data", optional=True,
-                                        help="train on these classes only")
-    exclude: list[str] = setting(kind="list", factory=list, metavar="NAME", group="data",
-                                 help="leave these class folders out (fnmatch patterns)")
-    include_subfolders: bool = setting(False, kind="bool", group="data",
-                                       help="also take images from sub-folders of each class folder")
-    group_by: str | None = setting(None, kind="special", metavar="REGEX", group="data",
-                                   help="split validation/test by group, not by image: the group is the part of "
-                                   "the file name REGEX matches (e.g. '^(.*)_\\d+$' = all before the last _N)")
-    val_fraction: float = setting(0.2, kind="float", low=0.0, high=1.0, low_open=True, high_open=True,
-                                  metavar="F", group="data", help="share of training images for validation")
-    test_fraction: float = setting(0.2, kind="float", low=0.0, high=1.0, high_open=True, metavar="F",
-                                   group="data", help="share of images for the test set")
+    classes: list[str] | None = setting(
+        None, kind="list", metavar="NAME", group="data", optional=True, help="train on these classes only"
+    )
+    exclude: list[str] = setting(
+        kind="list", factory=list, metavar="NAME", group="data", help="leave these class folders out (fnmatch patterns)"
+    )
+    include_subfolders: bool = setting(
+        False, kind="bool", group="data", help="also take images from sub-folders of each class folder"
+    )
+    group_by: str | None = setting(
+        None,
+        kind="special",
+        metavar="REGEX",
+        group="data",
+        help="split validation/test by group, not by image: the group is the part of "
+        "the file name REGEX matches (e.g. '^(.*)_\\d+$' = all before the last _N)",
+    )
+    val_fraction: float = setting(
+        0.2,
+        kind="float",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        metavar="F",
+        group="data",
+        help="share of training images for validation",
+    )
+    test_fraction: float = setting(
+        0.2,
+        kind="float",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        metavar="F",
+        group="data",
+        help="share of images for the test set",
+    )
     stretch: tuple[float, float] | None = setting(
-        (0.5, 99.5), kind="special", metavar=("LOW", "HIGH"), nargs=2, group="data",
+        (0.5, 99.5),
+        kind="special",
+        metavar=("LOW", "HIGH"),
+        nargs=2,
+        group="data",
         aliases=(("--linear", "linear", "plain linear scaling by the image's dtype instead of a stretch"),),
-        help="contrast stretch between these percentiles")
-    strict: bool = setting(False, kind="bool", group="data",
-                           help="stop at the first unreadable image instead of skipping it")
-    mixup: float = setting(0.0, kind="float", low=0.0, high=10.0, metavar="ALPHA", group="augmentation",
-                           help="mixup: blend each training image and its label with another image of the batch, "
-                           "weights drawn from Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 are usual")
-    cutmix: float = setting(0.0, kind="float", low=0.0, high=10.0, metavar="ALPHA", group="augmentation",
-                            help="cutmix: paste a box of another image of the batch, labels mixed by the box's "
-                            "area, Beta(ALPHA, ALPHA); 0 = off, 1.0 is usual (with --mixup: half each)")
-    mix_prob: float = setting(1.0, kind="float", low=0.0, high=1.0, metavar="P", group="augmentation",
-                              help="share of training images that --mixup/--cutmix mix")
-    augment: dict[str, Any] = setting(kind="special", factory=lambda: dict(_AUGMENT_DEFAULTS), flag=None,
-                                      group="augmentation", help="augmentation of training images")
+        help="contrast stretch between these percentiles",
+    )
+    strict: bool = setting(
+        False, kind="bool", group="data", help="stop at the first unreadable image instead of skipping it"
+    )
+    mixup: float = setting(
+        0.0,
+        kind="float",
+        low=0.0,
+        high=10.0,
+        metavar="ALPHA",
+        group="augmentation",
+        help="mixup: blend each training image and its label with another image of the batch, "
+        "weights drawn from Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 are usual",
+    )
+    cutmix: float = setting(
+        0.0,
+        kind="float",
+        low=0.0,
+        high=10.0,
+        metavar="ALPHA",
+        group="augmentation",
+        help="cutmix: paste a box of another image of the batch, labels mixed by the box's "
+        "area, Beta(ALPHA, ALPHA); 0 = off, 1.0 is usual (with --mixup: half each)",
+    )
+    mix_prob: float = setting(
+        1.0,
+        kind="float",
+        low=0.0,
+        high=1.0,
+        metavar="P",
+        group="augmentation",
+        help="share of training images that --mixup/--cutmix mix",
+    )
+    augment: dict[str, Any] = setting(
+        kind="special",
+        factory=lambda: dict(_AUGMENT_DEFAULTS),
+        flag=None,
+        group="augmentation",
+        help="augmentation of training images",
+    )
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -200,19 +370,25 @@ class TrainConfig:
             setattr(self, key, _check(key, getattr(self, key), source))
         for name in self.models:
             if self.input_size < MIN_INPUT_SIZE[name]:
-                raise VirionError(f"--input-size (input_size) {self.input_size} is too small for {name}; use "
-                                  f"{MIN_INPUT_SIZE[name]} or more, or leave {name} out of --models")
+                raise VirionError(
+                    f"--input-size (input_size) {self.input_size} is too small for {name}; use "
+                    f"{MIN_INPUT_SIZE[name]} or more, or leave {name} out of --models"
+                )
         if self.feature_cache is not None and self.mix_config().enabled:
-            raise VirionError("--feature-cache with --mixup/--cutmix: cached features cannot be mixed; "
-                              "turn one of them off (--feature-cache off, or --mixup 0 --cutmix 0)")
+            raise VirionError(
+                "--feature-cache with --mixup/--cutmix: cached features cannot be mixed; "
+                "turn one of them off (--feature-cache off, or --mixup 0 --cutmix 0)"
+            )
         if isinstance(self.weights, dict):
             missing = [m for m in self.models if m != "resnet50" and m not in self.weights]
             extra = [m for m in self.weights if m not in self.models]
             if missing or extra:
                 given = " ".join(f"{k}={v}" for k, v in self.weights.items())
                 problem = f"no entry for {', '.join(missing)}" if missing else f"{', '.join(extra)} is not trained"
-                raise VirionError(f"--weights (weights) {given}: {problem}; give NAME=imagenet|none|PATH for "
-                                  "each transfer model of --models")
+                raise VirionError(
+                    f"--weights (weights) {given}: {problem}; give NAME=imagenet|none|PATH for "
+                    "each transfer model of --models"
+                )
         return self
 
     def check_environment(self) -> None:
@@ -223,20 +399,26 @@ class TrainConfig:
         if data is not None and not data.exists():
             raise VirionError(f"--data {self.data}: no such file or folder; pass a dataset folder or CSV manifest")
         if data is not None and data.is_file() and data.suffix.lower() != ".csv":
-            raise VirionError(f"--data {self.data}: is a file but not a .csv manifest; pass a dataset folder "
-                              "(one sub-folder per class) or a CSV manifest")
+            raise VirionError(
+                f"--data {self.data}: is a file but not a .csv manifest; pass a dataset folder "
+                "(one sub-folder per class) or a CSV manifest"
+            )
         for name, spec in self._weight_specs():
             if spec.lower() not in ("imagenet", "none") and not Path(spec).expanduser().exists():
-                raise VirionError(f"--weights {spec}: no such file or folder (for {name}); pass imagenet, none, "
-                                  "a weights file or a folder of Keras weight files")
+                raise VirionError(
+                    f"--weights {spec}: no such file or folder (for {name}); pass imagenet, none, "
+                    "a weights file or a folder of Keras weight files"
+                )
         if self.out:
             check_output_dir(self.out, "--out")
         if self.tensorboard:
             from importlib.util import find_spec
 
             if find_spec("tensorboard") is None:
-                raise VirionError("--tensorboard: TensorBoard is not installed; install it with "
-                                  "pip install 'virion[tensorboard]', or train without --tensorboard")
+                raise VirionError(
+                    "--tensorboard: TensorBoard is not installed; install it with "
+                    "pip install 'virion[tensorboard]', or train without --tensorboard"
+                )
 
     def _weight_specs(self) -> list[tuple[str, str]]:
         transfer = [m for m in self.models if m != "resnet50"]
@@ -444,8 +626,12 @@ def _check_weights(value: Any, source: str) -> str | dict[str, str]:
         out = {}
         for name, spec in value.items():
             if name not in MODEL_NAMES or name == "resnet50":
-                raise _bad("weights", f"{name}={spec}", f"a transfer model name "
-                           f"({', '.join(m for m in MODEL_NAMES if m != 'resnet50')}) before '='", source)
+                raise _bad(
+                    "weights",
+                    f"{name}={spec}",
+                    f"a transfer model name ({', '.join(m for m in MODEL_NAMES if m != 'resnet50')}) before '='",
+                    source,
+                )
             if not isinstance(spec, str) or not spec.strip():
                 raise _bad("weights", f"{name}={spec}", expected, source)
             out[name] = spec.lower() if spec.lower() in ("imagenet", "none") else spec
@@ -483,6 +669,7 @@ def _auto_flag(key: str, extra: tuple = ()) -> Any:
         if isinstance(value, str) and value.lower() == "float16" and extra:
             return True
         raise _bad(key, value, f"one of auto, on, off{''.join(', ' + e for e in extra)}", source)
+
     return check
 
 
@@ -490,7 +677,7 @@ def _check_stretch(value: Any, source: str) -> tuple[float, float] | None:
     """Through virion.run.schema.parse_stretch (the one stretch parser), with this module's message."""
     from virion.run.schema import parse_stretch
 
-    expected = "two percentiles 0 <= LOW < HIGH <= 100, or \"linear\""
+    expected = 'two percentiles 0 <= LOW < HIGH <= 100, or "linear"'
     try:
         parsed = parse_stretch(value, source)
     except VirionError:
@@ -525,7 +712,6 @@ def _check_augment(value: Any, source: str) -> dict[str, Any]:
     return AugmentConfig(**merged).to_dict()
 
 
-
 def _check_devices(value: Any, source: str) -> str | int:
     if isinstance(value, str) and value.strip().lower() == "all":
         return "all"
@@ -546,10 +732,17 @@ def _check_coordinator(value: Any, source: str) -> str | None:
 
 
 _COERCE = {
-    "preset": _check_preset, "weights": _check_weights, "unfreeze": _check_unfreeze,
-    "feature_cache": _check_feature_cache, "mixed_precision": _auto_flag("mixed_precision", ("bfloat16",)),
-    "xla": _auto_flag("xla"), "stretch": _check_stretch, "group_by": _check_group_by, "augment": _check_augment,
-    "devices": _check_devices, "coordinator": _check_coordinator,
+    "preset": _check_preset,
+    "weights": _check_weights,
+    "unfreeze": _check_unfreeze,
+    "feature_cache": _check_feature_cache,
+    "mixed_precision": _auto_flag("mixed_precision", ("bfloat16",)),
+    "xla": _auto_flag("xla"),
+    "stretch": _check_stretch,
+    "group_by": _check_group_by,
+    "augment": _check_augment,
+    "devices": _check_devices,
+    "coordinator": _check_coordinator,
 }
 
 
@@ -572,12 +765,12 @@ def gpu_available() -> bool:
     return _gpu_available()
 
 
-
 # ---------------------------------------------------------------------------- presets and TOML files
 def preset_names() -> list[str]:
     """Names of the presets shipped in virion/training/presets/ (reference first)."""
-    names = sorted(p.name[:-5] for p in resources.files("virion.training.presets").iterdir()
-                   if p.name.endswith(".toml"))
+    names = sorted(
+        p.name[:-5] for p in resources.files("virion.training.presets").iterdir() if p.name.endswith(".toml")
+    )
     return sorted(names, key=lambda n: n != DEFAULT_PRESET)
 
 
@@ -617,8 +810,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise VirionError(f"{path}: not valid TOML ({exc}); fix the file") from None
 
 
-def load_config(toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                preset: str | None = None) -> TrainConfig:
+def load_config(
+    toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> TrainConfig:
     """Defaults < preset < TOML file < `overrides` (the command line; None = not given); validated.
 
     The preset is `preset`, else overrides["preset"], else the TOML file's `preset`, else reference.

@@ -62,8 +62,9 @@ class MultiHost:
     process_id: int | None
 
 
-def multihost_settings(coordinator: str | None = None, num_processes: int | None = None,
-                       process_id: int | None = None, env=None) -> MultiHost | None:
+def multihost_settings(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None, env=None
+) -> MultiHost | None:
     """The multi-host settings from options, else VIRION_* variables, else a SLURM job; None: one machine.
 
     Inside a SLURM allocation of more than one task, JAX reads the coordinator, the process count
@@ -92,11 +93,14 @@ def multihost_settings(coordinator: str | None = None, num_processes: int | None
     if num_processes == 1:
         return None
     if coordinator is None or num_processes is None or process_id is None:
-        raise VirionError("multi-machine training needs all three of --coordinator HOST:PORT, --num-processes N "
-                          "and --process-id I (or VIRION_COORDINATOR, VIRION_NUM_PROCESSES, VIRION_PROCESS_ID)")
+        raise VirionError(
+            "multi-machine training needs all three of --coordinator HOST:PORT, --num-processes N "
+            "and --process-id I (or VIRION_COORDINATOR, VIRION_NUM_PROCESSES, VIRION_PROCESS_ID)"
+        )
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise VirionError(f"--process-id {process_id} must lie in 0..{num_processes - 1} for --num-processes "
-                          f"{num_processes}")
+        raise VirionError(
+            f"--process-id {process_id} must lie in 0..{num_processes - 1} for --num-processes {num_processes}"
+        )
     if ":" not in coordinator:
         raise VirionError(f"--coordinator {coordinator!r} needs a port: HOST:PORT of process 0, e.g. node1:1234")
     return MultiHost(coordinator, num_processes, process_id)
@@ -113,11 +117,16 @@ def initialize_multihost(settings: MultiHost) -> None:
     except (AttributeError, ValueError):  # pragma: no cover - older JAX without the option
         pass
     try:
-        jax.distributed.initialize(coordinator_address=settings.coordinator, num_processes=settings.num_processes,
-                                   process_id=settings.process_id)
+        jax.distributed.initialize(
+            coordinator_address=settings.coordinator,
+            num_processes=settings.num_processes,
+            process_id=settings.process_id,
+        )
     except RuntimeError as exc:
-        raise VirionError(f"multi-machine start failed ({exc}); start every process before any other "
-                          f"JAX work, with the same --coordinator and --num-processes") from None
+        raise VirionError(
+            f"multi-machine start failed ({exc}); start every process before any other "
+            f"JAX work, with the same --coordinator and --num-processes"
+        ) from None
     _state["multihost"] = True
 
 
@@ -132,16 +141,20 @@ def configure(devices="all"):
     wanted = parse_devices(devices)
     if keras.backend.backend() != "jax":
         if wanted not in ("all", 1):
-            raise VirionError(f"--devices {wanted}: training on several devices needs --backend jax "
-                              f"(this process runs Keras on {keras.backend.backend()})")
+            raise VirionError(
+                f"--devices {wanted}: training on several devices needs --backend jax "
+                f"(this process runs Keras on {keras.backend.backend()})"
+            )
         return None
     import jax
 
     local = jax.local_devices()
     per_process = len(local) if wanted == "all" else wanted
     if per_process > len(local):
-        raise VirionError(f"--devices {wanted}: this machine has only {len(local)} "
-                          f"{local[0].platform.upper()} device(s); use --devices all or at most {len(local)}")
+        raise VirionError(
+            f"--devices {wanted}: this machine has only {len(local)} "
+            f"{local[0].platform.upper()} device(s); use --devices all or at most {len(local)}"
+        )
     chosen = [d for p in range(jax.process_count()) for d in _first_local(jax, per_process, p)]
     if len(chosen) == 1:
         keras.distribution.set_distribution(None)
@@ -173,37 +186,53 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def prepare_process(backend: str = "auto", *, coordinator: str | None = None, num_processes: int | None = None,
-                    process_id: int | None = None) -> str:
+def prepare_process(
+    backend: str = "auto",
+    *,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> str:
     """Pick the backend and join a multi-machine run, before Keras is imported; returns the backend.
 
     Joining comes first because `jax.distributed.initialize` must precede any JAX computation,
     and "auto" detection asks JAX for its devices. Safe to call again once Keras is loaded (then it
     only checks the choice).
     """
-    from virion.backend import select_backend
-
     from virion import backend as _backend
+    from virion.backend import select_backend
 
     settings = multihost_settings(coordinator, num_processes, process_id)
     if settings is not None and settings.coordinator is None:  # a SLURM job of several tasks
         # Join only on the JAX path; decided without starting JAX (initialize must come first).
-        jax_path = backend == "jax" or (backend == "auto" and (_backend.loaded_backend() == "jax" or (
-            _backend.loaded_backend() is None and _backend._jax_gpu_plugin_installed())))
+        jax_path = backend == "jax" or (
+            backend == "auto"
+            and (
+                _backend.loaded_backend() == "jax"
+                or (_backend.loaded_backend() is None and _backend._jax_gpu_plugin_installed())
+            )
+        )
         if not jax_path:
             settings = None
     if settings is None:
         return select_backend(backend)
     if backend == "tensorflow":
-        raise VirionError("--backend tensorflow runs on one machine; multi-machine training needs --backend jax "
-                          "(or auto)")
+        raise VirionError(
+            "--backend tensorflow runs on one machine; multi-machine training needs --backend jax (or auto)"
+        )
     name = select_backend("jax")
     initialize_multihost(settings)
     return name
 
 
-def setup(devices="all", *, backend: str = "auto", coordinator: str | None = None,
-          num_processes: int | None = None, process_id: int | None = None):
+def setup(
+    devices="all",
+    *,
+    backend: str = "auto",
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+):
     """`prepare_process`, then the device mesh (`configure`): returns the distribution (None: one device)."""
     prepare_process(backend, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
     return configure(devices)

@@ -20,7 +20,7 @@ and decides). The phases are the steps of the commit protocol (see `virion.train
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 ENV = "VIRION_CRASH_AT"
 CRASH_EXIT_CODE = 86

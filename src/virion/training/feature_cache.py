@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -32,20 +32,29 @@ def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     try:
         pool = model.get_layer(POOL_LAYER)
     except ValueError:
-        pools = [l for l in model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D)]
+        pools = [layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
         if not pools:
-            raise ValueError(f"model {model.name!r} has no global-average-pooling layer to split at")
+            raise ValueError(f"model {model.name!r} has no global-average-pooling layer to split at") from None
         pool = pools[-1]
     base = keras.Model(model.inputs, pool.output, name=f"{model.name}_features")
     features = keras.Input(shape=tuple(pool.output.shape[1:]), name="features")
     x = features
-    for layer in model.layers[model.layers.index(pool) + 1:]:
+    for layer in model.layers[model.layers.index(pool) + 1 :]:
         x = layer(x)
     return base, keras.Model(features, x, name=f"{model.name}_head")
 
 
-def extract_features(base: keras.Model, arrays, num_classes: int, batch_size: int, *, views: int = 0,
-                     augment=None, seed: int = 0, verbose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    base: keras.Model,
+    arrays,
+    num_classes: int,
+    batch_size: int,
+    *,
+    views: int = 0,
+    augment=None,
+    seed: int = 0,
+    verbose: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Base features of every image: (V, N, D) features and (V, N) labels, V = max(views, 1).
 
     views = 0: file order, no augmentation. views >= 1: each view is one augmented, shuffled
@@ -78,8 +87,15 @@ def extract_features(base: keras.Model, arrays, num_classes: int, batch_size: in
 class FeatureViews(keras.utils.PyDataset):
     """Batches of cached features; epoch e uses view e mod V, reshuffled each epoch."""
 
-    def __init__(self, feats: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
-                 seed: int = 0, first_epoch: int = 0):
+    def __init__(
+        self,
+        feats: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        batch_size: int,
+        seed: int = 0,
+        first_epoch: int = 0,
+    ):
         super().__init__()
         self.feats, self.labels = feats, labels
         self.num_classes, self.batch_size, self.seed = num_classes, batch_size, seed
@@ -95,7 +111,7 @@ class FeatureViews(keras.utils.PyDataset):
         return math.ceil(self.feats.shape[1] / self.batch_size)
 
     def __getitem__(self, index):
-        idx = self.perm[index * self.batch_size:(index + 1) * self.batch_size]
+        idx = self.perm[index * self.batch_size : (index + 1) * self.batch_size]
         y = keras.utils.to_categorical(self.labels[self.view, idx], self.num_classes).astype(np.float32)
         return self.feats[self.view, idx], y
 
@@ -115,9 +131,19 @@ def _restore_head(head: keras.Model, path: Path, model_name: str) -> None:
                 dst.assign(src)
 
 
-def train_head_on_features(model: keras.Model, config, data, folder: Path, *, progress: Progress,
-                           make_callbacks: Callable, jit: bool = False, class_weight=None,
-                           extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1) -> Progress:
+def train_head_on_features(
+    model: keras.Model,
+    config,
+    data,
+    folder: Path,
+    *,
+    progress: Progress,
+    make_callbacks: Callable,
+    jit: bool = False,
+    class_weight=None,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+) -> Progress:
     """The head stage of `train_model` on cached features; returns the committed progress.
 
     `make_callbacks(phase, val_x, checkpoint_model, first_epoch, last_epoch, base_lr)` gives the
@@ -127,8 +153,12 @@ def train_head_on_features(model: keras.Model, config, data, folder: Path, *, pr
 
     done = progress.epochs_done
     base, head = split_model(model)
-    head.compile(optimizer=config.build_optimizer(config.learning_rate), loss=config.build_loss(),
-                 metrics=["accuracy"], jit_compile=bool(jit))
+    head.compile(
+        optimizer=config.build_optimizer(config.learning_rate),
+        loss=config.build_loss(),
+        metrics=["accuracy"],
+        jit_compile=bool(jit),
+    )
     if done and progress.model_file:
         _restore_head(head, folder / STATE_DIR / progress.model_file, model.name)
 
@@ -137,10 +167,18 @@ def train_head_on_features(model: keras.Model, config, data, folder: Path, *, pr
     if verbose:
         what = "plain features" if views == 0 else f"{views} augmented view(s)"
         print(f"feature cache: running the frozen {model.name} base once ({what}) ...", flush=True)
-    train_f, train_y = extract_features(base, data.train, data.num_classes, config.batch_size, views=views,
-                                        augment=config.augment_config(), seed=config.seed, verbose=verbose)
+    train_f, train_y = extract_features(
+        base,
+        data.train,
+        data.num_classes,
+        config.batch_size,
+        views=views,
+        augment=config.augment_config(),
+        seed=config.seed,
+        verbose=verbose,
+    )
     val_ds = make_dataset(data.validation, data.num_classes, config.batch_size, training=False)
-    val_f = base.predict(val_ds, verbose=0)[:len(data.validation.labels)].astype(np.float32)
+    val_f = base.predict(val_ds, verbose=0)[: len(data.validation.labels)].astype(np.float32)
     val_onehot = keras.utils.to_categorical(data.validation.labels, data.num_classes).astype(np.float32)
 
     callbacks, committer = make_callbacks("head", val_f, model, 0, config.epochs, config.learning_rate)
@@ -148,7 +186,15 @@ def train_head_on_features(model: keras.Model, config, data, folder: Path, *, pr
     # Extraction is part of the honest cost of this regime: count it as training time.
     committer.timer.train_seconds += time.perf_counter() - start
     return fit_by_epoch(
-        head, lambda epoch: FeatureViews(train_f, train_y, data.num_classes, config.batch_size, seed=config.seed,
-                                         first_epoch=epoch),
-        committer, last_epoch=config.epochs, callbacks=callbacks + list(extra_callbacks),
-        validation_data=(val_f, val_onehot), class_weight=class_weight, seed=config.seed, verbose=verbose)
+        head,
+        lambda epoch: FeatureViews(
+            train_f, train_y, data.num_classes, config.batch_size, seed=config.seed, first_epoch=epoch
+        ),
+        committer,
+        last_epoch=config.epochs,
+        callbacks=callbacks + list(extra_callbacks),
+        validation_data=(val_f, val_onehot),
+        class_weight=class_weight,
+        seed=config.seed,
+        verbose=verbose,
+    )

@@ -10,7 +10,8 @@ varying number of dataset iterators per epoch inside one `fit`, so we call `fit`
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -49,9 +50,18 @@ def reseed_layers(model: keras.Model, seed: int, epoch: int) -> None:
         variable.assign(value)
 
 
-def fit_by_epoch(model: keras.Model, train_data: Callable[[int], Any], committer: cb.EpochCommit, *,
-                 last_epoch: int, callbacks: list, validation_data, class_weight=None, seed: int = 0,
-                 verbose: int = 1) -> Progress:
+def fit_by_epoch(
+    model: keras.Model,
+    train_data: Callable[[int], Any],
+    committer: cb.EpochCommit,
+    *,
+    last_epoch: int,
+    callbacks: list,
+    validation_data,
+    class_weight=None,
+    seed: int = 0,
+    verbose: int = 1,
+) -> Progress:
     """`model.fit` one epoch at a time, from the committed epoch to `last_epoch`; returns the progress.
 
     Epoch k trains on `train_data(k)` with the random state of (seed, k). Stops early when the
@@ -64,8 +74,16 @@ def fit_by_epoch(model: keras.Model, train_data: Callable[[int], Any], committer
         batches = train_data(epoch)
         seed_globals(epoch_seed(seed, epoch))
         reseed_layers(model, seed, epoch)
-        model.fit(batches, validation_data=validation_data, initial_epoch=epoch, epochs=epoch + 1,
-                  callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=verbose)
+        model.fit(
+            batches,
+            validation_data=validation_data,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            callbacks=callbacks,
+            class_weight=class_weight,
+            shuffle=False,
+            verbose=verbose,
+        )
         if committer.progress.stopped or committer.progress.phase == "failed":
             break
     return committer.progress

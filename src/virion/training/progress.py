@@ -67,10 +67,11 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, where: str) -> "Progress":
+    def from_dict(cls, values: dict, where: str) -> Progress:
         if not isinstance(values, dict) or values.get("phase", "head") not in PHASES:
-            raise VirionError(f"{where}: not a virion progress record; delete the model's state/ folder to "
-                              "train that model again")
+            raise VirionError(
+                f"{where}: not a virion progress record; delete the model's state/ folder to train that model again"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

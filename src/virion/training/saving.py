@@ -25,9 +25,11 @@ from virion.training.faults import crash_point
 
 def save_state_model(model: keras.Model, path: str | Path) -> Path:
     """Native format with the compile config and optimizer state (what resume continues from)."""
+
     def write(tmp):
         model.save(tmp)
         crash_point("state_save")
+
     return atomic_write(path, write)
 
 
@@ -40,6 +42,7 @@ def save_weights(model: keras.Model, path: str | Path) -> Path:
     def write(tmp):
         model.save_weights(tmp)
         crash_point("best_save")
+
     return atomic_write(path, write)
 
 
@@ -92,4 +95,5 @@ def load_state_model(path: str | Path, model_name: str) -> keras.Model:
         reason = reason.split("(", 1)[1].rsplit(")", 1)[0] if "(" in reason else "missing or unreadable"
         raise VirionError(
             f"{path}: the resume checkpoint of {model_name} cannot be loaded ({reason}); delete "
-            f"{path.parent} to train {model_name} again from its first epoch, then --resume") from None
+            f"{path.parent} to train {model_name} again from its first epoch, then --resume"
+        ) from None

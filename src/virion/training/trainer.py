@@ -14,21 +14,28 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from virion.errors import VirionError
-from virion.training import callbacks as cb
 from virion.run import layout, store
+from virion.training import callbacks as cb
 from virion.training.config import TrainConfig
 from virion.training.faults import crash_point
 from virion.training.loop import epoch_seed, fit_by_epoch
-from virion.training.progress import (Progress, adopt_history, clean_model_folder, commit, read_progress,
-                                      remove_temp_files)
+from virion.training.progress import (
+    Progress,
+    adopt_history,
+    clean_model_folder,
+    commit,
+    read_progress,
+    remove_temp_files,
+)
 from virion.training.saving import load_state_model, save_model_files
 
 
@@ -54,8 +61,10 @@ class ModelResult:
             return f"{self.name}: FAILED, {self.failure}"
         acc = "n/a" if self.best_val_accuracy is None else f"{self.best_val_accuracy:.4f}"
         f1 = "n/a" if self.best_val_macro_f1 is None else f"{self.best_val_macro_f1:.4f}"
-        return (f"{self.name}: best val accuracy {acc} (macro-F1 {f1}) at epoch {self.best_epoch}, "
-                f"{self.epochs_run} epochs, {self.train_seconds:.1f} s, {self.images_per_second:.1f} images/s")
+        return (
+            f"{self.name}: best val accuracy {acc} (macro-F1 {f1}) at epoch {self.best_epoch}, "
+            f"{self.epochs_run} epochs, {self.train_seconds:.1f} s, {self.images_per_second:.1f} images/s"
+        )
 
 
 @dataclass
@@ -98,14 +107,11 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainData:
     arrays = {}
     for split in ("train", "validation"):
         if split not in dataset.splits or len(dataset.splits[split].files) == 0:
-            raise VirionError(f"{config.data}: the dataset has no {split} images; add some or change "
-                              f"--val-fraction")
-        arrays[split] = load_split_arrays(dataset.splits[split], settings, strict=config.strict,
-                                          progress=progress)
+            raise VirionError(f"{config.data}: the dataset has no {split} images; add some or change --val-fraction")
+        arrays[split] = load_split_arrays(dataset.splits[split], settings, strict=config.strict, progress=progress)
         if len(arrays[split].labels) == 0:
             raise VirionError(f"{config.data}: no {split} image could be decoded; see skipped_files.txt")
-    return TrainData(list(dataset.class_names), arrays["train"], arrays["validation"],
-                     dataset.fingerprint(), dataset)
+    return TrainData(list(dataset.class_names), arrays["train"], arrays["validation"], dataset.fingerprint(), dataset)
 
 
 def _train_dataset(config: TrainConfig, data: TrainData, epoch: int):
@@ -113,15 +119,29 @@ def _train_dataset(config: TrainConfig, data: TrainData, epoch: int):
     if keras.backend.backend() != "tensorflow":  # JAX: the NumPy pipeline, order and noise from (seed, epoch)
         from virion.data.numpy_pipeline import NumpyBatches
 
-        return NumpyBatches(data.train, data.num_classes, config.batch_size, training=True,
-                            augment=config.augment_config(), mix=config.mix_config(), seed=config.seed,
-                            first_epoch=epoch)
+        return NumpyBatches(
+            data.train,
+            data.num_classes,
+            config.batch_size,
+            training=True,
+            augment=config.augment_config(),
+            mix=config.mix_config(),
+            seed=config.seed,
+            first_epoch=epoch,
+        )
     from virion.data.pipeline import make_dataset
 
     seed = epoch_seed(config.seed, epoch)
     keras.utils.set_random_seed(seed)  # tf.data combines the global seed with the op seed
-    return make_dataset(data.train, data.num_classes, config.batch_size, training=True,
-                        augment=config.augment_config(), mix=config.mix_config(), seed=seed)
+    return make_dataset(
+        data.train,
+        data.num_classes,
+        config.batch_size,
+        training=True,
+        augment=config.augment_config(),
+        mix=config.mix_config(),
+        seed=seed,
+    )
 
 
 def _val_dataset(config: TrainConfig, data: TrainData):
@@ -187,9 +207,14 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return config
 
 
-def train_run(config: TrainConfig, *, resume: bool = False,
-              extra_callbacks: Sequence[keras.callbacks.Callback] = (), post_training: bool = False,
-              progress: bool = True) -> RunResult:
+def train_run(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    post_training: bool = False,
+    progress: bool = True,
+) -> RunResult:
     """Train each of `config.models` into the run folder `config.out`.
 
     resume: continue the run in `config.out` (finished models are skipped, an unfinished one
@@ -203,8 +228,9 @@ def train_run(config: TrainConfig, *, resume: bool = False,
         raise VirionError("no run folder given; pass --out runs/NAME")
     from virion.training import distribute
 
-    distribute.prepare_process(config.backend, coordinator=config.coordinator, num_processes=config.num_processes,
-                               process_id=config.process_id)
+    distribute.prepare_process(
+        config.backend, coordinator=config.coordinator, num_processes=config.num_processes, process_id=config.process_id
+    )
     distribute.configure(config.devices)  # before any model is built: weights go onto the device mesh
     if not distribute.is_writer():  # process 0 writes the run folder; the others keep a private copy
         config = config.merged({"out": distribute.private_run_dir(config.out), "overwrite": True})
@@ -222,14 +248,17 @@ def train_run(config: TrainConfig, *, resume: bool = False,
     if resume:
         recorded = store.read_json(run_dir / layout.DATASET_FILE) if (run_dir / layout.DATASET_FILE).exists() else {}
         if recorded.get("fingerprint") not in (None, data.fingerprint) and progress:
-            print(f"warning: the data in {config.data} changed since this run started (fingerprint differs)",
-                  flush=True)
+            print(
+                f"warning: the data in {config.data} changed since this run started (fingerprint differs)", flush=True
+            )
     failures = list(data.train.failures) + list(data.validation.failures)
     if resume:
         store.write_dataset_info(run_dir, data.dataset, failures)
     if failures and progress:
-        print(f"skipped {len(failures)} unreadable image(s); they are listed in {run_dir / layout.SKIPPED_FILE}",
-              flush=True)
+        print(
+            f"skipped {len(failures)} unreadable image(s); they are listed in {run_dir / layout.SKIPPED_FILE}",
+            flush=True,
+        )
 
     from virion.models.registry import build_model
 
@@ -248,8 +277,9 @@ def train_run(config: TrainConfig, *, resume: bool = False,
         if not resume:
             run_dir = layout.create_run_dir(config.out, overwrite=config.overwrite)
             # Launch settings (who is process 0, where it listens) belong to one launch, not to the run.
-            store.write_config(run_dir, dataclasses.replace(config, coordinator=None, num_processes=None,
-                                                            process_id=None))
+            store.write_config(
+                run_dir, dataclasses.replace(config, coordinator=None, num_processes=None, process_id=None)
+            )
             store.write_dataset_info(run_dir, data.dataset, failures)
         from virion.models.registry import model_info
 
@@ -263,8 +293,16 @@ def train_run(config: TrainConfig, *, resume: bool = False,
             if progress:
                 info = model_info(name, config.weights_for(name))
                 print(_header(name, index, len(config.models), config, info, settled[name]), flush=True)
-            results[name] = train_model(name, config, data, folder, model=prebuilt.pop(name, None),
-                                        jit=precision.jit, extra_callbacks=extra_callbacks, verbose=verbose)
+            results[name] = train_model(
+                name,
+                config,
+                data,
+                folder,
+                model=prebuilt.pop(name, None),
+                jit=precision.jit,
+                extra_callbacks=extra_callbacks,
+                verbose=verbose,
+            )
             if progress:
                 print(results[name].summary(), flush=True)
 
@@ -274,19 +312,31 @@ def train_run(config: TrainConfig, *, resume: bool = False,
     result = RunResult(run_dir, results, data.class_names)
     if result.failed:
         details = "; ".join(f"{n}: {results[n].failure}" for n in result.failed)
-        raise TrainingFailed(f"training failed for {', '.join(result.failed)} ({details}); the model is marked "
-                             f"failed in its metadata.json; lower the learning rate and train again with "
-                             f"--overwrite", result)
+        raise TrainingFailed(
+            f"training failed for {', '.join(result.failed)} ({details}); the model is marked "
+            f"failed in its metadata.json; lower the learning rate and train again with "
+            f"--overwrite",
+            result,
+        )
     return result
 
 
 def _result_from_metadata(name: str, folder: Path) -> ModelResult:
     meta = store.read_json(folder / layout.METADATA_FILE)
-    return ModelResult(name, folder, meta.get("best_epoch"), meta.get("best_val_accuracy"),
-                       meta.get("best_val_macro_f1"), int(meta.get("epochs_run") or 0),
-                       float(meta.get("train_seconds") or 0.0), float(meta.get("images_per_second") or 0.0),
-                       int(meta.get("params") or 0), dict(meta.get("files") or {}),
-                       status=meta.get("status", "trained"), failure=meta.get("failure"))
+    return ModelResult(
+        name,
+        folder,
+        meta.get("best_epoch"),
+        meta.get("best_val_accuracy"),
+        meta.get("best_val_macro_f1"),
+        int(meta.get("epochs_run") or 0),
+        float(meta.get("train_seconds") or 0.0),
+        float(meta.get("images_per_second") or 0.0),
+        int(meta.get("params") or 0),
+        dict(meta.get("files") or {}),
+        status=meta.get("status", "trained"),
+        failure=meta.get("failure"),
+    )
 
 
 # ---------------------------------------------------------------------------- one model
@@ -309,8 +359,10 @@ def _header(name: str, index: int, count: int, config: TrainConfig, info, progre
     fine_tune = int(config.fine_tune_epochs) if info.base_frozen else 0
     epochs = f"{config.epochs} epochs" + (f" + {fine_tune} fine-tune" if fine_tune else "")
     weights = str(config.weights_for(name)) if info.kind == "transfer" else "random init"
-    text = (f"training {name} ({index}/{count}), {epochs}, {config.input_size} px, batch {config.batch_size}, "
-            f"lr {config.learning_rate:g}, weights {weights}")
+    text = (
+        f"training {name} ({index}/{count}), {epochs}, {config.input_size} px, batch {config.batch_size}, "
+        f"lr {config.learning_rate:g}, weights {weights}"
+    )
     if progress is not None and progress.epochs_done:
         text += f"; resuming after epoch {progress.epochs_done}"
     return text
@@ -330,14 +382,20 @@ def settle_model_folder(folder: Path) -> Progress | None:
     if progress is not None and progress.finished:
         return progress
     state_model = progress.model_file if progress is not None else None
-    if (state_model is None or not (folder / layout.STATE_DIR / state_model).is_file()) \
-            and _complete_model_files(folder):
+    if (state_model is None or not (folder / layout.STATE_DIR / state_model).is_file()) and _complete_model_files(
+        folder
+    ):
         meta = store.read_json(folder / layout.METADATA_FILE)
         progress = progress or Progress(epochs_done=int(meta.get("epochs_run") or 0))
         if not progress.history:
             adopt_history(folder, progress)
-        progress = dataclasses.replace(progress, phase="done", model_file=None, best_file=None,
-                                       epochs_done=int(meta.get("epochs_run") or progress.epochs_done))
+        progress = dataclasses.replace(
+            progress,
+            phase="done",
+            model_file=None,
+            best_file=None,
+            epochs_done=int(meta.get("epochs_run") or progress.epochs_done),
+        )
         commit(folder, progress)
         clean_model_folder(folder, progress)
     return progress
@@ -372,9 +430,18 @@ def _complete_model_files(folder: Path) -> bool:
     return True
 
 
-def train_model(name: str, config: TrainConfig, data: TrainData, folder: Path, *, model: keras.Model | None = None,
-                jit: bool = False, extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 1,
-                **_unused) -> ModelResult:
+def train_model(
+    name: str,
+    config: TrainConfig,
+    data: TrainData,
+    folder: Path,
+    *,
+    model: keras.Model | None = None,
+    jit: bool = False,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+    **_unused,
+) -> ModelResult:
     """Train one model into `folder`: the head stage, the fine-tune stage (transfer models), the end.
 
     Each stage continues from the committed progress in `folder/state`, so the same call starts a
@@ -382,8 +449,9 @@ def train_model(name: str, config: TrainConfig, data: TrainData, folder: Path, *
     """
     from virion.models.registry import model_info
 
-    run = _ModelTraining(name, config, data, folder, model_info(name, config.weights_for(name)), jit,
-                         verbose, tuple(extra_callbacks))
+    run = _ModelTraining(
+        name, config, data, folder, model_info(name, config.weights_for(name)), jit, verbose, tuple(extra_callbacks)
+    )
     if run.progress.phase == "head":
         model = run.head_stage(model)
     if run.progress.phase == "fine_tune":
@@ -396,8 +464,17 @@ def train_model(name: str, config: TrainConfig, data: TrainData, folder: Path, *
 class _ModelTraining:
     """One model's training, stage by stage; `progress` is always the committed record."""
 
-    def __init__(self, name: str, config: TrainConfig, data: TrainData, folder: Path, info, jit: bool,
-                 verbose: int, extra_callbacks: tuple):
+    def __init__(
+        self,
+        name: str,
+        config: TrainConfig,
+        data: TrainData,
+        folder: Path,
+        info,
+        jit: bool,
+        verbose: int,
+        extra_callbacks: tuple,
+    ):
         self.name, self.config, self.data, self.folder, self.info = name, config, data, folder, info
         self.jit, self.verbose, self.extra_callbacks = jit, verbose, extra_callbacks
         self.state = folder / layout.STATE_DIR
@@ -405,8 +482,9 @@ class _ModelTraining:
         self.fine_tune_epochs = int(config.fine_tune_epochs) if info.base_frozen else 0
         self.use_cache = config.feature_cache is not None and info.base_frozen
         self.timer = cb.EpochTimer(self.progress.train_seconds, self.progress.train_images, len(data.train.labels))
-        self.class_weight = (class_weights(data.train.labels, data.num_classes)
-                             if config.class_weight == "balanced" else None)
+        self.class_weight = (
+            class_weights(data.train.labels, data.num_classes) if config.class_weight == "balanced" else None
+        )
 
     # -------------------------------------------------------------- stages
     def head_stage(self, model: keras.Model | None) -> keras.Model | None:
@@ -418,9 +496,17 @@ class _ModelTraining:
 
                 model = model or self._build()
                 self.progress = train_head_on_features(
-                    model, config, self.data, self.folder, progress=progress, make_callbacks=self._callbacks,
-                    jit=self.jit, class_weight=self.class_weight, extra_callbacks=self.extra_callbacks,
-                    verbose=self.verbose)
+                    model,
+                    config,
+                    self.data,
+                    self.folder,
+                    progress=progress,
+                    make_callbacks=self._callbacks,
+                    jit=self.jit,
+                    class_weight=self.class_weight,
+                    extra_callbacks=self.extra_callbacks,
+                    verbose=self.verbose,
+                )
             else:
                 if progress.epochs_done:
                     model = load_state_model(self.state / progress.model_file, self.name)
@@ -473,20 +559,40 @@ class _ModelTraining:
 
     # -------------------------------------------------------------- helpers
     def _fit(self, model: keras.Model, phase: str, last_epoch: int, base_lr: float, first_epoch: int = 0) -> None:
-        callbacks, committer = self._callbacks(phase, self.data.validation.images, None, first_epoch, last_epoch,
-                                               base_lr)
+        callbacks, committer = self._callbacks(
+            phase, self.data.validation.images, None, first_epoch, last_epoch, base_lr
+        )
         self.progress = fit_by_epoch(
-            model, lambda epoch: _train_dataset(self.config, self.data, epoch), committer, last_epoch=last_epoch,
-            callbacks=callbacks + list(self.extra_callbacks), validation_data=_val_dataset(self.config, self.data),
-            class_weight=self.class_weight, seed=self.config.seed, verbose=self.verbose)
+            model,
+            lambda epoch: _train_dataset(self.config, self.data, epoch),
+            committer,
+            last_epoch=last_epoch,
+            callbacks=callbacks + list(self.extra_callbacks),
+            validation_data=_val_dataset(self.config, self.data),
+            class_weight=self.class_weight,
+            seed=self.config.seed,
+            verbose=self.verbose,
+        )
 
     def _callbacks(self, phase: str, val_x, checkpoint_model, first_epoch: int, last_epoch: int, base_lr: float):
         config = self.config
         return cb.make_callbacks(
-            self.folder, phase=phase, progress=self.progress, val_x=val_x, val_y=self.data.validation.labels,
-            timer=self.timer, checkpoint_metric=config.checkpoint_metric, early_stopping=config.early_stopping,
-            lr_schedule=config.lr_schedule, base_lr=base_lr, first_epoch=first_epoch, total_epochs=last_epoch,
-            tensorboard=config.tensorboard, batch_size=config.batch_size, checkpoint_model=checkpoint_model)
+            self.folder,
+            phase=phase,
+            progress=self.progress,
+            val_x=val_x,
+            val_y=self.data.validation.labels,
+            timer=self.timer,
+            checkpoint_metric=config.checkpoint_metric,
+            early_stopping=config.early_stopping,
+            lr_schedule=config.lr_schedule,
+            base_lr=base_lr,
+            first_epoch=first_epoch,
+            total_epochs=last_epoch,
+            tensorboard=config.tensorboard,
+            batch_size=config.batch_size,
+            checkpoint_model=checkpoint_model,
+        )
 
     def _commit(self, **changes) -> None:
         self.progress = dataclasses.replace(self.progress, **changes)
@@ -525,24 +631,45 @@ class _ModelTraining:
         frozen = base_is_frozen(model) if info.kind == "transfer" and model is not None else info.base_frozen
         seconds = float(p.train_seconds)
         result = ModelResult(
-            name=name, folder=self.folder, best_epoch=p.best_epoch,
-            best_val_accuracy=p.best_logs.get("val_accuracy"), best_val_macro_f1=p.best_logs.get("val_macro_f1"),
-            epochs_run=int(p.epochs_done), train_seconds=seconds,
+            name=name,
+            folder=self.folder,
+            best_epoch=p.best_epoch,
+            best_val_accuracy=p.best_logs.get("val_accuracy"),
+            best_val_macro_f1=p.best_logs.get("val_macro_f1"),
+            epochs_run=int(p.epochs_done),
+            train_seconds=seconds,
             images_per_second=p.train_images / seconds if seconds > 0 and math.isfinite(seconds) else 0.0,
             params=int(model.count_params()) if model is not None else 0,
             files=(files | {"history": layout.HISTORY_FILE}) if files else {"history": layout.HISTORY_FILE},
-            status=status, failure=p.failure)
+            status=status,
+            failure=p.failure,
+        )
         store.write_metadata(
-            self.folder, class_names=self.data.class_names, input_size=config.input_size, scaling=info.scaling,
+            self.folder,
+            class_names=self.data.class_names,
+            input_size=config.input_size,
+            scaling=info.scaling,
             weights=str(config.weights_for(name)) if info.kind == "transfer" else "none",
             base_frozen=frozen if info.kind == "transfer" else None,
             trained_from_scratch=info.kind == "scratch" or not info.base_frozen,
             fine_tuned=bool(config.fine_tune_epochs) and info.base_frozen,
             feature_cache=config.feature_cache if info.base_frozen else None,
-            config=config.to_dict(), data_fingerprint=self.data.fingerprint, best_epoch=result.best_epoch,
-            best_val_accuracy=result.best_val_accuracy, best_val_macro_f1=result.best_val_macro_f1,
-            checkpoint_metric=config.checkpoint_metric, train_seconds=result.train_seconds,
-            images_per_second=result.images_per_second, params=result.params, epochs_run=result.epochs_run,
-            files=result.files, model=name, display_name=info.display_name, kind=info.kind,
-            last_conv_layer=info.last_conv_layer, status=status, failure=p.failure)
+            config=config.to_dict(),
+            data_fingerprint=self.data.fingerprint,
+            best_epoch=result.best_epoch,
+            best_val_accuracy=result.best_val_accuracy,
+            best_val_macro_f1=result.best_val_macro_f1,
+            checkpoint_metric=config.checkpoint_metric,
+            train_seconds=result.train_seconds,
+            images_per_second=result.images_per_second,
+            params=result.params,
+            epochs_run=result.epochs_run,
+            files=result.files,
+            model=name,
+            display_name=info.display_name,
+            kind=info.kind,
+            last_conv_layer=info.last_conv_layer,
+            status=status,
+            failure=p.failure,
+        )
         return result

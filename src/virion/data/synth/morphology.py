@@ -13,8 +13,9 @@ surface cues or in how often each shape occurs, so that accuracy on this data me
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -23,8 +24,20 @@ FIELD_NM = 256.0
 TAU = 2.0 * math.pi
 
 CLASS_NAMES = (
-    "Adenovirus", "Astrovirus", "CCHF", "Cowpox", "Ebola", "Influenza", "Lassa",
-    "Marburg", "Nipah virus", "Norovirus", "Orf", "Papilloma", "Rift Valley", "Rotavirus",
+    "Adenovirus",
+    "Astrovirus",
+    "CCHF",
+    "Cowpox",
+    "Ebola",
+    "Influenza",
+    "Lassa",
+    "Marburg",
+    "Nipah virus",
+    "Norovirus",
+    "Orf",
+    "Papilloma",
+    "Rift Valley",
+    "Rotavirus",
 )
 
 
@@ -73,8 +86,7 @@ def hex_lattice(u, v, spacing: float, phase=(0.0, 0.0, 0.0)):
     """Triangular lattice of bumps (capsomeres): three plane waves 60 degrees apart, 0..1."""
     k = 4.0 * math.pi / (math.sqrt(3.0) * spacing)
     h = 0.5 * math.sqrt(3.0)
-    t = (np.cos(k * u + phase[0]) + np.cos(k * (-0.5 * u + h * v) + phase[1])
-         + np.cos(k * (-0.5 * u - h * v) + phase[2]))
+    t = np.cos(k * u + phase[0]) + np.cos(k * (-0.5 * u + h * v) + phase[1]) + np.cos(k * (-0.5 * u - h * v) + phase[2])
     return (t + 1.5) * (1.0 / 4.5)
 
 
@@ -256,7 +268,9 @@ def _small_round(rng, difficulty, *, diameter, ragged):
         else:
             edge = wobble(rng, 0.012, 2, 7)  # round, but not a perfect circle either
             cups = [(0.0, 0.0)] if rng.random() < 0.3 else []
-            star = (int(rng.choice([5, 6])), rng.uniform(0, TAU), rng.uniform(0.06, 0.12)) if rng.random() < 0.7 else None
+            star = (
+                (int(rng.choice([5, 6])), rng.uniform(0, TAU), rng.uniform(0.06, 0.12)) if rng.random() < 0.7 else None
+            )
         cup_c = rng.uniform(0.06, 0.12)
 
         def field(g, R=R, edge=edge, cups=cups, star=star, cup_c=cup_c):
@@ -270,7 +284,7 @@ def _small_round(rng, difficulty, *, diameter, ragged):
                 k, p, c = star
                 arms = 0.5 + 0.5 * np.cos(k * phi + p)
                 rho = r / R
-                tex = tex + c * arms ** 3 * np.clip(rho * (1 - rho) * 4, 0, 1)
+                tex = tex + c * arms**3 * np.clip(rho * (1 - rho) * 4, 0, 1)
             return d, tex, None
 
         particles.append(Particle(cx, cy, 0.0, R + 6, field, rng.uniform(0.6, 0.7), rim_width=2.2))
@@ -280,8 +294,21 @@ def _small_round(rng, difficulty, *, diameter, ragged):
 # ----------------------------------------------------------------------------- enveloped spheres
 
 
-def _enveloped(rng, difficulty, *, diameter, sd, aspect_max, wobble_amp, stadium_p, fringe_len,
-               fringe_period, fringe_c, surface, count=(1, 0.15)):
+def _enveloped(
+    rng,
+    difficulty,
+    *,
+    diameter,
+    sd,
+    aspect_max,
+    wobble_amp,
+    stadium_p,
+    fringe_len,
+    fringe_period,
+    fringe_c,
+    surface,
+    count=(1, 0.15),
+):
     """Pleomorphic enveloped particle(s): a wobbly ellipse (sometimes a rod) with a spike fringe."""
     particles = []
     n = count[0] + rng.binomial(2, count[1])
@@ -297,8 +324,7 @@ def _enveloped(rng, difficulty, *, diameter, sd, aspect_max, wobble_amp, stadium
         fper = fringe_period * rng.uniform(0.9, 1.1)
         fphase = rng.uniform(0, TAU)
 
-        def field(g, R=R, a=a, b=b, half_len=half_len, edge=edge, tex_fn=tex_fn, flen=flen, fper=fper,
-                  fphase=fphase):
+        def field(g, R=R, a=a, b=b, half_len=half_len, edge=edge, tex_fn=tex_fn, flen=flen, fper=fper, fphase=fphase):
             r, phi = _polar(g)
             if half_len:
                 d = capsule_sdf(g.u, g.v, half_len, b)
@@ -310,8 +336,11 @@ def _enveloped(rng, difficulty, *, diameter, sd, aspect_max, wobble_amp, stadium
             return d, tex_fn(g, r, d), fr
 
         reach = (max(a, b) + half_len) * (1 + 3 * wobble_amp) + flen + 8
-        particles.append(Particle(cx, cy, rng.uniform(0, TAU), reach, field, rng.uniform(0.58, 0.68),
-                                  rim_offset=flen + 1.0, rim_width=3.5))
+        particles.append(
+            Particle(
+                cx, cy, rng.uniform(0, TAU), reach, field, rng.uniform(0.58, 0.68), rim_offset=flen + 1.0, rim_width=3.5
+            )
+        )
     return particles
 
 
@@ -326,14 +355,27 @@ def influenza(rng, difficulty):
         def tex(g, r, d):
             m = smooth_noise(np.random.default_rng(seed), g.u.shape, 8 * g.s)
             return -depth * np.clip(-d / (0.8 * R), 0, 1) + mottle * m
+
         return tex
 
-    return _enveloped(rng, difficulty, diameter=100, sd=0.12, aspect_max=1.4, wobble_amp=0.05,
-                      stadium_p=0.2, fringe_len=12, fringe_period=4.5, fringe_c=0.2, surface=surface)
+    return _enveloped(
+        rng,
+        difficulty,
+        diameter=100,
+        sd=0.12,
+        aspect_max=1.4,
+        wobble_amp=0.05,
+        stadium_p=0.2,
+        fringe_len=12,
+        fringe_period=4.5,
+        fringe_c=0.2,
+        surface=surface,
+    )
 
 
 def lassa(rng, difficulty):
     """~110 nm pleomorphic arenavirus: sandy granular interior (ribosomes), sparse club spikes."""
+
     def surface(rng2, R):
         grain = rng2.uniform(0.08, 0.14)
         seed = int(rng2.integers(1 << 30))
@@ -341,16 +383,30 @@ def lassa(rng, difficulty):
         def tex(g, r, d):
             m = smooth_noise(np.random.default_rng(seed), g.u.shape, 4.5 * g.s)
             inner = np.clip(-d / 6, 0, 1)
-            return inner * (-grain * np.clip(m - 0.6, 0, None) + 0.3 * grain * np.clip(-m - 1.0, 0, None)) \
-                - 0.04 * np.clip(-d / (0.8 * R), 0, 1)
+            return inner * (
+                -grain * np.clip(m - 0.6, 0, None) + 0.3 * grain * np.clip(-m - 1.0, 0, None)
+            ) - 0.04 * np.clip(-d / (0.8 * R), 0, 1)
+
         return tex
 
-    return _enveloped(rng, difficulty, diameter=108, sd=0.15, aspect_max=1.35, wobble_amp=0.045,
-                      stadium_p=0.03, fringe_len=9, fringe_period=8, fringe_c=0.1, surface=surface)
+    return _enveloped(
+        rng,
+        difficulty,
+        diameter=108,
+        sd=0.15,
+        aspect_max=1.35,
+        wobble_amp=0.045,
+        stadium_p=0.03,
+        fringe_len=9,
+        fringe_period=8,
+        fringe_c=0.1,
+        surface=surface,
+    )
 
 
 def cchf(rng, difficulty):
     """~100 nm round bunyavirus with a fine, short glycoprotein fringe and a smooth interior."""
+
     def surface(rng2, R):
         depth = rng2.uniform(0.02, 0.08)
         seed = int(rng2.integers(1 << 30))
@@ -358,14 +414,27 @@ def cchf(rng, difficulty):
         def tex(g, r, d):
             m = smooth_noise(np.random.default_rng(seed), g.u.shape, 10 * g.s)
             return -depth * np.clip(-d / (0.8 * R), 0, 1) + 0.025 * m
+
         return tex
 
-    return _enveloped(rng, difficulty, diameter=100, sd=0.1, aspect_max=1.2, wobble_amp=0.035,
-                      stadium_p=0.0, fringe_len=7, fringe_period=3.5, fringe_c=0.14, surface=surface)
+    return _enveloped(
+        rng,
+        difficulty,
+        diameter=100,
+        sd=0.1,
+        aspect_max=1.2,
+        wobble_amp=0.035,
+        stadium_p=0.0,
+        fringe_len=7,
+        fringe_period=3.5,
+        fringe_c=0.14,
+        surface=surface,
+    )
 
 
 def rift_valley(rng, difficulty):
     """~95 nm round phlebovirus with a regular knobbly surface (icosahedral glycoprotein lattice)."""
+
     def surface(rng2, R):
         spacing = rng2.uniform(10, 12)
         phase = tuple(float(x) for x in rng2.uniform(0, TAU, 3))
@@ -374,13 +443,26 @@ def rift_valley(rng, difficulty):
         def tex(g, r, d):
             rho = np.clip(r / R, 0, 0.98)
             # knobs crowd toward the edge of a sphere: stretch coordinates radially
-            warp = 1 + 0.5 * rho ** 4
-            return c * (hex_lattice(g.u * warp, g.v * warp, spacing, phase) - 0.5) \
-                - 0.03 * np.clip(-d / (0.8 * R), 0, 1)
+            warp = 1 + 0.5 * rho**4
+            return c * (hex_lattice(g.u * warp, g.v * warp, spacing, phase) - 0.5) - 0.03 * np.clip(
+                -d / (0.8 * R), 0, 1
+            )
+
         return tex
 
-    return _enveloped(rng, difficulty, diameter=95, sd=0.07, aspect_max=1.1, wobble_amp=0.02,
-                      stadium_p=0.0, fringe_len=5, fringe_period=10.5, fringe_c=0.12, surface=surface)
+    return _enveloped(
+        rng,
+        difficulty,
+        diameter=95,
+        sd=0.07,
+        aspect_max=1.1,
+        wobble_amp=0.02,
+        stadium_p=0.0,
+        fringe_len=5,
+        fringe_period=10.5,
+        fringe_c=0.12,
+        surface=surface,
+    )
 
 
 def nipah(rng, difficulty):
@@ -395,8 +477,15 @@ def nipah(rng, difficulty):
     for _ in range(rng.integers(1, 5)):
         rad = rng.uniform(0, 0.65)
         ang = rng.uniform(0, TAU)
-        strands.append((rad * a * math.cos(ang), rad * b * math.sin(ang), rng.uniform(0, math.pi),
-                        rng.uniform(25, min(110, 0.6 * R)), rng.uniform(0.07, 0.12)))
+        strands.append(
+            (
+                rad * a * math.cos(ang),
+                rad * b * math.sin(ang),
+                rng.uniform(0, math.pi),
+                rng.uniform(25, min(110, 0.6 * R)),
+                rng.uniform(0.07, 0.12),
+            )
+        )
     depth = rng.uniform(0.06, 0.14)
     flen = 11 * rng.uniform(0.85, 1.15)
     # the crop is centred on the particle, but big ones are cut: place a random part in view
@@ -418,8 +507,18 @@ def nipah(rng, difficulty):
             tex = tex + mask * (c * chevrons + 0.03 + depth * 0.5)
         return d, tex, fringe(d, phi * R, flen, 7.5, 0.17)
 
-    particles.append(Particle(cx, cy, rng.uniform(0, TAU), max(a, b) * 1.25 + flen + 8, field,
-                              rng.uniform(0.58, 0.66), rim_offset=flen + 1, rim_width=4.0))
+    particles.append(
+        Particle(
+            cx,
+            cy,
+            rng.uniform(0, TAU),
+            max(a, b) * 1.25 + flen + 8,
+            field,
+            rng.uniform(0.58, 0.66),
+            rim_offset=flen + 1,
+            rim_width=4.0,
+        )
+    )
     return particles
 
 
@@ -443,14 +542,18 @@ def cowpox(rng, difficulty):
         tubules = np.cos(m * 5.0)  # level lines of smooth noise look like random short ridges
         dcore = box_sdf(g.u * 1.0, g.v * 1.25, 0.55 * hx, 0.55 * hy, corner * 0.8)
         # the core shows as a soft density, not the sharp outlined box of a cartoon
-        tex = tubule_c * tubules * np.clip(-d / 10, 0, 1) + core * np.clip(-dcore / 25, 0, 1) \
+        tex = (
+            tubule_c * tubules * np.clip(-d / 10, 0, 1)
+            + core * np.clip(-dcore / 25, 0, 1)
             - 0.03 * np.exp(-(dcore * dcore) * (1 / 40.0))
+        )
         return d, tex, None
 
     cx = FIELD_NM / 2 + rng.uniform(-off, off)
     cy = FIELD_NM / 2 + rng.uniform(-off, off)
-    return [Particle(cx, cy, rng.uniform(0, TAU), math.hypot(hx, hy) + 10, field,
-                     rng.uniform(0.58, 0.66), rim_width=4.0)]
+    return [
+        Particle(cx, cy, rng.uniform(0, TAU), math.hypot(hx, hy) + 10, field, rng.uniform(0.58, 0.66), rim_width=4.0)
+    ]
 
 
 def orf(rng, difficulty):
@@ -535,7 +638,9 @@ def _filament_paths(shape: str, rng, long: bool):
         return [path], _left_of(marks[0], r_loop) + rng.normal(0, 20, 2)
     if shape == "six":
         tail = rng.uniform(100, 600) if long else rng.uniform(60, 350)
-        path, marks = _turtle((0.0, 0.0), 0.0, [(tail, wander()), (r_loop * rng.uniform(1.7, 1.95) * math.pi, 1 / r_loop)])
+        path, marks = _turtle(
+            (0.0, 0.0), 0.0, [(tail, wander()), (r_loop * rng.uniform(1.7, 1.95) * math.pi, 1 / r_loop)]
+        )
         # look at the loop from the tail's side, so the stem of the "6" is usually in view
         return [path], _left_of(marks[0], r_loop * rng.uniform(0.3, 1.0), back=rng.uniform(0.0, 0.9) * r_loop)
     if shape == "ring":
@@ -545,8 +650,7 @@ def _filament_paths(shape: str, rng, long: bool):
     length = rng.uniform(500, 1200)
     main, _ = _turtle((0.0, 0.0), 0.0, [(length, wander())])
     k = len(main) // 2
-    side, _ = _turtle(tuple(main[k]), rng.choice([-1, 1]) * rng.uniform(0.5, 1.2),
-                      [(rng.uniform(150, 500), wander())])
+    side, _ = _turtle(tuple(main[k]), rng.choice([-1, 1]) * rng.uniform(0.5, 1.2), [(rng.uniform(150, 500), wander())])
     return [main, side], main[k]
 
 
@@ -564,8 +668,7 @@ def _filovirus(rng, difficulty, name):
         p = (path - anchor) @ np.array([[ca, sa], [-sa, ca]]) + centre
         seglen = np.hypot(*(p[1:] - p[:-1]).T)
         s0 = np.concatenate([[0.0], np.cumsum(seglen)[:-1]])
-        keep = ((np.minimum(p[:-1], p[1:]) < FIELD_NM + width).all(1)
-                & (np.maximum(p[:-1], p[1:]) > -width).all(1))
+        keep = (np.minimum(p[:-1], p[1:]) < FIELD_NM + width).all(1) & (np.maximum(p[:-1], p[1:]) > -width).all(1)
         segs_a.append(p[:-1][keep])
         segs_b.append(p[1:][keep])
         segs_s.append(s0[keep])
@@ -584,8 +687,18 @@ def _filovirus(rng, difficulty, name):
 
     if len(A) == 0:  # the whole filament fell outside the crop: draw nothing (rare)
         return []
-    return [Particle(FIELD_NM / 2, FIELD_NM / 2, 0.0, FIELD_NM, field, rng.uniform(0.58, 0.68),
-                     rim_offset=flen + 1, rim_width=4.0)]
+    return [
+        Particle(
+            FIELD_NM / 2,
+            FIELD_NM / 2,
+            0.0,
+            FIELD_NM,
+            field,
+            rng.uniform(0.58, 0.68),
+            rim_offset=flen + 1,
+            rim_width=4.0,
+        )
+    ]
 
 
 def _polyline_distance(A, B, S0, g: Grid):

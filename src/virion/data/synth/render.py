@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from virion.errors import VirionError
 from virion.data.synth.morphology import BUILDERS, FIELD_NM, Grid, Particle, smooth_noise
+from virion.errors import VirionError
 
 # Output intensities stay inside 0..1 without per-image min/max stretching, so exposure varies
 # from image to image like in a real microscope session.
@@ -86,8 +86,18 @@ def _debris(rng: np.random.Generator, difficulty: float) -> list[Particle]:
             R = rng.uniform(3, 8 + 3 * difficulty)
             aspect = rng.uniform(1, 2)
             field = lambda g, R=R, a=aspect: (np.hypot(g.u / a, g.v) - R, 0.0, None)  # noqa: E731
-            out.append(Particle(cx, cy, rng.uniform(0, math.pi), R * aspect + 8, field, rng.uniform(0.5, 0.65),
-                                rim=0.1, rim_width=2.0))
+            out.append(
+                Particle(
+                    cx,
+                    cy,
+                    rng.uniform(0, math.pi),
+                    R * aspect + 8,
+                    field,
+                    rng.uniform(0.5, 0.65),
+                    rim=0.1,
+                    rim_width=2.0,
+                )
+            )
         else:  # soft blob, brighter (protein) or darker (stain drop), no sharp edge
             R = rng.uniform(4, 25)
             amp = rng.uniform(0.05, 0.15) * (1 if kind < 0.75 else -1)
@@ -111,16 +121,17 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     p = np.pad(img, ((r, r), (0, 0)), mode="reflect")
     out = k[0] * p[0:h]
     for i in range(1, 2 * r + 1):
-        out += k[i] * p[i:i + h]
+        out += k[i] * p[i : i + h]
     p = np.pad(out, ((0, 0), (r, r)), mode="reflect")
     out = k[0] * p[:, 0:w]
     for i in range(1, 2 * r + 1):
-        out += k[i] * p[:, i:i + w]
+        out += k[i] * p[:, i : i + w]
     return out
 
 
-def render_image(class_name: str, rng: np.random.Generator, size: int = 256,
-                 difficulty: float = 1.0, *, return_mask: bool = False):
+def render_image(
+    class_name: str, rng: np.random.Generator, size: int = 256, difficulty: float = 1.0, *, return_mask: bool = False
+):
     """One synthetic negative-stain TEM image of `class_name` as float32 (size, size) in 0..1.
 
     The field of view is always 256 nm (1 nm per pixel at size 256), so a smaller `size` shows the

@@ -38,12 +38,16 @@ def split_counts(per_class: int, splits) -> list[int]:
     """Images per split for one class: largest remainders, at least one in every non-zero split."""
     fractions = [float(f) for f in splits]
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise VirionError(f"splits={tuple(splits)}: give three non-negative fractions (train, validation, test) "
-                          "that sum to 1, e.g. (0.6, 0.2, 0.2)")
+        raise VirionError(
+            f"splits={tuple(splits)}: give three non-negative fractions (train, validation, test) "
+            "that sum to 1, e.g. (0.6, 0.2, 0.2)"
+        )
     needed = sum(f > 0 for f in fractions)
     if per_class < needed:
-        raise VirionError(f"per_class={per_class}: need at least {needed} images per class so that every split "
-                          "gets one; raise --per-class")
+        raise VirionError(
+            f"per_class={per_class}: need at least {needed} images per class so that every split "
+            "gets one; raise --per-class"
+        )
     raw = [f * per_class for f in fractions]
     counts = [int(math.floor(r)) for r in raw]
     for i in sorted(range(3), key=lambda i: raw[i] - counts[i], reverse=True)[: per_class - sum(counts)]:
@@ -81,8 +85,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise VirionError(f"{out} is a file; give --out a folder path (new or empty)")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file() and not overwrite:
-            raise VirionError(f"{out} is not empty and was not written by `virion synth`; choose a new or empty "
-                              "folder, or pass --overwrite to replace its train/validation/test folders")
+            raise VirionError(
+                f"{out} is not empty and was not written by `virion synth`; choose a new or empty "
+                "folder, or pass --overwrite to replace its train/validation/test folders"
+            )
         for name in SPLIT_NAMES:
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
@@ -100,9 +106,20 @@ def _render_and_write(task):
     return (class_index, index, to_pixels(img, 8)) if keep else None
 
 
-def generate_dataset(out, *, per_class: int = 60, seed: int = 0, size: int = 256, fmt: str = "png",
-                     bit_depth: int = 8, difficulty: float = 1.0, splits=(0.6, 0.2, 0.2),
-                     progress: bool = True, overwrite: bool = False, workers: int = 1) -> Path:
+def generate_dataset(
+    out,
+    *,
+    per_class: int = 60,
+    seed: int = 0,
+    size: int = 256,
+    fmt: str = "png",
+    bit_depth: int = 8,
+    difficulty: float = 1.0,
+    splits=(0.6, 0.2, 0.2),
+    progress: bool = True,
+    overwrite: bool = False,
+    workers: int = 1,
+) -> Path:
     """Write the synthetic TEM virus dataset to `out` and return `out`.
 
     Layout: out/{train,validation,test}/<Class>/<class>_<index>.png|tif for the 14 classes, plus
@@ -126,9 +143,18 @@ def generate_dataset(out, *, per_class: int = 60, seed: int = 0, size: int = 256
     counts = split_counts(int(per_class), splits)
     ext = FORMATS[fmt]
     _prepare_out(out, overwrite)
-    settings = {"generator": "virion synth", "per_class": int(per_class), "seed": int(seed), "size": int(size),
-                "format": fmt, "bit_depth": int(bit_depth), "difficulty": float(difficulty),
-                "splits": [float(f) for f in splits], "classes": list(CLASS_NAMES), "complete": False}
+    settings = {
+        "generator": "virion synth",
+        "per_class": int(per_class),
+        "seed": int(seed),
+        "size": int(size),
+        "format": fmt,
+        "bit_depth": int(bit_depth),
+        "difficulty": float(difficulty),
+        "splits": [float(f) for f in splits],
+        "classes": list(CLASS_NAMES),
+        "complete": False,
+    }
     (out / MARKER).write_text(json.dumps(settings, indent=2))  # first, so an interrupted run may be rewritten
 
     tasks = []
@@ -138,8 +164,19 @@ def generate_dataset(out, *, per_class: int = 60, seed: int = 0, size: int = 256
             folder = out / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for _ in range(n):
-                tasks.append((str(folder / _file_name(name, index, ext)), name, ci, index, int(seed), int(size),
-                              float(difficulty), int(bit_depth), index < MONTAGE_PER_CLASS))
+                tasks.append(
+                    (
+                        str(folder / _file_name(name, index, ext)),
+                        name,
+                        ci,
+                        index,
+                        int(seed),
+                        int(size),
+                        float(difficulty),
+                        int(bit_depth),
+                        index < MONTAGE_PER_CLASS,
+                    )
+                )
                 index += 1
 
     bar = tqdm(total=len(tasks), desc="virion synth", unit="img", disable=not progress)
@@ -160,8 +197,10 @@ def generate_dataset(out, *, per_class: int = 60, seed: int = 0, size: int = 256
         if workers != 1 and pool is not None:
             pool.shutdown()
 
-    write_montage(out / "montage.png", [[img for _, img in sorted(samples.get(ci, []), key=lambda t: t[0])]
-                                        for ci in range(len(CLASS_NAMES))])
+    write_montage(
+        out / "montage.png",
+        [[img for _, img in sorted(samples.get(ci, []), key=lambda t: t[0])] for ci in range(len(CLASS_NAMES))],
+    )
     _write_readme(out, settings, counts)
     settings["complete"] = True
     settings["counts_per_class"] = dict(zip(SPLIT_NAMES, counts))
@@ -194,7 +233,11 @@ def write_montage(path: Path, per_class: list[list[np.ndarray]], tile: int = 192
         y0 = gap + (ci % rows) * (cell_h + gap)
         draw.text((x0, y0), CLASS_NAMES[ci] if ci < len(CLASS_NAMES) else str(ci), fill=0, font=font)
         for j, img in enumerate(imgs):
-            t = Image.fromarray(img).resize((tile, tile), Image.LANCZOS) if img.shape[0] != tile else Image.fromarray(img)
+            t = (
+                Image.fromarray(img).resize((tile, tile), Image.LANCZOS)
+                if img.shape[0] != tile
+                else Image.fromarray(img)
+            )
             canvas.paste(t, (x0 + j * (tile + 2), y0 + label_h))
     canvas.save(path)
     return path
@@ -205,11 +248,11 @@ def _write_readme(out: Path, settings: dict, counts: list[int]) -> None:
     text = f"""SYNTHETIC DATA - not real electron micrographs.
 
 Written by `virion synth` (the built-in synthetic TEM virus dataset of virion) with
-per_class={settings['per_class']} seed={settings['seed']} size={settings['size']} format={settings['format']}
-bit_depth={settings['bit_depth']} difficulty={settings['difficulty']}; the same settings give the same files.
+per_class={settings["per_class"]} seed={settings["seed"]} size={settings["size"]} format={settings["format"]}
+bit_depth={settings["bit_depth"]} difficulty={settings["difficulty"]}; the same settings give the same files.
 
-Each image is a {settings['size']}x{settings['size']} {settings['bit_depth']}-bit grayscale {fmt} of a 256 nm field of view
-(1 nm per pixel at 256 px), drawn from the morphology of one of the 14 classes of the TEM
+Each image is a {settings["size"]}x{settings["size"]} {settings["bit_depth"]}-bit grayscale {fmt} of a 256 nm field
+of view (1 nm per pixel at 256 px), drawn from the morphology of one of the 14 classes of the TEM
 virus dataset (Matuszewski & Sintorn 2021) with a negative-stain imaging model: dark stain,
 bright particles with dark rims, uneven background, debris, defocus blur and shot noise.
 
@@ -218,7 +261,6 @@ to recognise real viruses: train and evaluate on real micrographs for that.
 
 Layout: train/<Class>/, validation/<Class>/, test/<Class>/ with {counts[0]} / {counts[1]} / {counts[2]}
 images per class. montage.png shows a few samples per class; synth.json holds the settings.
-Classes: {', '.join(CLASS_NAMES)}.
+Classes: {", ".join(CLASS_NAMES)}.
 """
     (out / "README.txt").write_text(text)
-
