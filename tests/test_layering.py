@@ -1,6 +1,6 @@
 """The layering rule, read from the source with `ast`: no module imports from a layer above its own.
 
-    base (errors, atomic, fs, figures, backend) -> data, models -> run -> inference -> training
+    base (errors, atomic, fs, figures, backend) -> data, models -> run -> inference -> training, micrograph
       -> evaluation -> reports -> workflow -> cli, app
 
 `inference` (the Classifier and the one batching helper) sits below training because training's
@@ -29,6 +29,7 @@ LAYERS = {
     "run": 2,
     "inference": 3,
     "training": 4,
+    "micrograph": 4,
     "evaluation": 5,
     "reports": 6,
     "workflow": 7,
