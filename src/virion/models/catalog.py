@@ -11,7 +11,11 @@ DEFAULT_MODELS = ("resnet50", "xception", "densenet121")
 # Further keras.applications backbones with the same head and stages, trained only when named in
 # --models: DenseNet201 (the public dataset's published anchors), EfficientNetV2 B0/S, ConvNeXt Tiny.
 EXTRA_MODELS = ("densenet201", "efficientnetv2b0", "efficientnetv2s", "convnext_tiny")
-MODEL_NAMES = DEFAULT_MODELS + EXTRA_MODELS
+# Networks built for TEM crops and trained from scratch (no ImageNet weights): tem_cnn, the compact CNN.
+COMPACT_MODELS = ("tem_cnn",)
+MODEL_NAMES = DEFAULT_MODELS + EXTRA_MODELS + COMPACT_MODELS
+# Models that always start from random initialization (`--weights` does not apply to them).
+SCRATCH_MODELS = ("resnet50",) + COMPACT_MODELS
 
 # Smallest square input each architecture accepts (keras.applications: Xception 71, DenseNet,
 # EfficientNetV2 and ConvNeXt 32; our ResNet-50's five stride-2 stages need 32).
@@ -23,4 +27,5 @@ MIN_INPUT_SIZE = {
     "efficientnetv2b0": 32,
     "efficientnetv2s": 32,
     "convnext_tiny": 32,
+    "tem_cnn": 32,
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import keras
 
 from virion.errors import VirionError
-from virion.models import resnet50, transfer
+from virion.models import resnet50, tem_cnn, transfer
 from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES  # noqa: F401 - re-export
 
 
@@ -40,6 +40,7 @@ _DISPLAY = {
 
 _FACTS = {
     "resnet50": ("ResNet-50 (from scratch)", "scratch", "x/255", resnet50.LAST_CONV_LAYER, "none"),
+    "tem_cnn": ("compact TEM CNN (from scratch)", "scratch", "x/127.5 - 1", tem_cnn.LAST_CONV_LAYER, "none"),
     **{
         arch: (
             f"{_DISPLAY[arch]} (transfer)",
@@ -77,7 +78,7 @@ def model_info(name: str, weights=_DEFAULT) -> ModelInfo:
     _check_name(name)
     display, kind, scaling, last_conv, default = _FACTS[name]
     if kind == "scratch":
-        used = "none"  # ResNet-50 always starts from random initialization
+        used = "none"  # ResNet-50 and the compact CNN always start from random initialization
     else:
         used = default if weights is _DEFAULT else _normalize_weights(weights)
     return ModelInfo(
@@ -102,7 +103,7 @@ def build_model(name: str, num_classes: int, input_size: int = 128, weights="ima
     """Build model `name` for `num_classes` on (input_size, input_size, 3) raw 0..255 input.
 
     `weights` ("imagenet" | "none" | a path) applies to the transfer models; the from-scratch
-    ResNet-50 ignores it.
+    ResNet-50 and tem_cnn ignore it.
     """
     _check_name(name)
     if int(num_classes) < 2:
@@ -112,5 +113,9 @@ def build_model(name: str, num_classes: int, input_size: int = 128, weights="ima
         if input_size < 32:
             raise VirionError(f"--input-size {input_size} is too small for resnet50; use 32 or more")
         return resnet50.build_resnet50(int(num_classes), shape)
+    if name == "tem_cnn":
+        if input_size < 32:
+            raise VirionError(f"--input-size {input_size} is too small for tem_cnn; use 32 or more")
+        return tem_cnn.build_tem_cnn(int(num_classes), shape)
     weights = "none" if weights is None else weights
     return transfer.build_transfer_model(name, int(num_classes), shape, weights)
