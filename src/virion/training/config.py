@@ -22,7 +22,7 @@ from typing import Any
 from virion.backend import BACKENDS
 from virion.data.augment_config import FILL_MODES, AugmentConfig, MixConfig
 from virion.errors import VirionError
-from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES
+from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES, SCRATCH_MODELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +30,7 @@ else:  # Python 3.10: the same parser as the back-port package (declared in pypr
     import tomli as tomllib
 
 LR_SCHEDULES = ("none", "cosine", "plateau")
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 CHECKPOINT_METRICS = ("val_accuracy", "val_macro_f1")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUTO_FLAGS = ("auto", True, False)
@@ -168,7 +168,10 @@ class TrainConfig:
         help="learning rate for fine-tuning",
     )
     class_weight: str = setting(
-        "none", kind="choice", choices=CLASS_WEIGHTS, help="balanced: weight classes by inverse frequency"
+        "none",
+        kind="choice",
+        choices=CLASS_WEIGHTS,
+        help="balanced: weight classes by inverse frequency; sqrt: by its square root (milder, mean weight 1)",
     )
     checkpoint_metric: str = setting(
         "val_accuracy", kind="choice", choices=CHECKPOINT_METRICS, help="validation metric that picks the best epoch"
@@ -380,7 +383,7 @@ class TrainConfig:
                 "turn one of them off (--feature-cache off, or --mixup 0 --cutmix 0)"
             )
         if isinstance(self.weights, dict):
-            missing = [m for m in self.models if m != "resnet50" and m not in self.weights]
+            missing = [m for m in self.models if m not in SCRATCH_MODELS and m not in self.weights]
             extra = [m for m in self.weights if m not in self.models]
             if missing or extra:
                 given = " ".join(f"{k}={v}" for k, v in self.weights.items())
@@ -421,7 +424,7 @@ class TrainConfig:
                 )
 
     def _weight_specs(self) -> list[tuple[str, str]]:
-        transfer = [m for m in self.models if m != "resnet50"]
+        transfer = [m for m in self.models if m not in SCRATCH_MODELS]
         if isinstance(self.weights, dict):
             return [(m, self.weights[m]) for m in transfer if m in self.weights]
         return [(m, self.weights) for m in transfer]
@@ -430,7 +433,7 @@ class TrainConfig:
     def weights_for(self, model: str) -> str:
         """The weights setting of one model: "imagenet", "none" or a path (file or folder)."""
         if isinstance(self.weights, dict):
-            return self.weights.get(model, "none" if model == "resnet50" else "imagenet")
+            return self.weights.get(model, "none" if model in SCRATCH_MODELS else "imagenet")
         return self.weights
 
     def resolved_weight_decay(self) -> float:
@@ -625,11 +628,12 @@ def _check_weights(value: Any, source: str) -> str | dict[str, str]:
     if isinstance(value, dict):
         out = {}
         for name, spec in value.items():
-            if name not in MODEL_NAMES or name == "resnet50":
+            if name not in MODEL_NAMES or name in SCRATCH_MODELS:
                 raise _bad(
                     "weights",
                     f"{name}={spec}",
-                    f"a transfer model name ({', '.join(m for m in MODEL_NAMES if m != 'resnet50')}) before '='",
+                    f"a transfer model name ({', '.join(m for m in MODEL_NAMES if m not in SCRATCH_MODELS)}) "
+                    "before '='",
                     source,
                 )
             if not isinstance(spec, str) or not spec.strip():

@@ -154,12 +154,16 @@ def _val_dataset(config: TrainConfig, data: TrainData):
     return make_dataset(data.validation, data.num_classes, config.batch_size, training=False)
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """sklearn's "balanced" weights; classes absent from training get weight 1."""
+def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> dict[int, float]:
+    """sklearn's "balanced" weights (power 1), or their square root (power 0.5: `--class-weight sqrt`,
+    rescaled so the mean weight per training image stays 1); classes absent from training get weight 1."""
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
-    weights = compute_class_weight("balanced", classes=present, y=labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels) ** power
+    if power != 1.0:
+        counts = np.array([np.sum(labels == c) for c in present])
+        weights = weights * counts.sum() / float(np.sum(counts * weights))
     out = {c: 1.0 for c in range(num_classes)}
     out.update({int(c): float(w) for c, w in zip(present, weights)})
     return out
@@ -482,9 +486,8 @@ class _ModelTraining:
         self.fine_tune_epochs = int(config.fine_tune_epochs) if info.base_frozen else 0
         self.use_cache = config.feature_cache is not None and info.base_frozen
         self.timer = cb.EpochTimer(self.progress.train_seconds, self.progress.train_images, len(data.train.labels))
-        self.class_weight = (
-            class_weights(data.train.labels, data.num_classes) if config.class_weight == "balanced" else None
-        )
+        power = {"balanced": 1.0, "sqrt": 0.5}.get(config.class_weight)
+        self.class_weight = class_weights(data.train.labels, data.num_classes, power) if power else None
 
     # -------------------------------------------------------------- stages
     def head_stage(self, model: keras.Model | None) -> keras.Model | None:
