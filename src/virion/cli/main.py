@@ -22,7 +22,19 @@ from virion import __version__
 from virion.errors import VirionError
 
 # Order is the order shown in `virion --help`; a module not written yet is skipped.
-COMMAND_MODULES = ("synth", "train", "evaluate", "compare", "predict", "explain", "serve", "export", "demo", "cache")
+COMMAND_MODULES = (
+    "synth",
+    "crops",
+    "train",
+    "evaluate",
+    "compare",
+    "predict",
+    "explain",
+    "serve",
+    "export",
+    "demo",
+    "cache",
+)
 # Set VIRION_DEBUG=1 to see the traceback behind a one-line error.
 DEBUG_ENV = "VIRION_DEBUG"
 

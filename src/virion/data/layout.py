@@ -37,6 +37,8 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 
 # Folders that sit beside the classes in the public TEM virus dataset but are not classes.
 DEFAULT_EXCLUDE = ("crop_outlines",)
+# The one '_' name that is a class: "not a particle" windows cut by `virion crops --background`.
+BACKGROUND_CLASS = "_background"
 
 SPLIT_NAMES = ("train", "validation", "test")
 _SPLIT_ALIASES = {
@@ -269,7 +271,7 @@ def _class_reason(name: str, exclude: tuple[str, ...]) -> str | None:
     """Why a folder/label is not a class, or None if it is one."""
     if _is_hidden(name):
         return R_HIDDEN
-    if name.startswith("_"):
+    if name.startswith("_") and name != BACKGROUND_CLASS:
         return R_UNDERSCORE
     for pattern in exclude:
         if fnmatch.fnmatchcase(name, pattern):

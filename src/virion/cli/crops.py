@@ -1,0 +1,121 @@
+"""`virion crops`: cut a classification dataset (class folders + manifest) from annotated micrographs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from virion.cli.argtypes import bounded_int
+
+# The range a pixel size may take (a microscope's, not a display's dpi); the library checks it too.
+_NM_RANGE = (0.005, 500.0)
+
+
+def _window_size(text: str) -> int:
+    return bounded_int(text, 8, 4096, "a window size from 8 to 4096 px")
+
+
+def _windows(text: str) -> int:
+    return bounded_int(text, 1, 10_000, "a number of windows per micrograph from 1 to 10000")
+
+
+def _nm_per_px(text: str) -> float:
+    low, high = _NM_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a pixel size in nm from {low:g} to {high:g}, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected a pixel size in nm from {low:g} to {high:g}, got {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "crops",
+        help="cut particle crops (and background windows) from annotated micrographs",
+        description="Cut a window of --size px centred on every annotated particle of whole micrographs, at "
+        "--target-nm-per-px, into OUT/<Class>/<group>__<micrograph>_<i>.png plus OUT/manifest.csv "
+        "(path,label,group,micrograph,...), ready for `virion train --data OUT/manifest.csv`, which splits by "
+        "group. Windows reaching past the image or into black padding are filled by mirroring the valid pixels. "
+        "See docs/micrographs.md.",
+    )
+    parser.add_argument(
+        "boxes",
+        nargs="?",
+        type=Path,
+        metavar="BOXES_CSV",
+        help="CSV with path,label and xmin,ymin,xmax,ymax (or x,y) in pixels, paths relative to the CSV; "
+        "an optional session (or group) column groups the micrographs",
+    )
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (new or empty)")
+    parser.add_argument(
+        "--yolo", type=Path, metavar="LABELS_DIR", help="YOLO label folder (class cx cy w h, normalized) instead"
+    )
+    parser.add_argument("--images", type=Path, metavar="IMAGES_DIR", help="the images of the YOLO labels")
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="class names, one per line (YOLO: line n is class n; with a CSV: the classes to keep, "
+        "other labels are reported as bad rows)",
+    )
+    parser.add_argument(
+        "--size", type=_window_size, default=256, metavar="PX", help="window width and height in px (default 256)"
+    )
+    parser.add_argument(
+        "--target-nm-per-px",
+        type=_nm_per_px,
+        default=1.0,
+        metavar="NM",
+        help="pixel size of the crops in nm (default 1, the scale of the public TEM virus crops)",
+    )
+    parser.add_argument(
+        "--nm-per-px",
+        type=_nm_per_px,
+        default=None,
+        metavar="NM",
+        help="pixel size of micrographs whose file states none (TIFF resolution tags, ImageJ or PNG density "
+        "are used when present); default: the target, i.e. no resampling",
+    )
+    parser.add_argument(
+        "--background",
+        type=_windows,
+        default=None,
+        metavar="N",
+        help="also cut up to N windows per micrograph away from every box and outside black padding, "
+        "as class _background (default: none)",
+    )
+    parser.add_argument(
+        "--group-by",
+        metavar="REGEX",
+        help="group = this regular expression on the micrograph's file name (as `virion train --group-by`), "
+        "when the CSV has no session/group column; default: each micrograph is its own group",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier `virion crops` output in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from virion.micrograph.crops import cut_crops
+
+    result = cut_crops(
+        args.boxes,
+        args.out,
+        yolo=args.yolo,
+        images=args.images,
+        classes=args.classes,
+        size=args.size,
+        target_nm_per_px=args.target_nm_per_px,
+        nm_per_px=args.nm_per_px,
+        background=args.background or 0,
+        group_by=args.group_by,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    return 0
