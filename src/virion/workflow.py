@@ -85,8 +85,10 @@ def finish_run(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict]
         if len(store.failed_models(run_dir)) == len(layout.model_dirs(run_dir)):
             _say(progress, "no model trained successfully: nothing to evaluate")
         elif test is not None and len(test.files):
+            recommend(run_dir, progress=progress)  # on the validation split, never the test split
             results = evaluate(run_dir, progress=progress, with_report=False)
         else:
+            recommend(run_dir, progress=progress)
             _say(progress, "the dataset has no test split: models not evaluated")
     except VirionError as exc:
         raise VirionError(
@@ -98,6 +100,13 @@ def finish_run(run_dir: str | Path, *, progress: bool = True) -> dict[str, dict]
 
 
 # ------------------------------------------------------------------------------- evaluate, compare, report
+def recommend(run_dir: str | Path, *, progress: bool = True) -> dict:
+    """Choose the run's recommended classifier on its validation split (RUN/recommended.json)."""
+    from virion.evaluation.ensemble import recommend as choose_on_validation
+
+    return choose_on_validation(Path(run_dir), progress=progress)
+
+
 def evaluate(
     run_dir: str | Path,
     data: str | Path | None = None,

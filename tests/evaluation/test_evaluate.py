@@ -180,12 +180,15 @@ def test_evaluate_run_with_the_data_layer(tmp_path, helpers, capsys):
     ).fingerprint()
     (run / "dataset.json").write_text(json.dumps(info))
     results = evaluate.evaluate_run(run, data=data, progress=False)
-    assert sorted(results) == ["densenet121", "resnet50"]
+    assert sorted(results) == ["densenet121", "ensemble", "resnet50"]  # two models: their mean is a row too
+    assert results["ensemble"]["members"] == ["densenet121", "resnet50"]
     cfg = json.loads((run / "config.json").read_text())
     test_split = load_dataset(
         data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]
     ).splits["test"]
     for name, summary in results.items():
+        if name == "ensemble":
+            continue
         rows = _rows(run / name / "evaluation" / "predictions.csv")
         assert len(rows) == len(test_split.files) == summary["n_images"] > 0
         assert [r["file"] for r in rows] == [str(p.relative_to(data)) for p in test_split.files]

@@ -203,15 +203,15 @@ def test_csv_lines_up_with_files(clf, models, files, tmp_path):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
         "file",
-        "model",
         "class",
-        "confidence",
+        "probability",
+        "model",
         "top1_class",
-        "top1_confidence",
+        "top1_probability",
         "top2_class",
-        "top2_confidence",
+        "top2_probability",
         "top3_class",
-        "top3_confidence",
+        "top3_probability",
         "error",
     ]
     readable = [f for f in files if f.name != "broken.tif"]
@@ -225,8 +225,8 @@ def test_csv_lines_up_with_files(clf, models, files, tmp_path):
             continue
         probs = by_key[(r["file"], r["model"])]
         assert r["class"] == r["top1_class"] == clf.class_names[int(np.argmax(probs))]
-        assert float(r["confidence"]) == pytest.approx(float(probs.max()), abs=1e-6)
-        assert float(r["top1_confidence"]) >= float(r["top2_confidence"]) >= float(r["top3_confidence"])
+        assert float(r["probability"]) == pytest.approx(float(probs.max()), abs=1e-6)
+        assert float(r["top1_probability"]) >= float(r["top2_probability"]) >= float(r["top3_probability"])
     # Predictions.to_rows gives the very rows of the CSV for one model.
     one = result[0].to_rows(3)
     assert [r["file"] for r in one] == [r["file"] for r in rows if r["model"] in ("tiny", "")]

@@ -5,6 +5,12 @@ reports, matrices, plots and per-file predictions out, into one folder. `evaluat
 run's test split exactly as training held it out (`virion.run.splits`) and evaluates each model.
 Evaluating on other data (`data=OTHER`) writes `<model>/evaluation-<data>/`, never replacing the
 run's own evaluation, and every output names the data it was computed on.
+
+Every model is called through the one contract (`virion.inference.proba.predict_proba`: Keras
+networks and the texture model alike), each on the test images decoded at its own settings. With
+two or more models, the run's ensembles (`ensemble`: the mean; `ensemble-weighted`: the validation-
+fitted weights of recommended.json, when adopted) are evaluated as rows of their own into
+`RUN/<ensemble>/evaluation/` from the members' test probabilities (`virion.evaluation.ensemble`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 
 from virion.errors import VirionError
 from virion.evaluation import metrics, plots
-from virion.inference.batching import predict_arrays
+from virion.inference.proba import is_network, num_classes_of
+from virion.inference.proba import predict_proba as model_proba
 from virion.run import layout, store
 from virion.run.loading import load_models
 from virion.run.splits import decode_settings, open_dataset
@@ -31,17 +38,17 @@ MOST_CONFUSED = 5
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, float]:
-    """Softmax outputs in input order, and inference speed in images per second.
+    """Class probabilities in input order (the model contract), and inference speed in images per second.
 
     The first batch runs once untimed (graph tracing is not inference time), then all are timed.
     """
     n = len(images)
     if n == 0:
-        return predict_arrays(model, images), 0.0
+        return np.zeros((0, num_classes_of(model))), 0.0
     batch_size = max(1, min(int(batch_size), n))
-    predict_arrays(model, images[:batch_size], batch_size=batch_size)  # warm-up
+    model_proba(model, images[:batch_size], batch_size=batch_size)  # warm-up
     start = time.perf_counter()
-    probs = predict_arrays(model, images, batch_size=batch_size)
+    probs = model_proba(model, images, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return probs, (n / seconds if seconds > 0 else float("inf"))
 
@@ -108,11 +115,15 @@ def evaluate_model(
     data_name: str = "",
     best_epoch: int | None = None,
     gradcam_layer: str | None = None,
+    probabilities: np.ndarray | None = None,
+    images_per_second: float | None = None,
 ) -> dict:
     """Predict `images` in order, write all evaluation outputs into `out_dir`, return a summary dict.
 
-    images: uint8 (N, H, W) grayscale (or (N, H, W, 3)); labels: int (N,) indices into class_names.
-    data_name names the data in every title and in summary.json.
+    model: anything with the model contract (a Keras network, a texture model), or None when
+    `probabilities` (N, C) are given (an ensemble: its members already predicted; `images` are
+    then only shown in the mistakes figure). images: uint8 (N, H, W) grayscale (or (N, H, W, 3));
+    labels: int (N,) indices into class_names. data_name names the data in every title and in summary.json.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +135,7 @@ def evaluate_model(
     files = list(files) if files is not None else [f"#{i}" for i in range(len(labels))]
     if len(files) != len(labels):
         raise ValueError(f"{len(files)} files but {len(labels)} labels")
-    outputs = int(model.outputs[0].shape[-1])
+    outputs = num_classes_of(model) if probabilities is None else int(np.shape(probabilities)[1])
     if outputs != n_classes:
         raise VirionError(
             f"the model has {outputs} outputs but {n_classes} class names were given; "
@@ -133,7 +144,12 @@ def evaluate_model(
     name = model_name or getattr(model, "name", "") or "model"
     on = f" on {data_name}" if data_name else ""
 
-    probs, speed = predict_probabilities(model, images, batch_size=batch_size)
+    if probabilities is None:
+        probs, speed = predict_probabilities(model, images, batch_size=batch_size)
+    else:
+        probs, speed = np.asarray(probabilities, dtype=np.float64), float(images_per_second or 0.0)
+        if len(probs) != len(labels):
+            raise ValueError(f"{len(probs)} rows of probabilities but {len(labels)} labels")
     pred = probs.argmax(axis=1).astype(np.int64)
     confidence = probs[np.arange(len(pred)), pred] if len(pred) else np.zeros(0)
 
@@ -177,18 +193,19 @@ def evaluate_model(
         title=f"{name}: most confident mistakes{on} ({len(wrong)} in all)",
     )
 
-    gradcam_note = gradcam_examples(
-        model,
-        images,
-        labels,
-        probs,
-        class_names,
-        out_dir / "gradcam_examples.png",
-        title=f"{name}: Grad-CAM, one test image per class{on}",
-        layer=gradcam_layer,
-    )
-    if gradcam_note:
-        notes.append(gradcam_note)
+    if model is not None and is_network(model):
+        gradcam_note = gradcam_examples(
+            model,
+            images,
+            labels,
+            probs,
+            class_names,
+            out_dir / "gradcam_examples.png",
+            title=f"{name}: Grad-CAM, one test image per class{on}",
+            layer=gradcam_layer,
+        )
+        if gradcam_note:
+            notes.append(gradcam_note)
     summary = {
         "model": name,
         "data": data_name,
@@ -200,6 +217,8 @@ def evaluate_model(
         "macro_recall": float(report["macro avg"]["recall"]),
         "macro_f1": float(report["macro avg"]["f1-score"]),
         "weighted_f1": float(report["weighted avg"]["f1-score"]),
+        "log_loss": metrics.log_loss(labels, probs),
+        "expected_calibration_error": metrics.expected_calibration_error(labels, probs),
         "most_confused": most_confused(cm, class_names),
         "inference_images_per_second": float(speed),
         "batch_size": int(batch_size),
@@ -281,8 +300,13 @@ def evaluate_run(
         )
     from virion.data.cache import load_split_arrays
 
+    if data_name is None and store.read_recommended(run_dir) is None:
+        from virion.evaluation.ensemble import recommend
+
+        recommend(run_dir, data=data, progress=progress)  # a run trained before recommendations were recorded
     decoded: dict = {}
     results = {}
+    members: dict[str, tuple] = {}
     if progress:
         for name, why in store.failed_models(run_dir).items():
             print(f"{name}: not evaluated, its training failed ({why})", file=sys.stderr)
@@ -301,22 +325,28 @@ def evaluate_run(
         out_dir = layout.evaluation_dir(folder, data_name)
         if progress:
             print(f"evaluating {folder.name} on {len(arrays.labels)} test images of {label}", file=sys.stderr)
+        probs, speed = predict_probabilities(loaded.model, arrays.images, batch_size=batch_size)
+        files = _relative(arrays.files, dataset.root)
+        members[folder.name] = (files, arrays.labels, probs, arrays, speed)
         summary = evaluate_model(
             loaded.model,
             arrays.images,
             arrays.labels,
             loaded.class_names,
             out_dir,
-            files=_relative(arrays.files, dataset.root),
+            files=files,
             history_csv=folder / layout.HISTORY_FILE,
             batch_size=batch_size,
             model_name=folder.name,
             data_name=label,
             best_epoch=loaded.metadata.best_epoch,
             gradcam_layer=loaded.metadata.last_conv_layer,
+            probabilities=probs,
+            images_per_second=speed,
         )
         summary.update(
             model=folder.name,
+            kind=loaded.kind,
             data_path=str(dataset.root),
             own_test_split=data_name is None,
             skipped_test_files=[[str(p), why] for p, why in arrays.failures],
@@ -327,6 +357,86 @@ def evaluate_run(
         if progress:
             print(
                 f"  {folder.name}: accuracy {summary['accuracy']:.4f}, macro F1 {summary['macro_f1']:.4f} -> {out_dir}",
+                file=sys.stderr,
+            )
+    results.update(
+        evaluate_ensembles(
+            run_dir, members, list(dataset.class_names), data_name, label, str(dataset.root), batch_size, progress
+        )
+    )
+    return results
+
+
+def evaluate_ensembles(
+    run_dir: Path,
+    members: dict[str, tuple],
+    class_names: list[str],
+    data_name: str | None,
+    label: str,
+    data_path: str,
+    batch_size: int,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """The run's ensembles as rows of their own: `RUN/ensemble/evaluation/` (the mean of every model)
+    and `RUN/ensemble-weighted/evaluation/` (recommended.json's validation-fitted weights, when adopted).
+
+    members: {model: (files, labels, test probabilities, SplitArrays, images/s)} from `evaluate_run`;
+    each ensemble is scored on the test images every member could read.
+    """
+    from virion.evaluation.ensemble import aligned, combine
+
+    results: dict[str, dict] = {}
+    for name in layout.ENSEMBLE_NAMES:  # drop what an earlier evaluation left, so no stale row survives
+        stale = layout.evaluation_dir(run_dir / name, data_name) / layout.SUMMARY_FILE
+        stale.unlink(missing_ok=True)
+    if len(members) < 2:
+        return results
+    recommended = store.read_recommended(run_dir) or {}
+    names = list(members)
+    combos = {layout.ENSEMBLE: (names, None)}
+    weighted = (recommended.get("ensembles") or {}).get(layout.WEIGHTED_ENSEMBLE)
+    if weighted and sorted(weighted["members"]) == sorted(names):
+        combos[layout.WEIGHTED_ENSEMBLE] = (list(weighted["members"]), list(weighted["weights"]))
+    files, labels, probs = aligned({n: members[n][:3] for n in names})
+    first = members[names[0]]
+    index = {f: i for i, f in enumerate(first[0])}
+    shown = first[3].images[[index[f] for f in files]] if files else first[3].images[:0]
+    speed = 1.0 / sum(1.0 / max(members[n][4], 1e-9) for n in names)  # every member runs on each image
+    for name, (combo_members, weights) in combos.items():
+        out_dir = layout.evaluation_dir(run_dir / name, data_name)
+        how = (
+            "mean"
+            if weights is None
+            else "validation-fitted weights " + ", ".join(f"{m} {w:.3f}" for m, w in zip(combo_members, weights))
+        )
+        summary = evaluate_model(
+            None,
+            shown,
+            labels,
+            class_names,
+            out_dir,
+            files=files,
+            batch_size=batch_size,
+            model_name=name,
+            data_name=label,
+            probabilities=combine([probs[m] for m in combo_members], weights),
+            images_per_second=speed,
+        )
+        summary.update(
+            model=name,
+            kind="ensemble",
+            members=list(combo_members),
+            weights=weights,
+            combination=how,
+            data_path=data_path,
+            own_test_split=data_name is None,
+        )
+        store.write_json(out_dir / layout.SUMMARY_FILE, summary)
+        results[name] = summary
+        if progress:
+            print(
+                f"  {name} ({how}): accuracy {summary['accuracy']:.4f}, "
+                f"macro F1 {summary['macro_f1']:.4f} -> {out_dir}",
                 file=sys.stderr,
             )
     return results

@@ -171,3 +171,29 @@ def save_classification_report(y_true, y_pred, class_names: Sequence[str], out_d
     (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_csv(report_rows(report), out_dir / "classification_report.csv")
     return report
+
+
+def log_loss(labels, probs, eps: float = 1e-15) -> float:
+    """Mean negative log-probability of the true class (0 for no images): how well-calibrated and sure."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if labels.size == 0:
+        return 0.0
+    probs = np.asarray(probs, dtype=np.float64)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(labels.size), labels], eps, 1.0))))
+
+
+def expected_calibration_error(labels, probs, bins: int = 10) -> float:
+    """ECE: the confidence-weighted gap between top-class confidence and accuracy, over equal-width bins."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if labels.size == 0:
+        return 0.0
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap += mask.mean() * abs(confidence[mask].mean() - correct[mask].mean())
+    return float(gap)

@@ -3,7 +3,12 @@
 The one prediction path: `virion predict`, `virion explain`, evaluation, the web page and a
 notebook all decode and batch through here. Inputs may be paths, folders, NumPy arrays (any
 dtype, grayscale or RGB, any size) or PIL images; each is decoded exactly as training decoded
-its files (`virion.data.decode`), at each model's own input size and stretch.
+its files (`virion.data.decode`), at each model's own input size and stretch, and handed to the
+model's `predict_proba` (`virion.inference.proba`: Keras networks and the texture model alike).
+
+A run folder's `recommended.json` (chosen on the validation split) names the classifier that
+`predict(model=None)` uses: one model, the mean of the models ("ensemble") or their validation-
+fitted weighted mean ("ensemble-weighted").
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import numpy as np
 
 from virion.data.decode import DecodeError, DecodeSettings, decode_array, decode_image
 from virion.errors import VirionError
-from virion.inference.batching import predict_arrays
 from virion.inference.inputs import as_items
+from virion.inference.proba import as_predictor
+from virion.run.layout import ENSEMBLE, METADATA_FILE, WEIGHTED_ENSEMBLE
 from virion.run.loading import LoadedModel, load_models
 from virion.run.schema import ModelMetadata
+from virion.run.store import read_recommended
 
-ENSEMBLE = "ensemble"
+__all__ = ["ENSEMBLE", "WEIGHTED_ENSEMBLE", "Classifier", "Predictions", "Explanation", "load"]
 
 
 @dataclass
@@ -57,9 +64,10 @@ class Predictions:
 
 
 def csv_columns(k: int) -> list[str]:
-    header = ["file", "model", "class", "confidence"]
+    """`virion predict --out`: file (as given), class, probability, the classifier, the top k, error."""
+    header = ["file", "class", "probability", "model"]
     for i in range(1, k + 1):
-        header += [f"top{i}_class", f"top{i}_confidence"]
+        header += [f"top{i}_class", f"top{i}_probability"]
     return header + ["error"]
 
 
@@ -74,9 +82,9 @@ def rows_for(predictions: list[Predictions], k: int = 3) -> list[dict]:
             errors.setdefault(source, reason)
         for source, top in zip(p.sources, p.top_k(k)):
             row = dict.fromkeys(columns, "")
-            row.update(file=source, model=p.model, **{"class": top[0][0]}, confidence=f"{top[0][1]:.6f}")
+            row.update(file=source, model=p.model, **{"class": top[0][0]}, probability=f"{top[0][1]:.6f}")
             for i, (name, prob) in enumerate(top, 1):
-                row[f"top{i}_class"], row[f"top{i}_confidence"] = name, f"{prob:.6f}"
+                row[f"top{i}_class"], row[f"top{i}_probability"] = name, f"{prob:.6f}"
             per_source.setdefault(source, []).append(row)
         for source in p.order or p.sources:
             if source not in order:
@@ -114,10 +122,12 @@ class Explanation:
 class Classifier:
     """Predict and explain with the models of a run (or one model file/folder)."""
 
-    def __init__(self, models: list[LoadedModel]):
+    def __init__(self, models: list[LoadedModel], recommended: dict | None = None):
         if not models:
             raise VirionError("no model to predict with; pass a model file, model folder or run folder")
         self._models = {m.name: m for m in models}
+        self._predictors = {m.name: as_predictor(m.model) for m in models}
+        self.recommended = recommended  # the run's recommended.json (None: none recorded)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{m.name} {m.input_size}px" for m in self.models)
@@ -125,8 +135,13 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, models: str | list[str] | None = None) -> Classifier:
-        """A run folder, model folder or .keras/.h5 file; `models`: None (all) or names to keep."""
-        return cls(load_models(path, models))
+        """A run folder, model folder or model file; `models`: None (all) or names to keep.
+
+        A run folder's recommended.json comes along: `predict(model=None)` uses that classifier.
+        """
+        path = Path(path)
+        is_run = path.is_dir() and not (path / METADATA_FILE).is_file()
+        return cls(load_models(path, models), recommended=read_recommended(path) if is_run else None)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -149,12 +164,56 @@ class Classifier:
     def metadata(self) -> dict[str, ModelMetadata]:
         return {name: m.metadata for name, m in self._models.items()}
 
+    def combinations(self) -> dict[str, tuple[list[str], list[float]]]:
+        """The ensembles this classifier can answer as: name -> (member models, weights summing to 1).
+
+        "ensemble": the equal-weight mean of the loaded models (two or more); "ensemble-weighted":
+        recommended.json's validation-fitted weights, when all its members are loaded.
+        """
+        combos: dict[str, tuple[list[str], list[float]]] = {}
+        if len(self._models) > 1:
+            combos[ENSEMBLE] = (self.model_names, [1.0 / len(self._models)] * len(self._models))
+        for name, combo in ((self.recommended or {}).get("ensembles") or {}).items():
+            members = list(combo.get("members") or [])
+            if name == ENSEMBLE or not members or not all(m in self._models for m in members):
+                continue
+            weights = [float(w) for w in combo.get("weights") or [1.0] * len(members)]
+            combos[name] = (members, [w / sum(weights) for w in weights])
+        return combos
+
+    @property
+    def choices(self) -> list[str]:
+        """Every name `predict(model=...)` accepts: the models, then the ensembles."""
+        return self.model_names + [c for c in self.combinations() if c not in self._models]
+
+    @property
+    def default_model(self) -> str:
+        """What `predict(model=None)` uses: the recommended classifier when loaded, else the ensemble
+        of several models, else the only one."""
+        chosen = (self.recommended or {}).get("classifier")
+        if chosen and (chosen in self._models or chosen in self.combinations()):
+            return chosen
+        return ENSEMBLE if len(self._models) > 1 else self.model_names[0]
+
+    @property
+    def why(self) -> str:
+        """Why `default_model` is the default, in one line (recommended.json's reason when it applies)."""
+        if self.recommended and self.recommended.get("classifier") == self.default_model:
+            return str(self.recommended.get("why") or "recommended for this run")
+        if self.default_model == ENSEMBLE:
+            return "the mean of the loaded models (no recommendation recorded for them)"
+        return "the only loaded model"
+
+    def predictor(self, model: str):
+        """The object answering `predict_proba` for one loaded model (virion.inference.proba)."""
+        return self._predictors[self.get(model).name]
+
     def get(self, model: str | None = None) -> LoadedModel:
         """One loaded model by name (None: the only / first one)."""
         if model is None:
             return self.models[0]
         if model not in self._models:
-            raise VirionError(f"--model {model}: not loaded; choose one of: {', '.join(self._models)}")
+            raise VirionError(f"--model {model}: not loaded; choose one of: {', '.join(self.choices)}")
         return self._models[model]
 
     # ------------------------------------------------------------------ decoding
@@ -210,17 +269,22 @@ class Classifier:
     def predict(
         self, inputs, *, model: str | None = None, tta: bool = False, batch_size: int = 32, progress: bool = False
     ) -> Predictions:
-        """Probabilities for every readable input.
+        """Probabilities for every readable input, one row per input.
 
-        model: a model name, "ensemble" (average of all loaded models) or None (the only model,
-        or the ensemble when several are loaded). tta: average over the 8 flips/90-degree turns.
+        model: a model name, "ensemble" (mean of the loaded models), "ensemble-weighted" (the run's
+        validation-fitted weights) or None (`default_model`: the run's recommended classifier).
+        tta: average over the 8 flips/90-degree turns.
         """
         if model is None:
-            model = ENSEMBLE if len(self._models) > 1 else self.model_names[0]
-        names = self.model_names if model == ENSEMBLE else [self.get(model).name]
-        each = self.predict_each(inputs, models=names, tta=tta, batch_size=batch_size, progress=progress)
-        if model != ENSEMBLE or len(each) == 1:
-            return each[0]
+            model = self.default_model
+        if model == ENSEMBLE and len(self._models) == 1:
+            model = self.model_names[0]  # the ensemble of one model is that model
+        combos = self.combinations()
+        if model not in combos:
+            return self.predict_each(
+                inputs, models=[self.get(model).name], tta=tta, batch_size=batch_size, progress=progress
+            )[0]
+        names, weights = combos[model]
         first = self.get(names[0])
         for name in names[1:]:
             if self.get(name).class_names != first.class_names:
@@ -228,15 +292,19 @@ class Classifier:
                     f"ensemble: models {first.name} and {name} have different class lists; "
                     "ensemble only models trained on the same classes"
                 )
+        each = self.predict_each(inputs, models=names, tta=tta, batch_size=batch_size, progress=progress)
         readable = [s for s in each[0].sources if all(s in p.sources for p in each)]
-        stacked = np.mean([p.probabilities[[p.sources.index(s) for s in readable]] for p in each], axis=0)
+        stacked = sum(
+            w * np.asarray(p.probabilities, dtype=np.float64)[[p.sources.index(s) for s in readable]]
+            for w, p in zip(weights, each)
+        )
         failures = {s: r for p in each for s, r in p.failures}
         return Predictions(
-            stacked.reshape(len(readable), -1),
+            np.asarray(stacked, dtype=np.float64).reshape(len(readable), len(first.class_names)),
             list(first.class_names),
             readable,
             list(failures.items()),
-            ENSEMBLE,
+            model,
             each[0].order,
         )
 
@@ -260,7 +328,7 @@ class Classifier:
             if m.decode not in decoded:
                 decoded[m.decode] = self._decode(items, m.decode, progress=progress)
             images, sources, failures = decoded[m.decode]
-            probs = predict_arrays(m.model, images, batch_size=batch_size, tta=tta)
+            probs = self._predictors[m.name].predict_proba(images, batch_size=int(batch_size), tta=bool(tta))
             out.append(
                 Predictions(
                     probs, list(m.class_names), list(sources), list(failures), m.name, [name for name, _ in items]
@@ -285,7 +353,12 @@ class Classifier:
         """
         from virion.inference.gradcam import find_last_conv_layer, gradcam_with_probabilities, overlay
 
-        m = self.get(None if model == ENSEMBLE else model)
+        m = self.get(None if model in self.combinations() else model)
+        if not m.is_network:
+            raise VirionError(
+                f"{m.name}: the {m.kind or 'non-network'} model has no Grad-CAM (it is not a network); "
+                "explain a network of the run with --model NAME"
+            )
         items = as_items(input)
         if len(items) != 1:
             raise VirionError(f"explain takes one image at a time, got {len(items)}")

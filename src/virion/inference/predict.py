@@ -30,12 +30,13 @@ def unreadable(predictions: list[Predictions]) -> list[tuple[str, str]]:
 
 
 def format_table(predictions: list[Predictions]) -> str:
-    """A plain-text table (file, [model,] class, confidence) followed by the unreadable inputs."""
+    """A plain-text table (file, [model,] class, probability) followed by the unreadable inputs."""
     rows = [r for r in rows_for(predictions, 1) if not r["error"]]
     show_model = len({p.model for p in predictions}) > 1
-    header = ["file"] + (["model"] if show_model else []) + ["class", "confidence"]
+    header = ["file"] + (["model"] if show_model else []) + ["class", "probability"]
     lines = [
-        [r["file"]] + ([r["model"]] if show_model else []) + [r["class"], f"{float(r['confidence']):.3f}"] for r in rows
+        [r["file"]] + ([r["model"]] if show_model else []) + [r["class"], f"{float(r['probability']):.3f}"]
+        for r in rows
     ]
     widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]

@@ -1,8 +1,10 @@
 """One table of every model from one or more runs: quality, size and speed side by side.
 
 Reads what training (`metadata.json`, the model files) and evaluation (`evaluation/summary.json`)
-already wrote, so comparing is instant and never re-runs a model. With `data_name`, the evaluations
-on other data (`evaluation-<data>/`) are compared instead, into `comparison-<data>.*`.
+already wrote, so comparing is instant and never re-runs a model. A run's ensembles
+(`ensemble/`, `ensemble-weighted/`: evaluation only, no model files) come after its models. With
+`data_name`, the evaluations on other data (`evaluation-<data>/`) are compared instead, into
+`comparison-<data>.*`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from virion.errors import VirionError
 from virion.evaluation.metrics import write_csv
 from virion.reports import plots
 from virion.run import layout, store
-from virion.run.loading import find_model_file
+from virion.run.loading import TEXTURE_KIND, find_model_file
 
 COLUMNS = (
     ("run", "run"),
@@ -54,10 +56,7 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
             f"run `virion evaluate {run_dir}{again}` first"
         )
     summary = store.read_json(summary_path)
-    # The .h5 is the inference model (no optimizer state); the .keras also carries Adam's moments
-    # for further training, which would triple the figure without saying anything about the model.
-    h5_files = sorted(model_dir.glob("*.h5"))
-    size_mb = (h5_files[0] if h5_files else find_model_file(model_dir)).stat().st_size / 1e6
+    size_mb = model_size_mb(model_dir, meta)
     row = {
         "run": run_dir.name,
         "model": model_dir.name,
@@ -74,6 +73,38 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
         "status": "trained",
     }
     return row
+
+
+def model_size_mb(model_dir: Path, meta: dict) -> float:
+    """What must be kept to use the model, in MB."""
+    if meta.get("kind") == TEXTURE_KIND:  # JSON + arrays: every file metadata names
+        files = [model_dir / f for k, f in (meta.get("files") or {}).items() if k != "history"]
+        return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+    # The .h5 is the inference model (no optimizer state); the .keras also carries Adam's moments
+    # for further training, which would triple the figure without saying anything about the model.
+    h5_files = sorted(model_dir.glob("*.h5"))
+    return (h5_files[0] if h5_files else find_model_file(model_dir)).stat().st_size / 1e6
+
+
+def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None) -> dict:
+    """The comparison row of one of the run's ensembles (`virion evaluate` wrote its summary.json)."""
+    summary = store.read_json(layout.evaluation_dir(ensemble_dir, data_name) / layout.SUMMARY_FILE)
+    members = [str(m) for m in summary.get("members") or []]
+    return {
+        "run": run_dir.name,
+        "model": ensemble_dir.name,
+        "accuracy": float(summary["accuracy"]),
+        "macro_precision": float(summary["macro_precision"]),
+        "macro_recall": float(summary["macro_recall"]),
+        "macro_f1": float(summary["macro_f1"]),
+        "weighted_f1": float(summary["weighted_f1"]),
+        "params": None,
+        "size_mb": None,
+        "train_seconds": None,
+        "inference_images_per_second": float(summary.get("inference_images_per_second") or 0.0),
+        "weights": "",
+        "status": f"{summary.get('combination') or 'mean'} of {', '.join(members)}",
+    }
 
 
 def weights_label(weights) -> str:
@@ -132,9 +163,10 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_nam
             raise VirionError("comparing several runs: say where to write the table with --out DIR")
         out_dir = run_dirs[0]
     out_dir = Path(out_dir)
-    rows = [
-        model_row(run_dir, model_dir, data_name) for run_dir in run_dirs for model_dir in layout.model_dirs(run_dir)
-    ]
+    rows = []
+    for run_dir in run_dirs:
+        rows += [model_row(run_dir, model_dir, data_name) for model_dir in layout.model_dirs(run_dir)]
+        rows += [ensemble_row(run_dir, folder, data_name) for folder in layout.ensemble_dirs(run_dir, data_name)]
     several = len({r["run"] for r in rows}) > 1
     for row in rows:  # the chart's legend: the model alone unless several runs are mixed
         row["label"] = f"{row['run']}/{row['model']}" if several else row["model"]
@@ -143,7 +175,7 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_nam
     atomic_write_text(out_dir / f"{stem}.md", markdown_table(rows))
     write_csv([{k: row.get(k) for k, _ in COLUMNS} for row in rows], out_dir / f"{stem}.csv")
     plots.plot_comparison(
-        [r for r in rows if r["status"] == "trained"],
+        [r for r in rows if r["status"] == "trained" or r["model"] in layout.ENSEMBLE_NAMES],
         out_dir / f"{stem}.png",
         title=f"Model comparison on {data_name}" if data_name else "",
     )

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 
 from virion.atomic import atomic_write_text
+from virion.errors import VirionError
 from virion.reports.compare import COLUMNS, compare_runs, format_cell, short_number, weights_label
 from virion.run import layout, store
 from virion.run.schema import is_synthetic
@@ -271,9 +272,15 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
                     left=2,
                 )
             )
+        if isinstance(summary.get("log_loss"), (int, float)):
+            out.append(
+                f"<p>Calibration on the test set: log-loss {summary['log_loss']:.4f}, expected calibration "
+                f"error {summary.get('expected_calibration_error', 0.0):.4f}.</p>"
+            )
         if summary.get("warnings"):
             out.append("<ul>" + "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
-    out.append('<div class="grid">' + _figure(ev / "curves.png", f"{name}: accuracy and loss per epoch") + "</div>")
+    if meta.get("kind") != "texture" or (ev / "curves.png").is_file():  # one fit: no curves per epoch
+        out.append('<div class="grid">' + _figure(ev / "curves.png", f"{name}: accuracy and loss per epoch") + "</div>")
     # Full width, one under the other: 14 classes need the room for readable cell numbers.
     out.append(_figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True))
     out.append(_figure(ev / "confusion_matrix_normalized.png", f"{name}: confusion matrix (row-normalized)", wide=True))
@@ -292,6 +299,57 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
     return "\n".join(out)
 
 
+def _recommended_banner(run_dir: Path) -> str:
+    """Which classifier `predict`, `serve` and `virion.load` use, and why (chosen on validation data)."""
+    try:
+        chosen = store.read_recommended(run_dir)
+    except VirionError as exc:
+        return f'<p class="banner warn"><b>Recommended classifier:</b> unreadable ({escape(str(exc))})</p>'
+    if not chosen:
+        return ""
+    weights = chosen.get("weights")
+    members = ", ".join(
+        f"{m} ({w:.2f})" if weights else m for m, w in zip(chosen.get("members") or [], weights or [None] * 99)
+    )
+    candidates = chosen.get("candidates") or {}
+    rows = [
+        [name, f"{c.get('macro_f1', 0):.4f}", f"{c.get('accuracy', 0):.4f}", f"{c.get('log_loss', 0):.4f}"]
+        for name, c in candidates.items()
+    ]
+    notes = "".join(f"<li>{escape(str(n))}</li>" for n in chosen.get("notes") or [])
+    return (
+        f'<p class="banner ok" id="recommended"><b>Recommended classifier:</b> {escape(str(chosen["classifier"]))}'
+        f" (members: {escape(members)}). Chosen on the validation split, never the test split: "
+        f"{escape(str(chosen.get('why', '')))}. <code>virion predict</code>, <code>virion serve</code> and "
+        "<code>virion.load(run).predict</code> use it by default.</p>"
+        + (
+            _table(["candidate", "validation macro F1", "validation accuracy", "validation log-loss"], rows)
+            if rows
+            else ""
+        )
+        + (f"<ul>{notes}</ul>" if notes else "")
+    )
+
+
+def _ensemble_section(folder: Path, data_name: str | None = None) -> str:
+    """An ensemble's test-set evaluation (no model of its own: its members' probabilities combined)."""
+    ev = layout.evaluation_dir(folder, data_name)
+    summary = _read_json(ev / layout.SUMMARY_FILE) or {}
+    name = folder.name
+    out = [
+        f'<h2 id="{escape(name)}">Ensemble: {escape(name)}</h2>',
+        f"<p>{escape(str(summary.get('combination') or 'mean'))} of "
+        f"{escape(', '.join(summary.get('members') or []))}. Test set: {summary.get('n_images')} images, "
+        f"accuracy <b>{summary.get('accuracy', 0):.4f}</b>, macro F1 <b>{summary.get('macro_f1', 0):.4f}</b>, "
+        f"log-loss {summary.get('log_loss', 0):.4f}.</p>",
+        _figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True),
+    ]
+    report = _read_json(ev / "classification_report.json")
+    if report:
+        out.append("<h3>Classification report</h3>" + _report_table(report))
+    return "\n".join(out)
+
+
 def write_report(run_dir: Path, data_name: str | None = None) -> Path:
     """Write `run_dir/report.html` from what training and evaluation left in the run folder.
 
@@ -307,6 +365,7 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
         (layout.evaluation_dir(d, data_name) / layout.SUMMARY_FILE).is_file() for d in dirs if d.name not in failed
     )
     rows = compare_runs([run_dir], data_name=data_name) if evaluated else []
+    ensemble_names = [d.name for d in layout.ensemble_dirs(run_dir, data_name)] if evaluated else []
     info = _dataset_info(run_dir)
     synthetic = bool(info.get("synthetic")) or (
         not data_name and bool(config.get("data")) and is_synthetic(str(config.get("data")))
@@ -344,7 +403,10 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
             if synthetic and not data_name
             else []
         ),
-        "<p>Models: " + ", ".join(f'<a href="#{escape(n)}">{escape(n)}</a>' for n, _ in models) + "</p>",
+        *([_recommended_banner(run_dir)] if not data_name else []),
+        "<p>Models: "
+        + ", ".join(f'<a href="#{escape(n)}">{escape(n)}</a>' for n in [n for n, _ in models] + ensemble_names)
+        + "</p>",
         "<h2>Comparison</h2>",
     ]
     if rows:
@@ -353,7 +415,7 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
         parts.append(
             _img(
                 run_dir / f"{layout.comparison_stem(data_name)}.png",
-                "model comparison: " + ", ".join(n for n, _ in models),
+                "model comparison: " + ", ".join([n for n, _ in models] + ensemble_names),
             )
         )
     else:
@@ -365,6 +427,7 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
     parts.append(_dataset_section(run_dir, config))
     parts.append(_settings_section(config))
     parts.extend(_model_section(d, meta, data_name) for d, (_, meta) in zip(dirs, models))
+    parts.extend(_ensemble_section(run_dir / n, data_name) for n in ensemble_names)
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>virion report: {escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"

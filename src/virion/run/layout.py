@@ -23,6 +23,10 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 COMPARISON_STEM = "comparison"
 MODEL_FILE_SUFFIX = "_virus_classification"
+RECOMMENDED_FILE = "recommended.json"  # the run's recommended classifier, chosen on validation
+ENSEMBLE = "ensemble"  # the equal-weight mean of the run's models
+WEIGHTED_ENSEMBLE = "ensemble-weighted"  # member weights fitted on the validation split
+ENSEMBLE_NAMES = (ENSEMBLE, WEIGHTED_ENSEMBLE)  # run sub-folders holding only evaluation/ (no metadata.json)
 
 
 def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
@@ -95,3 +99,13 @@ def report_file(run_dir: str | Path, data_name: str | None = None) -> Path:
 def comparison_stem(data_name: str | None = None) -> str:
     """`comparison` (the run's own test split) or `comparison-<data>` (other data)."""
     return COMPARISON_STEM if not data_name else f"{COMPARISON_STEM}-{data_slug(data_name)}"
+
+
+def ensemble_dirs(run_dir: str | Path, data_name: str | None = None) -> list[Path]:
+    """The ensemble folders of a run that hold an evaluation (`ensemble/`, `ensemble-weighted/`), in that order."""
+    run_dir = Path(run_dir)
+    return [
+        run_dir / name
+        for name in ENSEMBLE_NAMES
+        if (evaluation_dir(run_dir / name, data_name) / SUMMARY_FILE).is_file()
+    ]

@@ -1,8 +1,9 @@
 """The only model loader: find the model file of a run/model folder and load it in safe mode.
 
 Nothing loaded from a file runs code: `safe_mode=True` always (virion's own layers are registered
-serializable classes, so nothing needs unsafe deserialization). A `.keras`/`.h5` file alone is not
-enough to use a model; `metadata.json` beside it gives the class order, input size and decoding.
+serializable classes, so nothing needs unsafe deserialization); the texture model (metadata kind
+"texture") is JSON + NumPy arrays read without pickle. A model file alone is not enough to use a
+model; `metadata.json` beside it gives the class order, input size and decoding.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from virion.run.schema import ModelMetadata
 from virion.run.store import read_config, read_metadata
 
 MODEL_SUFFIXES = (".keras", ".h5")  # preference order: the native format first
+TEXTURE_KIND = "texture"  # metadata.json "kind" of the texture model (virion.models.texture)
+TEXTURE_FILE = "texture_model.json"  # its default file name (arrays beside it in texture_model.npz)
 
 
 @dataclass
@@ -24,9 +27,19 @@ class LoadedModel:
     """A Keras model plus its metadata and the file it came from."""
 
     name: str
-    model: Any  # keras.Model (typed loosely so this module imports without Keras)
+    model: Any  # keras.Model, or a TextureModel (typed loosely so this module imports without Keras)
     metadata: ModelMetadata
     source: Path
+
+    @property
+    def kind(self) -> str | None:
+        """metadata "kind": "scratch" | "transfer" (Keras networks) | "texture" (no network)."""
+        return self.metadata.kind
+
+    @property
+    def is_network(self) -> bool:
+        """A Keras network (Grad-CAM applies); the texture model is not."""
+        return self.metadata.kind != TEXTURE_KIND
 
     @property
     def class_names(self) -> list[str]:
@@ -65,6 +78,14 @@ def find_model_file(model_folder: str | Path) -> Path:
         raise VirionError(
             f"{folder}: the training of this model failed ({why}); there is no model to load; "
             "train it again with a lower learning rate (`virion train ... --overwrite`)"
+        )
+    if metadata is not None and metadata.kind == TEXTURE_KIND:
+        path = folder / (metadata.files.get("texture") or TEXTURE_FILE)
+        if path.is_file():
+            return path
+        raise VirionError(
+            f"{folder}: no {path.name}; the texture model was not saved whole; train it again with "
+            f"`virion train --resume {folder.parent}`"
         )
     if metadata is not None:
         named = [folder / metadata.files[k] for k in ("keras", "h5") if metadata.files.get(k)]
@@ -115,12 +136,39 @@ def load_keras_model(path: str | Path, compile: bool = False):
         ) from None
 
 
+def load_texture_model(path: str | Path):
+    """A saved texture model (JSON + arrays, no pickle); a bad file is one `VirionError` line."""
+    from virion.models.texture.model import TextureModel
+
+    path = Path(path)
+    try:
+        return TextureModel.load(path)
+    except VirionError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VirionError(
+            f"{path}: could not load the texture model ({str(exc).strip()[:300] or type(exc).__name__}); "
+            "train it again with `virion train --models texture`"
+        ) from None
+
+
 def load_model_file(model_file: str | Path, metadata: ModelMetadata | None = None) -> LoadedModel:
     """One model file plus the metadata.json beside it, checked against each other."""
     model_file = Path(model_file)
     metadata = metadata or read_metadata(model_file)
-    model = load_keras_model(model_file)
     where = model_file.parent / METADATA_FILE
+    if metadata.kind == TEXTURE_KIND or model_file.suffix.lower() == ".json":
+        model = load_texture_model(model_file)
+        names = list(getattr(model, "class_names", []) or [])
+        if names != list(metadata.class_names):
+            raise VirionError(
+                f"{model_file}: the model's classes {names} differ from the class_names of {where}; "
+                "use the metadata.json of this model"
+            )
+        return LoadedModel(
+            name=metadata.name or model_file.parent.name, model=model, metadata=metadata, source=model_file
+        )
+    model = load_keras_model(model_file)
     outputs = model.outputs
     if len(outputs) != 1 or outputs[0].shape[-1] != metadata.num_classes:
         got = outputs[0].shape[-1] if len(outputs) == 1 else len(outputs)
@@ -144,7 +192,7 @@ def resolve_model_files(path: str | Path, model_name: str | list[str] | None = N
     if not path.exists():
         raise VirionError(f"{path}: no such file or folder; pass a .keras/.h5 model, a model folder or a run folder")
     if path.is_file():
-        if path.suffix.lower() not in MODEL_SUFFIXES:
+        if path.suffix.lower() not in MODEL_SUFFIXES and not _is_texture_file(path):
             raise VirionError(f"{path}: not a model file; pass a .keras or .h5 file, a model folder or a run folder")
         folders, files = [path.parent], [path]
     elif (path / METADATA_FILE).is_file():
@@ -179,6 +227,16 @@ def resolve_model_files(path: str | Path, model_name: str | list[str] | None = N
             "drop --model or pick that model"
         )
     return files
+
+
+def _is_texture_file(path: Path) -> bool:
+    """The JSON file of a texture model (its metadata.json beside it says kind "texture")."""
+    if path.suffix.lower() != ".json" or path.name == METADATA_FILE:
+        return False
+    try:
+        return read_metadata(path.parent).kind == TEXTURE_KIND
+    except VirionError:
+        return False
 
 
 def _failed(folder: Path) -> bool:

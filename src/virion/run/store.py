@@ -14,7 +14,7 @@ from typing import Any
 
 from virion.atomic import atomic_write_text
 from virion.errors import VirionError
-from virion.run.layout import CONFIG_FILE, DATASET_FILE, METADATA_FILE, SKIPPED_FILE
+from virion.run.layout import CONFIG_FILE, DATASET_FILE, METADATA_FILE, RECOMMENDED_FILE, SKIPPED_FILE
 from virion.run.schema import DatasetInfo, ModelMetadata
 
 
@@ -187,3 +187,51 @@ def _run_config_beside(model_folder: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return values if isinstance(values, dict) else None
+
+
+# ----------------------------------------------------------------------------- recommended.json
+def write_recommended(run_dir: str | Path, recommendation: dict) -> Path:
+    """recommended.json: the classifier `predict`/`serve`/`virion.load` use by default (see read_recommended)."""
+    return write_json(Path(run_dir) / RECOMMENDED_FILE, recommendation)
+
+
+def read_recommended(run_dir: str | Path) -> dict | None:
+    """recommended.json of a run, checked, or None when the run has none (older runs, single models).
+
+    {"classifier": a model name | "ensemble" | "ensemble-weighted", "members": [model names],
+     "weights": [floats, one per member] | None, "why": text, "metric": text,
+     "ensembles": {name: {"members": [...], "weights": [...]}}, "candidates": {name: validation scores}}
+    """
+    path = Path(run_dir) / RECOMMENDED_FILE
+    if not path.is_file():
+        return None
+    values = read_json(path)
+    problem = _recommendation_problem(values)
+    if problem:
+        raise VirionError(
+            f"{path}: {problem}; damaged: delete it (then `virion evaluate {Path(run_dir)}` writes it again)"
+        )
+    return values
+
+
+def _recommendation_problem(values: Any) -> str | None:
+    if not isinstance(values, dict):
+        return "expected a JSON object"
+    if not isinstance(values.get("classifier"), str) or not values["classifier"]:
+        return "classifier must be a model or ensemble name"
+    combos = {"": values, **(values.get("ensembles") or {})}
+    if not isinstance(values.get("ensembles", {}), dict):
+        return "ensembles must be an object"
+    for name, combo in combos.items():
+        members, weights = combo.get("members") if isinstance(combo, dict) else None, None
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            return f"members{' of ' + name if name else ''} must be a list of model names"
+        weights = combo.get("weights")
+        if weights is not None and (
+            not isinstance(weights, list)
+            or len(weights) != len(members)
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+            or sum(weights) <= 0
+        ):
+            return f"weights{' of ' + name if name else ''} must be one non-negative number per member"
+    return None
