@@ -144,7 +144,7 @@ def build_card(path: Path, classifier) -> RunCard:
                 weights=describe_weights(meta.get("weights")),
                 test_accuracy=_number(summary.get("accuracy")),
                 macro_f1=_number(summary.get("macro_f1")),
-                model_file=files.get("keras") or files.get("h5"),
+                model_file=files.get("keras") or files.get("h5") or files.get("texture"),
             )
         )
     synthetic, reason, data = _synthetic(run_dir, list(metas.values()), notes)

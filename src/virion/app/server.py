@@ -80,13 +80,23 @@ class ServeState:
         self.class_names = list(classifier.class_names)
         self.top_k = max(1, min(int(top_k), len(self.class_names)))
         self.model_names = list(classifier.model_names)
-        self.choices = self.model_names + ([ENSEMBLE] if len(self.model_names) > 1 else [])
+        self.choices = list(classifier.choices)  # the models, then "ensemble" (and "ensemble-weighted")
+        self.default_model = classifier.default_model  # the run's recommended classifier
+        self.combinations = classifier.combinations()
+        self.networks = [n for n in self.model_names if classifier.get(n).is_network]
+
+    def gradcam_model(self, model: str) -> str | None:
+        """The network whose Grad-CAM the page shows for `model` (an ensemble: its first network), or None."""
+        members = self.combinations[model][0] if model in self.combinations else [model]
+        return next((m for m in members if m in self.networks), None)
 
     def info(self) -> dict:
         return {
             "card": self.card.to_dict(),
             "models": self.choices,
-            "default_model": self.choices[-1],
+            "default_model": self.default_model,
+            "recommended": {"classifier": self.default_model, "why": self.classifier.why},
+            "gradcam": {name: self.gradcam_model(name) is not None for name in self.choices},
             "class_names": self.class_names,
             "top_k": self.top_k,
             "chance": 1.0 / len(self.class_names),
@@ -101,7 +111,7 @@ class ServeState:
         return int(size) if isinstance(size, int) else int(self.classifier.input_size)
 
     def check_model(self, model: str | None) -> str:
-        model = (model or self.choices[-1]).strip()
+        model = (model or self.default_model).strip()
         if model not in self.choices:
             raise VirionError(f"model {model!r} is not served; choose one of: {', '.join(self.choices)}")
         return model
@@ -114,7 +124,8 @@ class ServeState:
         if not uploads:
             raise VirionError("no file received; choose one or more image files")
         names = [safe_file_name(name, i) for i, (name, _) in enumerate(uploads)]
-        single = None if model == ENSEMBLE else model  # the ensemble's models see the first one's decode
+        # an ensemble's image is shown as its first member sees it
+        single = self.combinations[model][0][0] if model in self.combinations else model
         results: list[dict] = [{"name": name} for name in names]
         with tempfile.TemporaryDirectory(prefix="virion-serve-") as tmp:
             paths: list[Path | None] = []
@@ -173,7 +184,11 @@ class ServeState:
     def explain(self, name: str, data: bytes, model: str | None, class_index: int | None) -> dict:
         """Grad-CAM of one upload for `class_index` (default: the top class) with one model."""
         model = self.check_model(model)
-        explained_by = self.model_names[0] if model == ENSEMBLE else model
+        explained_by = self.gradcam_model(model)
+        if explained_by is None:
+            raise VirionError(
+                f"Grad-CAM is not available for {model}: it is not a network (choose a network to see where it looks)"
+            )
         name = safe_file_name(name, 0)
         if not data:
             raise VirionError(f"{name}: empty file (0 bytes); choose the image again")
@@ -199,8 +214,8 @@ class ServeState:
             "overlay_png": png_data_url(np.asarray(explanation.overlay, dtype=np.uint8)),
             "shape": list(np.asarray(explanation.overlay).shape[:2]),
             "note": (
-                f"Grad-CAM needs one network; the ensemble's first model ({explained_by}) is shown"
-                if model == ENSEMBLE
+                f"Grad-CAM needs one network; the ensemble's first network ({explained_by}) is shown"
+                if model in self.combinations
                 else None
             ),
         }

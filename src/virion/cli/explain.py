@@ -75,7 +75,13 @@ def run(args) -> int:
             raise VirionError(
                 f"--class {args.class_name}: not a class of model {m.name}; choose one of: {', '.join(m.class_names)}"
             )
-    written, unreadable, layers = explain_files(clf, files, out, class_name=args.class_name, layer=args.layer)
+    written, unreadable, layers, skipped = explain_files(clf, files, out, class_name=args.class_name, layer=args.layer)
+    for name, why in skipped.items():
+        if len(skipped) < len(clf.model_names):
+            print(f"virion: note: {name}: {why}; skipped")
+    if skipped and len(skipped) == len(clf.model_names):
+        name, why = next(iter(skipped.items()))
+        raise VirionError(f"{name}: {why}; explain a network instead (virion explain RUN --model NAME ...)")
     for f, reason in unreadable:
         print(f"virion: warning: skipped unreadable {f}: {reason}")
     if not written:

@@ -13,14 +13,17 @@ def register(subparsers) -> None:
         "predict",
         help="predict the class of new images with a saved model or run",
         description="Predict virus classes for image files or folders (searched recursively) with a "
-        "saved model (.keras or .h5 with metadata.json beside it), a model folder, or a run folder "
-        "(every model in it, or --model NAME). Images are decoded as in training. Prints a table and "
-        "optionally writes a CSV; unreadable files are listed, not fatal.",
+        "saved model (.keras or .h5, or a texture model's .json, with metadata.json beside it), a model "
+        "folder, or a run folder. With a run folder and no model option, the run's recommended classifier "
+        "(RUN/recommended.json, chosen on the validation split: one model or an ensemble) gives one row "
+        "per image; --model NAME uses one model, --all-models gives one row per image and model. Images "
+        "are decoded as in training. Prints a table and optionally writes a CSV (file,class,probability,"
+        "model,top-k,error); unreadable files get an error row, not a crash.",
     )
     parser.add_argument(
         "model_path",
         metavar="MODEL_OR_RUN",
-        help="a .keras/.h5 model file, a model folder, or a run folder from `virion train`",
+        help="a model file, a model folder, or a run folder from `virion train`",
     )
     parser.add_argument(
         "inputs",
@@ -28,12 +31,24 @@ def register(subparsers) -> None:
         nargs="+",
         help="image files or folders of images (searched recursively; hidden files skipped)",
     )
-    parser.add_argument(
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
         "--model",
         dest="model_name",
         metavar="NAME",
         default=None,
-        help="with a run folder: use only this model (e.g. resnet50); default: every model",
+        help="with a run folder: use this model (e.g. resnet50) or ensemble (ensemble, ensemble-weighted); "
+        "default: the run's recommended classifier",
+    )
+    choice.add_argument(
+        "--all-models",
+        action="store_true",
+        help="one row per image and model (every model of the run) instead of one answer per image",
+    )
+    choice.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="the equal-weight mean of every model of the run (they must share the class list)",
     )
     parser.add_argument(
         "--top-k",
@@ -46,11 +61,6 @@ def register(subparsers) -> None:
         "--tta",
         action="store_true",
         help="test-time augmentation: average the softmax over the 8 flips and 90-degree rotations",
-    )
-    parser.add_argument(
-        "--ensemble",
-        action="store_true",
-        help="average the softmax of all loaded models (they must share the class list)",
     )
     parser.add_argument(
         "--out",
@@ -74,7 +84,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     # Keras/TensorFlow load only when the command runs, so `virion --help` stays fast.
     from virion.fs import check_output_file
-    from virion.inference.classifier import ENSEMBLE, Classifier
+    from virion.inference.classifier import ENSEMBLE, WEIGHTED_ENSEMBLE, Classifier
     from virion.inference.inputs import collect_inputs
     from virion.inference.predict import format_table, unreadable, write_csv
 
@@ -91,24 +101,29 @@ def run(args) -> int:
             f"no image files found in {' '.join(map(str, args.inputs))}; "
             "pass .png/.jpg/.tif/... files or folders that hold them"
         )
-    clf = Classifier.load(args.model_path, args.model_name)
-    if args.ensemble and len(clf.model_names) < 2:
-        print(f"virion: note: --ensemble with one model ({clf.model_names[0]}) is that model's prediction")
-    if args.ensemble and len(clf.model_names) > 1:
-        results = [clf.predict(files, model=ENSEMBLE, tta=args.tta, batch_size=args.batch_size, progress=args.progress)]
-    else:
+    combined = args.model_name in (ENSEMBLE, WEIGHTED_ENSEMBLE)
+    clf = Classifier.load(args.model_path, None if combined else args.model_name)
+    if args.model_name and combined and args.model_name not in clf.choices:
+        raise VirionError(
+            f"--model {args.model_name}: this run has no such ensemble; choose one of: {', '.join(clf.choices)}"
+        )
+    if args.all_models:
         results = clf.predict_each(files, tta=args.tta, batch_size=args.batch_size, progress=args.progress)
+        used = ", ".join(f"{m.name} ({m.input_size}px)" for m in clf.models) + ", one row per model"
+    else:
+        chosen = ENSEMBLE if args.ensemble else args.model_name or clf.default_model
+        if args.ensemble and len(clf.model_names) < 2:
+            print(f"virion: note: --ensemble with one model ({clf.model_names[0]}) is that model's prediction")
+        results = [clf.predict(files, model=chosen, tta=args.tta, batch_size=args.batch_size, progress=args.progress)]
+        why = f" ({clf.why})" if chosen == clf.default_model and not (args.model_name or args.ensemble) else ""
+        used = f"{results[0].model}{why}"
     if not any(p.sources for p in results):
         reasons = "; ".join(f"{f}: {why}" for f, why in unreadable(results)[:3]).replace("\n", " ")
         raise VirionError(
             f"none of the {len(files)} input file(s) could be read as an image ({reasons}); "
             "check the paths and file formats"
         )
-    used = ", ".join(f"{m.name} ({m.input_size}px)" for m in clf.models)
-    mode = (" averaged as an ensemble" if args.ensemble and len(clf.model_names) > 1 else "") + (
-        ", with TTA" if args.tta else ""
-    )
-    print(f"{len(files)} image(s), model(s): {used}{mode}")
+    print(f"{len(files)} image(s), classifier: {used}" + (", with TTA" if args.tta else ""))
     print(format_table(results))
     if out is not None:
         write_csv(results, out, args.top_k)

@@ -34,12 +34,27 @@ def _safe_stem(path: Path) -> str:
 
 def explain_files(
     clf: Classifier, files: list[Path], out: Path, *, class_name: str | None = None, layer: str | None = None
-) -> tuple[int, list[tuple[Path, str]], dict[str, str]]:
-    """One PNG per file and model into `out`; returns (written, unreadable files, layer per model)."""
+) -> tuple[int, list[tuple[Path, str]], dict[str, str], dict[str, str]]:
+    """One PNG per file and model into `out`.
+
+    Returns (written, unreadable files, layer per model, {model: why skipped}): a model that is
+    not a network (the texture model) has no Grad-CAM; it gets its radial-profile figure when it
+    offers `explain_profile`, else it is skipped with one line saying so.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    written, bad, used, layers = 0, {}, set(), {}
+    written, bad, used, layers, skipped = 0, {}, set(), {}, {}
     for name in clf.model_names:
         m = clf.get(name)
+        if not m.is_network:
+            if callable(getattr(m.model, "explain_profile", None)):
+                count, unread = _profile_files(clf, name, files, out, used)
+                written += count
+                for f, why in unread:
+                    bad.setdefault(f, why)
+                layers[name] = "radial profile"
+            else:
+                skipped[name] = f"the {m.kind or 'non-network'} model has no Grad-CAM (it is not a network)"
+            continue
         for f in files:
             try:
                 e = clf.explain(
@@ -61,4 +76,47 @@ def explain_files(
             used.add(file_name)
             save_explanation(e, out / file_name, title)
             written += 1
-    return written, list(bad.items()), layers
+    return written, list(bad.items()), layers, skipped
+
+
+def _profile_files(clf: Classifier, name: str, files: list[Path], out: Path, used: set) -> tuple[int, list]:
+    """What drives the texture model for each file: its own `explain_profile` figure, one PNG per file."""
+    written, bad = 0, []
+    m = clf.get(name)
+    for f in files:
+        try:
+            image = clf.decode([f], model=name)[0]
+        except VirionError as exc:
+            bad.append((f, str(exc).split(": ", 1)[-1]))
+            continue
+        probs = clf.predictor(name).predict_proba(image[None])[0]
+        predicted = m.class_names[int(probs.argmax())]
+        title = f"{f.name} | {name}: {predicted} ({probs.max():.1%})"
+        stem = _safe_stem(f) + f"_{name}"
+        file_name, n = f"{stem}.png", 2
+        while file_name in used:
+            file_name, n = f"{stem}_{n}.png", n + 1
+        used.add(file_name)
+        save_profile(m.model.explain_profile(image), out / file_name, title)
+        written += 1
+    return written, bad
+
+
+def save_profile(profile, path: Path, title: str = "") -> Path:
+    """A texture model's explanation as a PNG: a Figure it drew itself, or curves {label: values} on one axis."""
+    from virion.figures import new_figure, save_figure
+
+    if hasattr(profile, "savefig"):  # the model drew its own figure
+        return save_figure(profile, Path(path))
+    fig = new_figure((7, 4.4))
+    ax = fig.subplots()
+    curves = profile.get("curves", profile) if isinstance(profile, dict) else {}
+    for label, values in curves.items():
+        if hasattr(values, "__len__") and not isinstance(values, str):
+            ax.plot(range(len(values)), list(values), label=str(label))
+    ax.set_xlabel(str(profile.get("xlabel", "radius (px)")) if isinstance(profile, dict) else "radius (px)")
+    ax.set_ylabel(str(profile.get("ylabel", "mean intensity")) if isinstance(profile, dict) else "")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))

@@ -74,7 +74,10 @@
     for (const name of data.models) {
       const opt = document.createElement("option");
       opt.value = name;
-      opt.textContent = name === "ensemble" ? "ensemble (average of all models)" : name;
+      opt.textContent = (name === "ensemble" ? "ensemble (average of all models)" :
+        name === "ensemble-weighted" ? "ensemble (validation-fitted weights)" : name) +
+        (name === data.default_model ? " (recommended)" : "");
+      if (name === data.default_model && data.recommended) opt.title = data.recommended.why;
       select.appendChild(opt);
     }
     select.value = data.default_model;
@@ -110,6 +113,11 @@
   async function explain(article, file, classIndex) {
     const wrap = $(".cam-wrap", article);
     wrap.classList.remove("ready");
+    const used = $("#model").dataset.used || $("#model").value;
+    if (info.gradcam && info.gradcam[used] === false) {
+      $(".cam-loading", article).textContent = "Grad-CAM not available: " + used + " is not a network";
+      return;
+    }
     $(".cam-loading", article).textContent = "computing Grad-CAM\u2026";
     const form = new FormData();
     form.append("file", file, file.name);
