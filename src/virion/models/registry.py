@@ -8,7 +8,7 @@ import keras
 
 from virion.errors import VirionError
 from virion.models import resnet50, tem_cnn, transfer
-from virion.models.catalog import DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES  # noqa: F401 - re-export
+from virion.models.catalog import CLASSICAL_MODELS, DEFAULT_MODELS, MIN_INPUT_SIZE, MODEL_NAMES  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ModelInfo:
 
     name: str
     display_name: str
-    kind: str  # "scratch" | "transfer"
+    kind: str  # "scratch" | "transfer" | "texture" (not a network)
     scaling: str
     last_conv_layer: str
     default_weights: str  # "none" for the scratch model, "imagenet" for the transfer models
@@ -41,6 +41,7 @@ _DISPLAY = {
 _FACTS = {
     "resnet50": ("ResNet-50 (from scratch)", "scratch", "x/255", resnet50.LAST_CONV_LAYER, "none"),
     "tem_cnn": ("compact TEM CNN (from scratch)", "scratch", "x/127.5 - 1", tem_cnn.LAST_CONV_LAYER, "none"),
+    "texture": ("texture features + classifier (no network)", "texture", "percentile stretch", "", "none"),
     **{
         arch: (
             f"{_DISPLAY[arch]} (transfer)",
@@ -77,7 +78,7 @@ def model_info(name: str, weights=_DEFAULT) -> ModelInfo:
     """
     _check_name(name)
     display, kind, scaling, last_conv, default = _FACTS[name]
-    if kind == "scratch":
+    if kind in ("scratch", "texture"):
         used = "none"  # ResNet-50 and the compact CNN always start from random initialization
     else:
         used = default if weights is _DEFAULT else _normalize_weights(weights)
@@ -106,6 +107,8 @@ def build_model(name: str, num_classes: int, input_size: int = 128, weights="ima
     ResNet-50 and tem_cnn ignore it.
     """
     _check_name(name)
+    if name in CLASSICAL_MODELS:
+        raise VirionError(f"{name} is not a Keras network; train it with `virion train --models {name}`")
     if int(num_classes) < 2:
         raise VirionError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     shape = (int(input_size), int(input_size), 3)

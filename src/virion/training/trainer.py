@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from virion.errors import VirionError
+from virion.models.catalog import CLASSICAL_MODELS
 from virion.run import layout, store
 from virion.training import callbacks as cb
 from virion.training.config import TrainConfig
@@ -271,9 +272,9 @@ def train_run(
         # Build (and so fetch the weights of) every model that starts fresh BEFORE any training:
         # missing ImageNet weights must stop the run at once, not after an hour of ResNet-50.
         prebuilt: dict[str, keras.Model] = {}
-        settled = {name: settle_model_folder(run_dir / name) if resume else None for name in config.models}
+        settled = {name: _settle(run_dir / name, name) if resume else None for name in config.models}
         for name in config.models:
-            if settled[name] is not None:
+            if settled[name] is not None or name in CLASSICAL_MODELS:  # texture: fitted, not built
                 continue
             keras.utils.set_random_seed(config.seed)
             prebuilt[name] = build_model(name, data.num_classes, config.input_size, config.weights_for(name))
@@ -293,6 +294,15 @@ def train_run(
                 results[name] = _result_from_metadata(name, folder)
                 if progress:
                     print(f"{name}: already trained in {folder}, skipped", flush=True)
+                continue
+            if name in CLASSICAL_MODELS:
+                from virion.training.texture_fit import fit_texture
+
+                if progress:
+                    print(f"training {name} ({index}/{len(config.models)}), no network: one fit", flush=True)
+                results[name] = fit_texture(name, config, data, folder, progress=progress)
+                if progress:
+                    print(results[name].summary(), flush=True)
                 continue
             if progress:
                 info = model_info(name, config.weights_for(name))
@@ -323,6 +333,15 @@ def train_run(
             result,
         )
     return result
+
+
+def _settle(folder: Path, name: str) -> Progress | None:
+    """A model folder's committed progress on --resume; a texture model is done or fitted again."""
+    if name in CLASSICAL_MODELS:
+        from virion.training.texture_fit import texture_done
+
+        return Progress(phase="done") if texture_done(folder) else None
+    return settle_model_folder(folder)
 
 
 def _result_from_metadata(name: str, folder: Path) -> ModelResult:
