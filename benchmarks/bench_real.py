@@ -13,6 +13,13 @@ difference of each recipe against the first one, are printed and written as JSON
 A recipe is `NAME` (a preset: `virion train --preset NAME`; `reference` works without presets) or
 `LABEL=OPTIONS` (extra `virion train` options, e.g. `tem1=--rot90 --vertical-flip --zoom 0.1`).
 
+`--extra-train MANIFEST` adds crops cut from other micrographs (`virion crops`' manifest.csv:
+path,label,group[,micrograph]) to the training side of every fold; a crop whose session (group) or
+micrograph also has crops on a fold's validation or test side is left out of that fold, so nothing
+of a tested session is trained on. `--baseline-model texture` adds the paired difference of every
+model (and the ensemble) to that model, fold by fold. Each fold records the CPU flags, the load
+average before and after, and ONEDNN_MAX_CPU_ISA.
+
 Development data (not in the repo): ../shared/real_tem_dev/micrographs.csv (path,label,micrograph).
 
 Reference vs a candidate, 3 folds, bf16 (about an hour per recipe on 2 quiet cores at 128 px):
@@ -20,6 +27,11 @@ Reference vs a candidate, 3 folds, bf16 (about an hour per recipe on 2 quiet cor
         --folds 3 --recipes reference "tem1=--rot90 --vertical-flip" --extra=--bf16 --resume
 Smoke run (a minute):
     .venv/bin/python benchmarks/bench_real.py DATA --folds 2 --limit 12 --input-size 32 --epochs 1
+The `tem` study (texture, the compact CNN, their ensemble; ~30 min on 2 cores), then with the
+micrograph crops added to every training fold:
+    nice -n -10 .venv/bin/python benchmarks/bench_real.py ../shared/real_tem_dev/micrographs.csv \
+        --folds 3 --recipes tem --models tem_cnn texture --baseline-model texture --tag tem
+    ... --extra-train /work/derived/crops/mcrops/manifest.csv --tag tem_mcrops
 """
 
 from __future__ import annotations
@@ -91,6 +103,62 @@ def read_groups(path: Path) -> tuple[Path, list[dict]]:
     if missing:
         raise BenchError(f"{path}: {len(missing)} listed image(s) missing, first {missing[0]}")
     return path, rows
+
+
+def session_of(group: str) -> str:
+    """The session of a micrograph name: all before a trailing _N ("B2-65k-071019_18" -> "B2-65k-071019")."""
+    head, sep, tail = group.rpartition("_")
+    return head if sep and tail.isdigit() and head else group
+
+
+def read_extra(path: Path) -> list[dict]:
+    """Rows {path, label, group, micrograph} of a `virion crops` manifest (path,label,group[,micrograph])."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise BenchError(f"--extra-train {path}: no such file; give the manifest.csv `virion crops` wrote")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        if not {"path", "label"} <= set(fields) or not {"group", "micrograph", "session"} & set(fields):
+            raise BenchError(f"--extra-train {path}: needs a header path,label,group[,micrograph]; found {fields}")
+        reader.fieldnames = fields
+        rows = []
+        for row in reader:
+            p = Path(row["path"].strip())
+            group = (row.get("group") or row.get("session") or row.get("micrograph") or "").strip()
+            rows.append(
+                {
+                    "path": str(p if p.is_absolute() else (path.parent / p).resolve()),
+                    "label": row["label"].strip(),
+                    "group": group,
+                    "micrograph": (row.get("micrograph") or group).strip(),
+                }
+            )
+    if not rows:
+        raise BenchError(f"--extra-train {path}: no rows")
+    return rows
+
+
+def add_extra(rows: list[dict], split: list[str], extra: list[dict]) -> tuple[list[dict], list[str], int]:
+    """The fold plus the extra crops on its training side; returns (rows, split, crops left out).
+
+    An extra crop is left out when its session or micrograph has crops on the fold's validation or
+    test side (sessions on both sides of the development data exist), or its class is not one of
+    the fold's classes.
+    """
+    held = {r["group"] for r, s in zip(rows, split) if s != "train"}
+    held_sessions = {session_of(g) for g in held} | held
+    classes = {r["label"] for r in rows}
+    kept, dropped = [], 0
+    for e in extra:
+        names = {e["group"], e["micrograph"], session_of(e["group"]), session_of(e["micrograph"])}
+        if names & held_sessions or e["label"] not in classes:
+            dropped += 1
+            continue
+        kept.append(e)
+    return rows + kept, split + ["train"] * len(kept), dropped
 
 
 def limit_rows(rows: list[dict], per_class: int, seed: int) -> list[dict]:
@@ -297,8 +365,9 @@ def _sd_text(sd: float | None, spec: str) -> str:
     return "n/a" if sd is None else format(sd, spec)
 
 
-def aggregate(results: dict[str, dict[int, dict]]) -> dict:
-    """{recipe: {model: {metric: mean/sd/n}}} and paired differences against the first recipe."""
+def aggregate(results: dict[str, dict[int, dict]], baseline_model: str | None = None) -> dict:
+    """{recipe: {model: {metric: mean/sd/n}}}, paired differences against the first recipe and,
+    with `baseline_model`, of every other model (and the ensemble) against it, fold by fold."""
     table: dict = {}
     for recipe, folds in results.items():
         per = defaultdict(lambda: defaultdict(list))
@@ -324,7 +393,23 @@ def aggregate(results: dict[str, dict[int, dict]]) -> dict:
                         )
                         for m in METRICS
                     }
-    return {"table": table, "paired_difference_vs_" + (recipes[0] if recipes else "none"): diffs}
+    out = {"table": table, "paired_difference_vs_" + (recipes[0] if recipes else "none"): diffs}
+    if baseline_model:
+        out["paired_difference_vs_model_" + baseline_model] = model_differences(results, baseline_model)
+    return out
+
+
+def model_differences(results: dict[str, dict[int, dict]], baseline: str) -> dict:
+    """{recipe: {model: {metric: mean/sd/n of (model - baseline) over the folds where both ran}}}."""
+    diffs: dict = {}
+    for recipe, folds in results.items():
+        paired = [folds[f]["scores"] for f in sorted(folds) if baseline in folds[f]["scores"]]
+        models = sorted({m for sc in paired for m in sc if m != baseline})
+        diffs[recipe] = {
+            model: {m: summarize([sc[model][m] - sc[baseline][m] for sc in paired if model in sc]) for m in METRICS}
+            for model in models
+        }
+    return diffs
 
 
 def format_table(agg: dict) -> str:
@@ -340,7 +425,8 @@ def format_table(agg: dict) -> str:
             )
     for key, diffs in agg.items():
         if key.startswith("paired_difference") and diffs:
-            lines.append(f"paired difference (recipe - {key.rsplit('_', 1)[-1]}), mean +- sd over folds:")
+            what = "model" if "_vs_model_" in key else "recipe"
+            lines.append(f"paired difference ({what} - {key.rsplit('_', 1)[-1]}), mean +- sd over folds:")
             for recipe, models in diffs.items():
                 for model, ms in models.items():
                     cells = [f"{ms[m]['mean']:+.3f} +- {_sd_text(ms[m]['sd'], '.3f')}" for m in METRICS]
@@ -453,6 +539,18 @@ def parse_args(argv=None):
         metavar="OPTION",
         help="an option added to every recipe, e.g. --extra=--bf16 (repeatable)",
     )
+    p.add_argument(
+        "--extra-train",
+        type=Path,
+        metavar="MANIFEST",
+        help="add these crops (`virion crops` manifest.csv: path,label,group[,micrograph]) to every training "
+        "fold; crops of a session that a fold validates or tests on are left out of that fold",
+    )
+    p.add_argument(
+        "--baseline-model",
+        metavar="MODEL",
+        help="also report each model's paired difference to this one (default: texture when trained)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per class (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of training micrographs for validation")
@@ -481,6 +579,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.extra = [x for e in args.extra for x in shlex.split(e)]
     args.workdir = args.workdir or Path("/tmp/virion-bench-real") / args.tag
+    if args.baseline_model is None and "texture" in args.models:
+        args.baseline_model = "texture"
     if args.folds < 2:
         p.error("--folds must be 2 or more")
     if not 0 < args.val_fraction < 0.5:
@@ -517,6 +617,11 @@ def run(args) -> int:
     if args.limit:
         rows = limit_rows(rows, args.limit, args.seed)
     folds = make_folds(rows, args.folds, args.seed, args.val_fraction)
+    extra = read_extra(args.extra_train) if args.extra_train else []
+    if extra:
+        ready = Path(args.extra_train) if Path(args.extra_train).is_dir() else Path(args.extra_train).parent
+        note = "" if (ready / "READY").exists() else " (no READY file beside it: is it complete?)"
+        print(f"{args.extra_train}: {len(extra)} extra training crops{note}", flush=True)
     cmd = virion_command()
     recipes = [parse_recipe(r, args.dry_run or presets_supported(cmd, args.src)) for r in args.recipes]
     if len({r.label for r in recipes}) != len(recipes):
@@ -535,7 +640,9 @@ def run(args) -> int:
             fold_dir = args.workdir / recipe.label / f"fold{k}"
             fold_dir.mkdir(parents=True, exist_ok=True)
             result_file = fold_dir / "result.json"
-            counts = {s: sum(1 for x in split if x == s) for s in ("train", "validation", "test")}
+            fold_rows, fold_split, left_out = add_extra(rows, split, extra) if extra else (rows, split, 0)
+            check_fold(fold_rows, fold_split)
+            counts = {s: sum(1 for x in fold_split if x == s) for s in ("train", "validation", "test")}
             if (args.resume or args.collect) and result_file.is_file():
                 results[recipe.label][k] = json.loads(result_file.read_text(encoding="utf-8"))
                 print(
@@ -545,8 +652,8 @@ def run(args) -> int:
                 continue
             if args.collect:
                 continue  # only gather what is finished (e.g. recipes run as separate processes)
-            manifest = write_manifest(fold_dir / "fold.csv", rows, split)
-            groups = {s: len({r["group"] for r, x in zip(rows, split) if x == s}) for s in counts}
+            manifest = write_manifest(fold_dir / "fold.csv", fold_rows, fold_split)
+            groups = {s: len({r["group"] for r, x in zip(fold_rows, fold_split) if x == s}) for s in counts}
             print(
                 f"[{recipe.label} fold {k}] " + ", ".join(f"{s} {counts[s]} ({groups[s]} micrographs)" for s in counts),
                 flush=True,
@@ -554,6 +661,7 @@ def run(args) -> int:
             if args.dry_run:
                 continue
             run_dir = fold_dir / "run"
+            load_before = load_average()
             wall, argv = train_fold(cmd, manifest, run_dir, recipe, args)
             res = {
                 "recipe": recipe.label,
@@ -562,6 +670,14 @@ def run(args) -> int:
                 "wall_s": wall,
                 "counts": counts,
                 "groups": groups,
+                "extra_train": {"added": len(fold_rows) - len(rows), "left_out": left_out} if extra else None,
+                "machine": {
+                    "cpu_flags": cpu_flags(),
+                    "load_before": load_before,
+                    "load_after": load_average(),
+                    "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                    "nice": os.nice(0),
+                },
                 "scores": score_run(run_dir, args.models),
             }
             atomic_write_text(result_file, json.dumps(res, indent=2))
@@ -583,7 +699,7 @@ def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe],
     from virion.atomic import atomic_write_text
 
     done = {r: f for r, f in results.items() if f}
-    agg = aggregate(done)
+    agg = aggregate(done, args.baseline_model)
     out = args.out or RESULTS_DIR / f"bench_real_{args.tag}.json"
     payload = {
         "data": str(csv_path),
@@ -595,6 +711,8 @@ def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe],
         "input_size_override": args.input_size,
         "extra": args.extra,
         "limit": args.limit,
+        "extra_train": str(args.extra_train) if args.extra_train else None,
+        "baseline_model": args.baseline_model,
         "src": str(args.src) if args.src else None,
         "recipes": {r.label: list(r.args) for r in recipes},
         "per_fold": {r: {str(k): v for k, v in sorted(f.items())} for r, f in done.items()},
@@ -603,6 +721,23 @@ def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe],
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(payload, indent=2))
     return agg, out
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide oneDNN's kernels (what every speed figure must state)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    words = set(text.split())
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in words]
+
+
+def load_average() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3]]
+    except (OSError, ValueError):
+        return []
 
 
 def _fold_line(res: dict) -> str:

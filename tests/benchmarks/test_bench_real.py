@@ -142,6 +142,60 @@ def test_aggregate_mean_sd_and_paired_difference(bench):
     assert "0.400 +- n/a" in bench.format_table(bench.aggregate({"reference": {0: fold(0.4)}}))
 
 
+def test_model_difference_to_a_baseline_model_is_paired_by_fold(bench):
+    def fold(texture, cnn):
+        sc = {"accuracy": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0}
+        return {"wall_s": 1.0, "scores": {"texture": {**sc, "accuracy": texture}, "tem_cnn": {**sc, "accuracy": cnn}}}
+
+    agg = bench.aggregate({"tem": {0: fold(0.6, 0.7), 1: fold(0.7, 0.9), 2: fold(0.5, 0.5)}}, "texture")
+    diff = agg["paired_difference_vs_model_texture"]["tem"]
+    assert set(diff) == {"tem_cnn"}  # the baseline is not compared with itself
+    assert diff["tem_cnn"]["accuracy"]["mean"] == pytest.approx(0.1)
+    assert diff["tem_cnn"]["accuracy"]["sd"] == pytest.approx(np.std([0.1, 0.2, 0.0], ddof=1))
+    assert "model - texture" in bench.format_table(agg)
+
+
+def _extra_manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A `virion crops`-like manifest.csv (path,label,group,micrograph) with tiny PNGs."""
+    lines = ["path,label,group,micrograph"]
+    for i, (label, group, micrograph) in enumerate(rows):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        name = f"{label}/{group}__{micrograph}_{i}.png"
+        Image.fromarray(np.full((32, 32), 40 * i % 255, np.uint8)).save(folder / name)
+        lines.append(f"{name},{label},{group},{micrograph}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_extra_crops_train_only_where_their_session_is_not_validated_or_tested(bench, tmp_path):
+    _, rows = bench.read_groups(_dataset(tmp_path / "data"))
+    split = bench.make_folds(rows, 3, seed=1)[0]
+    tested = next(r["group"] for r, s in zip(rows, split) if s == "test")
+    validated = next((r["group"] for r, s in zip(rows, split) if s == "validation"), tested)
+    trained = next(r["group"] for r, s in zip(rows, split) if s == "train")
+    extra = bench.read_extra(
+        _extra_manifest(
+            tmp_path / "crops",
+            [
+                ("class 0", "fresh-session", "fresh-session_1"),  # kept
+                ("class 1", tested, tested + "_7"),  # same session as a tested micrograph: left out
+                ("class 2", "s9", validated),  # a validated micrograph itself: left out
+                ("class 1", trained, trained + "_3"),  # a training session: kept
+                ("class 9", "new", "new_1"),  # not a class of this data: left out
+            ],
+        )
+    )
+    assert all(Path(e["path"]).is_file() for e in extra)
+    assert bench.session_of("B2-65k-071019_18") == "B2-65k-071019" and bench.session_of("1149") == "1149"
+    fold_rows, fold_split, left_out = bench.add_extra(rows, split, extra)
+    assert left_out == 3 and len(fold_rows) == len(rows) + 2
+    assert fold_split[: len(split)] == split and fold_split[len(split) :] == ["train", "train"]
+    assert {r["group"] for r in fold_rows[len(rows) :]} == {"fresh-session", trained}
+    bench.check_fold(fold_rows, fold_split)
+    with pytest.raises(bench.BenchError, match="manifest.csv"):
+        bench.read_extra(tmp_path / "nowhere" / "manifest.csv")
+
+
 def test_recipes_and_missing_data_messages(bench, tmp_path, capsys):
     assert bench.parse_recipe("a=--rot90 --zoom 0.1", False).args == ("--rot90", "--zoom", "0.1")
     assert bench.parse_recipe("tem", True).args == ("--preset", "tem")
@@ -155,8 +209,10 @@ def test_recipes_and_missing_data_messages(bench, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_one_tiny_fold_end_to_end(bench, tmp_path):
-    """Two folds of a 3-class toy set through the real `virion train` (32 px, one epoch), then scored."""
+    """Two folds of a 3-class toy set through the real `virion train` (32 px, one epoch), then scored;
+    extra crops join the training side."""
     data = _dataset(tmp_path / "data", groups_per_class=(3, 3, 3), per_group=3)
+    extra = _extra_manifest(tmp_path / "crops", [("class 0", "x", "x_1"), ("class 2", "y", "y_1")])
     out = tmp_path / "results.json"
     rc = bench.main(
         [
@@ -174,16 +230,24 @@ def test_one_tiny_fold_end_to_end(bench, tmp_path):
             "--out",
             str(out),
             "--extra=--batch-size 4",
+            "--models",
+            "tem_cnn",
+            "--extra-train",
+            str(extra),
         ]
     )
     assert rc == 0
     res = json.loads(out.read_text())
     fold = res["per_fold"]["reference"]["0"]
     assert fold["counts"]["test"] > 0
+    assert fold["extra_train"] == {"added": 2, "left_out": 0}
+    manifest = (tmp_path / "work" / "reference" / "fold0" / "fold.csv").read_text()
+    assert "x__x_1_0.png,class 0,train,x" in manifest and "y__y_1_1.png,class 2,train,y" in manifest
+    assert isinstance(fold["machine"]["load_before"], list) and "cpu_flags" in fold["machine"]
     assert isinstance(fold["wall_s"], float)  # recorded, never compared (timings live in benchmarks)
-    s = fold["scores"]["resnet50"]
+    s = fold["scores"]["tem_cnn"]
     assert 0.0 <= s["accuracy"] <= 1.0 and s["n_test"] == fold["counts"]["test"]
-    assert res["table"]["reference"]["resnet50"]["accuracy"]["n"] == 1
+    assert res["table"]["reference"]["tem_cnn"]["accuracy"]["n"] == 1
     # --resume reads the finished fold instead of training again
     rc = bench.main(
         [
