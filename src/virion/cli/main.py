@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "compare",
     "predict",
     "explain",
+    "scan",
     "serve",
     "export",
     "demo",
