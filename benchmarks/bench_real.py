@@ -338,7 +338,20 @@ def score_run(run_dir: Path, models: list[str]) -> dict:
         summary = model_dir / "evaluation" / "summary.json"
         if summary.is_file():  # virion's own figure, kept beside ours as a cross-check
             out[name]["virion_accuracy"] = json.loads(summary.read_text(encoding="utf-8")).get("accuracy")
-    if len(per_model) > 1:
+    # virion's own ensemble rows (exact probabilities) and the run's recommended classifier, when written
+    for folder in ("ensemble", "ensemble-weighted"):
+        pred_csv = run_dir / folder / "evaluation" / "predictions.csv"
+        if pred_csv.is_file():
+            with open(pred_csv, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            out[folder] = scores([r["true_class"] for r in rows], [r["predicted_class"] for r in rows])
+            out[folder]["exact_probabilities"] = True
+    recommended = run_dir / "recommended.json"
+    if recommended.is_file():
+        chosen = json.loads(recommended.read_text(encoding="utf-8")).get("classifier")
+        if chosen in out:
+            out["recommended"] = {**out[chosen], "classifier": chosen}
+    if len(per_model) > 1 and ENSEMBLE not in out:
         first = next(iter(per_model.values()))
         files, truth, class_names = first[0], first[1], first[4]
         stack = []

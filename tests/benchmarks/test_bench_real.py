@@ -123,6 +123,19 @@ def test_ensemble_averages_probabilities(bench, tmp_path, exact):
     assert out["ensemble"]["exact_probabilities"] is exact
 
 
+def test_virion_ensemble_rows_and_the_recommended_classifier_are_scored(bench, tmp_path):
+    classes, truth = ["a", "b"], ["a", "b"]
+    _fake_run(tmp_path, "m1", np.array([[0.9, 0.1], [0.8, 0.2]]), truth, classes, False)  # right on image 0
+    _fake_run(tmp_path, "m2", np.array([[0.4, 0.6], [0.1, 0.9]]), truth, classes, False)  # right on image 1
+    # virion's own ensemble row (RUN/ensemble/evaluation), right on both: it replaces the top-3 approximation
+    _fake_run(tmp_path, "ensemble", np.array([[0.7, 0.3], [0.3, 0.7]]), truth, classes, False)
+    (tmp_path / "recommended.json").write_text(json.dumps({"classifier": "m2"}))
+    out = bench.score_run(tmp_path, ["m1", "m2"])
+    assert out["ensemble"]["accuracy"] == 1.0 and out["ensemble"]["exact_probabilities"] is True
+    assert out["recommended"]["classifier"] == "m2" and out["recommended"]["accuracy"] == out["m2"]["accuracy"]
+    assert "ensemble-weighted" not in out  # not written for this run
+
+
 def test_aggregate_mean_sd_and_paired_difference(bench):
     def fold(acc):
         return {
