@@ -90,6 +90,12 @@ def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None
     """The comparison row of one of the run's ensembles (`virion evaluate` wrote its summary.json)."""
     summary = store.read_json(layout.evaluation_dir(ensemble_dir, data_name) / layout.SUMMARY_FILE)
     members = [str(m) for m in summary.get("members") or []]
+    weights = summary.get("weights")
+    how = (
+        "weighted " + ", ".join(f"{m} {float(w):.2f}" for m, w in zip(members, weights)) + " (fitted on validation)"
+        if weights
+        else f"mean of {', '.join(members)}"
+    )
     return {
         "run": run_dir.name,
         "model": ensemble_dir.name,
@@ -103,7 +109,7 @@ def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None
         "train_seconds": None,
         "inference_images_per_second": float(summary.get("inference_images_per_second") or 0.0),
         "weights": "",
-        "status": f"{summary.get('combination') or 'mean'} of {', '.join(members)}",
+        "status": how,
     }
 
 

@@ -62,8 +62,9 @@ class ModelResult:
             return f"{self.name}: FAILED, {self.failure}"
         acc = "n/a" if self.best_val_accuracy is None else f"{self.best_val_accuracy:.4f}"
         f1 = "n/a" if self.best_val_macro_f1 is None else f"{self.best_val_macro_f1:.4f}"
+        at = f" at epoch {self.best_epoch}" if self.best_epoch is not None else ""
         return (
-            f"{self.name}: best val accuracy {acc} (macro-F1 {f1}) at epoch {self.best_epoch}, "
+            f"{self.name}: best val accuracy {acc} (macro-F1 {f1}){at}, "
             f"{self.epochs_run} epochs, {self.train_seconds:.1f} s, {self.images_per_second:.1f} images/s"
         )
 
