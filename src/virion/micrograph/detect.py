@@ -28,11 +28,11 @@ from virion.data.padding import padding_mask
 
 # Diameters searched (nm): a geometric ladder (ratio ~1.33) over the virus sizes TEM classifies.
 DEFAULT_DIAMETERS_NM = (24.0, 32.0, 42.0, 56.0, 75.0, 100.0, 133.0, 178.0, 237.0, 316.0)
-# Scale-normalised LoG response (in units of the flattened image's noise sd) a candidate must reach:
-# low, so that the detector proposes (recall) and the classifier's `_background` class disposes.
-DEFAULT_THRESHOLD = 0.5
+# The LoG response (a robust z-score at its own scale, `standardise`) a candidate must reach: low,
+# so that the detector proposes (recall) and the classifier's `_background` class disposes.
+DEFAULT_THRESHOLD = 3.5
 # At most this many candidates per micrograph (the strongest), to bound the classifier's work.
-DEFAULT_MAX_CANDIDATES = 100
+DEFAULT_MAX_CANDIDATES = 120
 # Peaks are looked for on a grid this many pixels apart (then refined to the pixel at fine scales).
 GRID_PX = 2
 # A candidate's centre must be at least this fraction of its diameter away from padding and borders.
@@ -46,8 +46,8 @@ SCALE_RATIO = 1.8
 class Candidates:
     """Detected particle candidates, in pixels of the image given to `detect`.
 
-    x, y: centres; diameter: the blob's diameter (px); score: scale-normalised LoG response in
-    noise-sd units; polarity: +1 brighter than the stain, -1 darker; box: (xmin, ymin, xmax, ymax).
+    x, y: centres; diameter: the blob's diameter (px); score: scale-normalised LoG response as a
+    robust z-score at its scale; polarity: +1 brighter than the stain, -1 darker; box: (xmin, ymin, xmax, ymax).
     """
 
     x: np.ndarray
@@ -76,8 +76,20 @@ def _square_boxes(x, y, d) -> np.ndarray:
     return np.stack([x - r, y - r, x + r, y + r], axis=1) if len(r) else np.zeros((0, 4))
 
 
+def fill_padding(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The image with its padding mirror-filled from the micrograph (`crops.mirror_fill`), as float32.
+
+    A step from stain to black (or to any constant) is an edge, and a LoG answers edges with rows
+    of false blobs along them; mirrored stain has no edge.
+    """
+    from virion.micrograph.crops import mirror_fill
+
+    img = np.asarray(image, dtype=np.float32)
+    return mirror_fill(img, valid) if not valid.all() else img
+
+
 def flatten(image: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Image minus its slowly varying background, in units of its noise sd; padding set to 0.
+    """Image minus its slowly varying background, in units of its spread (robust sd).
 
     The background is a Gaussian mean over valid pixels only (normalised convolution), computed on
     a downsampled copy: stain gradients and uneven illumination are removed, blobs are not.
@@ -90,7 +102,7 @@ def flatten(image: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray
     den = ndimage.gaussian_filter(weight, sigma_px / k, mode="reflect")
     bg_small = num / np.maximum(den, 1e-3)
     bg = _upsample(bg_small, k, img.shape)
-    flat = (img - bg) * valid
+    flat = img - bg
     values = flat[valid]
     if values.size < 16:
         return np.zeros_like(flat)
@@ -125,6 +137,25 @@ def _upsample(small: np.ndarray, k: int, shape) -> np.ndarray:
     return out
 
 
+def _to_grid(resp: np.ndarray, k: int, grid: int, shape) -> np.ndarray:
+    """A response computed on k-px blocks, sampled at the centres of the grid-px lattice."""
+    if k == grid:
+        out = resp
+    elif k < grid and grid % k == 0:
+        out = resp[:: grid // k, :: grid // k]
+    else:
+        # lattice point i sits at pixel i*grid, i.e. at (i*grid - (k-1)/2) / k in block units
+        ys = (np.arange(shape[0]) * grid - (k - 1) / 2) / k
+        xs = (np.arange(shape[1]) * grid - (k - 1) / 2) / k
+        out = ndimage.map_coordinates(resp, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+    full = np.empty(shape, dtype=np.float32)
+    h, w = min(shape[0], out.shape[0]), min(shape[1], out.shape[1])
+    full[:h, :w] = out[:h, :w]
+    full[h:, :] = full[h - 1 : h, :] if h < shape[0] else full[h:, :]
+    full[:, w:] = full[:, w - 1 : w] if w < shape[1] else full[:, w:]
+    return full
+
+
 def log_stack(flat: np.ndarray, diameters_px, grid: int = GRID_PX) -> np.ndarray:
     """Scale-normalised LoG responses (bright blobs positive), one plane per diameter, on a `grid`-px lattice.
 
@@ -140,9 +171,25 @@ def log_stack(flat: np.ndarray, diameters_px, grid: int = GRID_PX) -> np.ndarray
         small = _block_mean(flat, k)
         s = sigma / k
         resp = -(s**2) * ndimage.gaussian_laplace(small, s, mode="reflect")
-        full = _upsample(resp, k, (h, w)) if k > 1 else resp
-        planes.append(full[::grid, ::grid][:gh, :gw])
+        planes.append(_to_grid(resp, k, grid, (gh, gw)))
     return np.stack(planes).astype(np.float32)
+
+
+def standardise(stack: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Each scale's responses as robust z-scores over the micrograph (median 0, MAD-based sd 1).
+
+    Stain grain makes small scales noisier than large ones and micrographs differ in contrast: a
+    z-score says how exceptional a blob is at its own scale in its own micrograph, so one
+    threshold serves every scale and every micrograph (measured: recall 0.92 at 157 candidates
+    per micrograph against 0.93 at 290 with one threshold on the raw responses).
+    """
+    inside = inside[: stack.shape[1], : stack.shape[2]]
+    for plane in stack:
+        values = plane[inside]
+        med = float(np.median(values))
+        plane -= med
+        plane /= max(1.4826 * float(np.median(np.abs(values - med))), 1e-6)
+    return stack
 
 
 def detect(
@@ -154,11 +201,13 @@ def detect(
     polarity: str = "both",
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     mask: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
 ) -> Candidates:
     """Blob candidates of the given diameters in a 2-D micrograph (uint8/uint16/float), padding and borders excluded.
 
     polarity: "bright" (particles brighter than the stain), "dark", or "both". `mask`: True where
-    the image is not micrograph (default: `virion.data.padding.padding_mask`). Returns candidates
+    the image is not micrograph (default: `virion.data.padding.padding_mask`); `filled`: the image
+    with its padding already mirror-filled (`fill_padding`), to skip doing it again. Returns candidates
     sorted by score, non-maximum suppressed: of two candidates whose centres are closer than half
     the larger diameter, the weaker goes.
     """
@@ -175,8 +224,10 @@ def detect(
     diameters = diameters[(diameters >= 4) & (diameters <= 0.9 * min(image.shape))]
     if diameters.size == 0:
         return Candidates.empty()
-    flat = flatten(image, valid, sigma_px=float(max(diameters.max(), 32)))
-    stack = log_stack(flat, diameters)
+    if filled is None:
+        filled = fill_padding(image, valid)
+    flat = flatten(filled, valid, sigma_px=float(max(diameters.max(), 32)))
+    stack = standardise(log_stack(flat, diameters), valid[::GRID_PX, ::GRID_PX])
     # Distance (px) of every grid point to padding or the image border: a candidate's centre must
     # be EDGE_FRACTION of its diameter inside the micrograph.
     edge = np.pad(valid, 1, constant_values=False)

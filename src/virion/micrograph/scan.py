@@ -32,15 +32,15 @@ from virion.data.layout import BACKGROUND_CLASS
 from virion.data.padding import padding_mask
 from virion.errors import VirionError
 from virion.micrograph import detect as detection
-from virion.micrograph.crops import cut_window
+from virion.micrograph.crops import _to_dtype, cut_window, mirror_fill
 from virion.micrograph.io import read_micrograph
 from virion.micrograph.verdict import DEFAULT_MARGIN, DEFAULT_MIN_PARTICLES, Verdict, decide
 
 WINDOW_PX = 256  # the crops' window (virion crops --size default), in run pixels
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_NM_PER_PX = 1.0
-# Runs with no `_background` class cannot say "not a particle": the detector's score must (noise sd units).
-NO_BACKGROUND_MIN_SCORE = 1.0
+# Runs with no `_background` class cannot say "not a particle": the detector's score must (z-score).
+NO_BACKGROUND_MIN_SCORE = 6.0
 # A run's pixel size when its metadata does not state one: the public crops' 1 nm/px.
 RUN_NM_PER_PX = 1.0
 
@@ -210,6 +210,29 @@ def _overlay_names(paths: list[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------ the scanner
 
 
+def cut_windows(pixels: np.ndarray, valid: np.ndarray, xs, ys, size: int = WINDOW_PX) -> np.ndarray:
+    """(N, size, size) windows centred on (xs, ys), filled as `virion crops` fills them.
+
+    The micrograph is mirror-filled once (padding: `crops.mirror_fill`; past the border: reflected,
+    as `cut_window` reflects) and each window is then a plain slice: the same pixels as
+    `crops.cut_window` at scale 1, without redoing the fill for every window.
+    """
+    if (~valid).any():
+        filled = _to_dtype(mirror_fill(pixels.astype(np.float32), valid), pixels.dtype)
+    else:
+        filled = pixels
+    half = size  # enough reflection for any window whose centre is inside the image
+    big = np.pad(filled, half, mode="reflect") if min(filled.shape) > half else None
+    out = np.empty((len(xs), size, size), dtype=pixels.dtype)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        x0, y0 = int(np.floor(x - size / 2 + 0.5)), int(np.floor(y - size / 2 + 0.5))
+        if big is not None:
+            out[i] = big[y0 + half : y0 + half + size, x0 + half : x0 + half + size]
+        else:  # a micrograph smaller than the window: the general path
+            out[i] = cut_window(pixels, valid, x, y, size)[0]
+    return out
+
+
 def scan_pixels(
     classifier,
     pixels: np.ndarray,
@@ -245,7 +268,7 @@ def scan_pixels(
     cands = cands.take(cands.score >= min_score)
     probs = np.zeros((0, len(names)))
     if len(cands):
-        windows = np.stack([cut_window(work, valid, x, y, WINDOW_PX)[0] for x, y in zip(cands.x, cands.y)])
+        windows = cut_windows(work, valid, cands.x, cands.y, WINDOW_PX)
         preds = classifier.predict(windows, model=model, tta=tta, batch_size=batch_size)
         probs = np.asarray(preds.probabilities, dtype=float)
         names = list(preds.class_names)
