@@ -87,7 +87,7 @@ def test_cli_trains_with_preset_file_and_flags_then_resumes(tiny_data, tiny_regi
     assert config["stretch"] is None and config["early_stopping"] is None
     assert config["augment"]["horizontal_flip"] is False and config["augment"]["zoom"] == 0.0  # flags win
     assert config["augment"]["rotation"] == 0.0  # the file beats the preset
-    assert config["augment"]["rot90"] is True and config["class_weight"] == "balanced"  # the preset fills the rest
+    assert config["augment"]["vertical_flip"] is True and config["class_weight"] == "sqrt"  # the preset fills the rest
     assert (out / "resnet50" / "resnet50_virus_classification.h5").is_file()
     printed = capsys.readouterr().out
     assert f"virion evaluate {out}" in printed and f"virion predict {out}" in printed  # next steps, real paths
@@ -128,7 +128,7 @@ def test_print_config_is_the_full_config_as_toml(capsys):
         == 0
     )
     printed = tomllib.loads(capsys.readouterr().out)
-    assert printed["preset"] == "tem" and printed["epochs"] == 3 and printed["augment"]["rot90"] is True
+    assert printed["preset"] == "tem" and printed["epochs"] == 3 and printed["augment"]["vertical_flip"] is True
     assert printed["weights"] == {"xception": "/w/x.h5", "densenet121": "none"}
 
 

@@ -30,12 +30,12 @@ def test_reference_preset_is_exactly_the_defaults():
     assert set(values) - {"augment"} <= set(cfg.FIELDS) and set(values["augment"]) == set(TrainConfig().augment)
 
 
-def test_tem_preset_is_provisional_valid_and_differs():
+def test_tem_preset_is_the_measured_recipe_and_differs():
     tem = load_config(preset="tem")
-    assert tem.preset == "tem" and "PROVISIONAL" in cfg.preset_summary("tem")
-    assert tem.augment["rot90"] and tem.augment["vertical_flip"] and tem.augment["fill_mode"] == "reflect"
-    assert tem.augment["rotation"] == 180.0 and tem.class_weight == "balanced" and tem.lr_schedule == "cosine"
-    assert tem.checkpoint_metric == "val_macro_f1" and tem.early_stopping and tem.epochs > 20
+    assert tem.preset == "tem" and tem.models == ["tem_cnn", "texture"] and "texture" in cfg.preset_summary("tem")
+    assert tem.augment["vertical_flip"] and tem.augment["fill_mode"] == "reflect" and tem.augment["rotation"] == 180.0
+    assert tem.class_weight == "sqrt" and tem.lr_schedule == "cosine" and tem.optimizer == "adamw"
+    assert tem.checkpoint_metric == "val_macro_f1" and tem.label_smoothing == 0.1 and tem.batch_size == 32
     assert cfg.preset_names()[0] == "reference" and "tem" in cfg.preset_names()
 
 
@@ -49,11 +49,11 @@ def test_precedence_preset_then_toml_then_command_line(tmp_path):
     assert c.preset == "tem"  # from the file
     assert c.epochs == 7  # command line wins over the file
     assert c.batch_size == 16 and c.models == ["xception"] and c.stretch is None and c.early_stopping == 3
-    assert c.learning_rate == 1e-3  # None = not given on the command line
+    assert c.learning_rate == 2e-3  # None = not given on the command line: the preset's value stays
     assert c.augment["rotation"] == 5.0  # the file wins over the preset
-    assert c.augment["rot90"] is True and c.class_weight == "balanced"  # the preset fills the rest
+    assert c.augment["vertical_flip"] is True and c.class_weight == "sqrt"  # the preset fills the rest
     assert TrainConfig.from_dict(c.to_dict()) == c
-    assert load_config(toml, {"preset": "reference"}).augment["rot90"] is False  # --preset beats the file's
+    assert load_config(toml, {"preset": "reference"}).augment["vertical_flip"] is False  # --preset beats the file's
 
 
 @pytest.mark.parametrize("preset", ["reference", "tem"])

@@ -143,6 +143,15 @@ def test_balanced_class_weights():
     assert w[1] == pytest.approx(3 * w[0]) and w[2] == 1.0
 
 
+def test_sqrt_class_weights_are_milder_with_mean_one_per_image():
+    from virion.training.trainer import class_weights
+
+    labels = np.array([0] * 9 + [1])
+    w = class_weights(labels, 3, power=0.5)
+    assert w[1] == pytest.approx(3 * w[0])  # sqrt(9): the balanced ratio would be 9
+    assert np.mean([w[int(c)] for c in labels]) == pytest.approx(1.0) and w[2] == 1.0
+
+
 def test_console_has_a_header_per_model_and_one_line_per_epoch_when_not_a_terminal(
     tiny_data, tiny_registry, make_config, tmp_path, capsys
 ):
