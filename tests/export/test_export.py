@@ -143,7 +143,12 @@ def test_export_predicts_like_keras(fmt, exported, run_dir, images):
     print(f"\n{fmt}: max abs difference vs Keras on {len(images)} decoded images: {diff:.2e}")
     assert got.shape == expected.shape == (len(images), len(CLASSES))
     assert diff < TOLERANCE
-    assert np.argmax(got, axis=1).tolist() == np.argmax(expected, axis=1).tolist()
+    # Same top class wherever Keras' top two are further apart than the tolerance (a near-tie may
+    # flip between kernels: oneDNN in Keras, XNNPACK in TFLite, ONNX Runtime's own).
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * TOLERANCE
+    assert clear.any()
+    assert np.argmax(got, axis=1)[clear].tolist() == np.argmax(expected, axis=1)[clear].tolist()
     # the export's own check found the same agreement, and export.json says how to feed it
     assert result.max_abs_diff is not None and result.max_abs_diff < TOLERANCE
     info = json.loads((result.folder / "export.json").read_text())

@@ -274,9 +274,16 @@ def test_nan_loss_marks_the_model_failed_and_the_run_fails(lab, tmp_path, monkey
     import virion.models.registry as registry
     from virion.training.trainer import TrainingFailed, train_run
 
+    class NaNLoss(keras.layers.Layer):
+        """A NaN term added to the loss itself: no CPU kernel (ReLU/max on AMX) can swallow it."""
+
+        def call(self, x):
+            self.add_loss(keras.ops.sum(x) * float("nan"))
+            return x
+
     def exploding(name, num_classes, input_size=16, weights="imagenet"):
         model = tiny_run.tiny_model(name, num_classes, input_size, weights)
-        x = keras.layers.Rescaling(float("nan"), name="nan")(model.layers[-3].output)
+        x = NaNLoss(name="nan")(model.layers[-3].output)
         out = model.get_layer("predictions")(model.get_layer("head_dropout")(x))
         return keras.Model(model.inputs, out, name=name)
 
