@@ -133,7 +133,7 @@ def read_extra(path: Path) -> list[dict]:
                     "path": str(p if p.is_absolute() else (path.parent / p).resolve()),
                     "label": row["label"].strip(),
                     "group": group,
-                    "micrograph": (row.get("micrograph") or group).strip(),
+                    "micrograph": Path((row.get("micrograph") or group).strip()).stem,  # a name, not a path
                 }
             )
     if not rows:
