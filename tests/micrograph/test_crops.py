@@ -330,6 +330,28 @@ def test_background_windows_keep_away_from_boxes_padding_and_each_other(tmp_path
     assert BACKGROUND_CLASS in dataset.class_names
 
 
+def test_background_windows_at_another_scale_stay_inside_and_away(tmp_path):
+    pixels = texture((360, 360), seed=10)
+    Image.fromarray(pixels).save(tmp_path / "m.png")
+    box = (100, 100, 160, 160)
+    write_csv(tmp_path / "b.csv", [{"path": "m.png", "label": "A", "xmin": 100, "ymin": 100, "xmax": 160, "ymax": 160}])
+    # 0.5 nm/px micrograph, 32-px windows at 1 nm/px: each window covers 64 source px.
+    result = cut_crops(tmp_path / "b.csv", tmp_path / "out", size=32, nm_per_px=0.5, background=6, progress=False)
+    bg = [r for r in read_manifest(tmp_path / "out") if r["label"] == BACKGROUND_CLASS]
+    assert len(bg) == result.background >= 2
+    for r in bg:
+        x, y = float(r["x"]), float(r["y"])
+        assert 32 <= x <= 360 - 32 and 32 <= y <= 360 - 32
+        margin = 16 * 2  # 16 target px = 32 source px
+        assert (
+            x + 32 <= box[0] - margin
+            or x - 32 >= box[2] + margin
+            or y + 32 <= box[1] - margin
+            or (y - 32 >= box[3] + margin)
+        )
+        assert crop_of(tmp_path / "out", r).shape == (32, 32)
+
+
 # -------------------------------------------------------------------------------------------- YOLO
 
 

@@ -184,6 +184,13 @@ def _to_dtype(values: np.ndarray, dtype) -> np.ndarray:
     return np.clip(np.rint(values), 0, top).astype(dtype)
 
 
+def _reach(scale: float) -> int:
+    """Source pixels beyond a window's area that its resampling reads (none at the micrograph's scale)."""
+    if abs(scale - 1.0) < 1e-9:
+        return 0
+    return int(np.ceil(_LANCZOS_SUPPORT * max(scale, 1.0))) + 1
+
+
 def cut_window(
     pixels: np.ndarray, valid: np.ndarray, cx: float, cy: float, size: int, scale: float = 1.0
 ) -> tuple[np.ndarray, float, bool, bool]:
@@ -205,7 +212,7 @@ def cut_window(
         ix0, iy0 = int(np.floor(cx - half)), int(np.floor(cy - half))
         iw = int(np.ceil(cx + half)) - ix0
         iw = max(iw, int(np.ceil(cy + half)) - iy0)
-        reach = int(np.ceil(_LANCZOS_SUPPORT * max(scale, 1.0))) + 1
+        reach = _reach(scale)
     # The area the result depends on: the window's source area plus the resampling kernel's reach.
     ay0, ax0, an = iy0 - reach, ix0 - reach, iw + 2 * reach
     inside = ay0 >= 0 and ax0 >= 0 and ay0 + an <= H and ax0 + an <= W
@@ -253,14 +260,16 @@ def background_centres(
     valid: np.ndarray,
     boxes: list[tuple[float, float, float, float]],
     count: int,
-    window: float,
+    size: int,
+    scale: float,
     margin: float,
     rng: np.random.Generator,
 ) -> list[tuple[float, float]]:
-    """Centres (x, y) of up to `count` windows of `window` source px: inside the image, all valid,
-    at least `margin` px from every box, not overlapping each other."""
+    """Centres (x, y) of up to `count` windows of `size` px at `scale` source px per px: inside the
+    image, all valid, at least `margin` source px from every box, not overlapping each other."""
     H, W = valid.shape
-    side = int(np.ceil(window)) + 2 * (_LANCZOS_SUPPORT + 1)  # the resampler's reach stays valid too
+    # A few px of clearance, and what the resampler reads around the window stays valid too.
+    side = int(np.ceil(size * scale)) + 2 * max(_LANCZOS_SUPPORT + 1, _reach(scale))
     if count <= 0 or side > min(H, W):
         return []
     blocked = ~valid
@@ -507,7 +516,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
         if background > 0:
             rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
             blocking = [_box_of(b.in_pixels(W, H), size * scale) for b in items]
-            centres = background_centres(valid, blocking, background, size * scale, margin * scale, rng)
+            centres = background_centres(valid, blocking, background, size, scale, margin * scale, rng)
             for x, y in centres:
                 window, _, _, _ = cut_window(pixels, valid, x, y, size, scale)
                 name = f"{BACKGROUND_CLASS}/{prefix}_{index}.png"
