@@ -85,9 +85,10 @@ def test_predict_and_explain_on_a_texture_run(trained, capsys):
         rows = list(csv.DictReader(fh))
     assert [r["file"] for r in rows] == [str(f) for f in files] and {r["model"] for r in rows} == {"texture"}
     cam = root / "cam"
-    assert main(["explain", str(run), str(files[0]), "--out", str(cam), "--model", "texture"]) in (0, 2)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and (list(cam.glob("*.png")) or "no Grad-CAM" in err)
+    # no Grad-CAM for a model that is not a network: the radial profile against the class means instead
+    assert main(["explain", str(run), str(files[0]), "--out", str(cam), "--model", "texture"]) == 0
+    assert [p.name for p in cam.glob("*.png")] == [f"{files[0].stem}_texture.png"]
+    assert "radial profile" in capsys.readouterr().out
 
 
 def test_resume_skips_a_finished_fit_and_refits_a_killed_one(trained, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from virion.errors import VirionError
 from virion.inference.classifier import Classifier, Explanation
 
@@ -103,20 +105,21 @@ def _profile_files(clf: Classifier, name: str, files: list[Path], out: Path, use
 
 
 def save_profile(profile, path: Path, title: str = "") -> Path:
-    """A texture model's explanation as a PNG: a Figure it drew itself, or curves {label: values} on one axis."""
+    """The texture model's `explain_profile`: the crop's radial intensity profile against each class's mean.
+
+    profile: {"radius_px": (R,), "profile": (R,), "class_profiles": {class name: (R,)}}.
+    """
     from virion.figures import new_figure, save_figure
 
-    if hasattr(profile, "savefig"):  # the model drew its own figure
-        return save_figure(profile, Path(path))
-    fig = new_figure((7, 4.4))
+    fig = new_figure((7.5, 4.4))
     ax = fig.subplots()
-    curves = profile.get("curves", profile) if isinstance(profile, dict) else {}
-    for label, values in curves.items():
-        if hasattr(values, "__len__") and not isinstance(values, str):
-            ax.plot(range(len(values)), list(values), label=str(label))
-    ax.set_xlabel(str(profile.get("xlabel", "radius (px)")) if isinstance(profile, dict) else "radius (px)")
-    ax.set_ylabel(str(profile.get("ylabel", "mean intensity")) if isinstance(profile, dict) else "")
-    ax.legend(fontsize=7)
-    ax.set_title(title)
+    radius = np.asarray(profile["radius_px"], dtype=float)
+    for name, values in (profile.get("class_profiles") or {}).items():
+        ax.plot(radius, np.asarray(values, dtype=float), linewidth=1, alpha=0.7, label=str(name))
+    ax.plot(radius, np.asarray(profile["profile"], dtype=float), color="black", linewidth=2.5, label="this image")
+    ax.set_xlabel("distance from the crop centre (px)")
+    ax.set_ylabel("mean intensity in the ring")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, Path(path))

@@ -46,6 +46,15 @@ def _split_arrays(config, data, split: str, settings, progress: bool):
     return load_split_arrays(data.dataset.splits[split], settings, strict=config.strict, progress=progress)
 
 
+def _groups(split, files) -> list[str] | None:
+    """The group (micrograph) of each decoded file, so the model's own CV splits by group; None without groups."""
+    if getattr(split, "groups", None) is None:
+        return None
+    group_of = {str(f): g for f, g in zip(split.files, split.groups)}
+    groups = [group_of.get(str(f)) for f in files]
+    return None if any(g is None for g in groups) else groups
+
+
 def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True):
     """Fit, save and describe the texture model in `folder`; returns the trainer's ModelResult."""
     from sklearn.metrics import f1_score
@@ -66,12 +75,13 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
     if progress:
         print(f"{name}: fitting on {len(train.labels)} images at {size} px", flush=True)
     start = time.perf_counter()
-    model = TextureModel().fit(
+    model = TextureModel(input_size=size, stretch=settings.stretch, seed=config.seed).fit(
         train.images,
         train.labels,
         class_names=list(data.class_names),
         val_images=validation.images,
         val_labels=validation.labels,
+        groups=_groups(data.dataset.splits["train"], train.files),
         progress=progress,
     )
     seconds = time.perf_counter() - start
@@ -109,6 +119,8 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
         model=name,
         status="trained",
         timings={"decode_seconds": round(decode_seconds, 3), "fit_seconds": round(seconds, 3)},
+        calibration=getattr(model, "calibration_", None),
+        hyperparameters={"C": getattr(model, "C_", None), "gamma": getattr(model, "gamma_", None)},
     )
     return ModelResult(
         name=name,
