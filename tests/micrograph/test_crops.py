@@ -165,10 +165,12 @@ def test_filled_windows_are_counted(tmp_path):
         {"path": "m.png", "label": "A", "x": 100, "y": 100},  # inside
         {"path": "m.png", "label": "A", "x": 140, "y": 100},  # into padding
         {"path": "m.png", "label": "B", "x": 20, "y": 10},  # past the top-left edge
+        {"path": "m.png", "label": "A", "x": 195, "y": 100},  # nothing but padding: a bad row
     ]
     write_csv(tmp_path / "p.csv", rows)
     result = cut_crops(tmp_path / "p.csv", tmp_path / "out", size=64, progress=False)
     assert result.total == 3 and result.filled == {"A": 1, "B": 1}
+    assert len(result.bad) == 1 and "line 5" in result.bad[0] and "no valid pixel" in result.bad[0]
     assert result.filled_padding == 1 and result.filled_border == 1
     manifest = read_manifest(tmp_path / "out")
     assert [float(r["filled"]) > 0 for r in manifest] == [False, True, True]

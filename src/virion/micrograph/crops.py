@@ -233,7 +233,7 @@ def cut_window(
     in_image[ys : max(ys, H - (ay0 - margin)), xs : max(xs, W - (ax0 - margin))] = True
     past_edge = bool((~in_image[shown]).any())
     into_padding = bool((in_image[shown] & ~ok[shown]).any())
-    if not ok.any():
+    if missing_shown.all():
         raise ValueError("the window holds no valid pixel (all outside the image or black padding)")
     where = np.zeros_like(ok)
     where[core] = True
