@@ -267,6 +267,7 @@ def synthetic_data(out: Path, preset_name: str, preset: DemoPreset, seed: int) -
         bit_depth=16,
         difficulty=preset.difficulty,
         overwrite=True,
+        extra_own_files=(marker.name,),
     )
     store.write_json(marker, params)
     return folder

@@ -51,6 +51,10 @@ _SPLIT_ALIASES = {
     "testing": "test",
 }
 
+# `virion synth` marks a folder it wrote with this file; its "own_files" names the files that it (and
+# the demo) keep at the dataset root: virion's own, so not listed as ignored (a user's stray files are).
+SYNTH_MARKER = "synth.json"
+
 # Reasons are generic (no file names) so the summary can group them.
 R_HIDDEN = "hidden file or folder"
 R_NOT_IMAGE = "not an image file ({ext})"
@@ -279,10 +283,26 @@ def _class_reason(name: str, exclude: tuple[str, ...]) -> str | None:
     return None
 
 
-def _class_folders(root: Path, exclude: tuple[str, ...], ignored: list[tuple[Path, str]]) -> dict[str, Path]:
-    """Class name -> folder for the direct sub-folders of `root` that are classes."""
+def own_files(root: Path) -> frozenset[str]:
+    """Names of the files at `root` that virion's synth writer lists as its own in its marker."""
+    try:
+        info = json.loads((Path(root) / SYNTH_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    names = info.get("own_files") if isinstance(info, dict) and info.get("generator") == "virion synth" else None
+    if not isinstance(names, list):
+        return frozenset()
+    return frozenset(n for n in names if isinstance(n, str) and n == Path(n).name)
+
+
+def _class_folders(
+    root: Path, exclude: tuple[str, ...], ignored: list[tuple[Path, str]], own: frozenset[str] = frozenset()
+) -> dict[str, Path]:
+    """Class name -> folder for the direct sub-folders of `root` that are classes (`own`: files to pass over)."""
     classes: dict[str, Path] = {}
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name in own and entry.is_file():
+            continue
         if not entry.is_dir():
             ignored.append((entry, R_HIDDEN if _is_hidden(entry.name) else R_LOOSE_FILE))
             continue
@@ -491,7 +511,10 @@ def _load_split_folders(
     regex=None,
 ) -> Dataset:
     ignored: list[tuple[Path, str]] = []
+    own = own_files(root)
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name in own and entry.is_file():
+            continue
         if entry not in split_dirs.values():
             reason = R_HIDDEN if _is_hidden(entry.name) else (R_NOT_SPLIT if entry.is_dir() else R_LOOSE_FILE)
             ignored.append((entry, reason))
@@ -567,7 +590,7 @@ def _load_class_folders(
     root: Path, classes, exclude, include_subfolders, val_fraction, test_fraction, seed, regex=None
 ) -> Dataset:
     ignored: list[tuple[Path, str]] = []
-    folders = _class_folders(root, exclude, ignored)
+    folders = _class_folders(root, exclude, ignored, own_files(root))
     _check_classes_option(classes, set(folders), str(root))
     if classes is not None:
         for name in [n for n in folders if n not in classes]:

@@ -17,12 +17,14 @@ import tifffile
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from virion.data.layout import SYNTH_MARKER
 from virion.data.synth.morphology import CLASS_NAMES
 from virion.data.synth.render import render_image
 from virion.errors import VirionError
 
 SPLIT_NAMES = ("train", "validation", "test")
-MARKER = "synth.json"  # says "this folder was written by virion synth", so it may be rewritten
+MARKER = SYNTH_MARKER  # says "this folder was written by virion synth", so it may be rewritten
+OWN_FILES = ("README.txt", "montage.png", MARKER)  # written beside the split folders; listed in MARKER
 FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif"}
 MONTAGE_PER_CLASS = 4
 # 16-bit output spans most of the range, with a margin like a real detector's offset and headroom
@@ -92,7 +94,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         for name in SPLIT_NAMES:
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
-        for name in ("montage.png", "README.txt", MARKER):
+        for name in OWN_FILES:
             if (out / name).is_file():
                 (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -119,12 +121,15 @@ def generate_dataset(
     progress: bool = True,
     overwrite: bool = False,
     workers: int = 1,
+    extra_own_files: tuple[str, ...] = (),
 ) -> Path:
     """Write the synthetic TEM virus dataset to `out` and return `out`.
 
     Layout: out/{train,validation,test}/<Class>/<class>_<index>.png|tif for the 14 classes, plus
     out/montage.png, out/README.txt and out/synth.json (the settings). `per_class` is the total per
     class, divided by `splits` (train, validation, test). `bit_depth=16` writes 16-bit PNG or TIFF.
+    synth.json's "own_files" lists the files at `out` that are virion's (these three and
+    `extra_own_files`, e.g. the demo's marker), so listing the dataset does not call them ignored.
     """
     out = Path(out)
     fmt = str(fmt).lower()
@@ -153,6 +158,7 @@ def generate_dataset(
         "difficulty": float(difficulty),
         "splits": [float(f) for f in splits],
         "classes": list(CLASS_NAMES),
+        "own_files": sorted(set(OWN_FILES) | {Path(n).name for n in extra_own_files}),
         "complete": False,
     }
     (out / MARKER).write_text(json.dumps(settings, indent=2))  # first, so an interrupted run may be rewritten
