@@ -471,7 +471,8 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
         try:
             micrograph = read_micrograph(path)
         except DecodeError as exc:
-            result.bad += [f"{a.where}: cannot read the micrograph ({exc.reason})" for a in items]
+            reason = f"cannot read the micrograph ({exc.reason})"
+            result.bad += [f"{a.where}: {reason}" for a in items] or [f"{_shown_path(path, base)}: {reason}"]
             continue
         if micrograph.nm_per_px is not None:
             source_nm, how = micrograph.nm_per_px, "metadata"
