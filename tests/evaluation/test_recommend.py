@@ -47,10 +47,10 @@ def _images(folder, level, n, seed):
 @pytest.fixture()
 def swapped_run(tmp_path):
     data = tmp_path / "data"
-    for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
+    for split, seed, n in (("train", 0, 4), ("validation", 1, 16), ("test", 2, 6)):
         swap = split == "test"  # test labels disagree with validation labels
-        _images(data / split / ("dark" if swap else "bright"), 220, 6, seed)
-        _images(data / split / ("bright" if swap else "dark"), 35, 6, seed + 10)
+        _images(data / split / ("dark" if swap else "bright"), 220, n, seed)
+        _images(data / split / ("bright" if swap else "dark"), 35, n, seed + 10)
     run = tmp_path / "run"
     run.mkdir()
     config = {"data": str(data), "input_size": SIZE, "batch_size": 4, "seed": 0, "stretch": None}
@@ -133,3 +133,5 @@ def test_weights_fitted_on_validation_favour_the_better_model():
     assert chosen["classifier"] in ("good", "ensemble-weighted")
     assert set(chosen["candidates"]) >= {"good", "noise", "ensemble"}
     assert chosen["ensembles"]["ensemble"]["weights"] == [0.5, 0.5]
+    few = choose(labels[:12], {"good": good[:12], "noise": noise[:12]})
+    assert "ensemble-weighted" not in few["candidates"] and "only 12 validation images" in few["notes"][0]

@@ -86,6 +86,6 @@ def run(args) -> int:
         print(f"virion: warning: skipped unreadable {f}: {reason}")
     if not written:
         raise VirionError(f"none of the {len(files)} input file(s) could be read as an image; check paths and formats")
-    layer = next(iter(layers.values()), "") if len(layers) == 1 else "per model"
-    print(f"{written} Grad-CAM image(s) written to {out} (layer {layer})")
+    how = "; ".join(f"{name}: {'layer ' if layer != 'radial profile' else ''}{layer}" for name, layer in layers.items())
+    print(f"{written} explanation image(s) written to {out} ({how})")
     return 0

@@ -25,7 +25,7 @@ from virion.run import layout, store
 from virion.run.loading import load_models
 from virion.run.splits import decode_settings, open_dataset
 
-MIN_IMAGES_TO_FIT = 10  # fewer validation images than this: the weights are not fitted (the mean is kept)
+MIN_IMAGES_TO_FIT = 30  # fewer validation images than this: weights would fit noise; the mean is kept
 FOLDS = 5
 
 

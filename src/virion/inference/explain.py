@@ -118,7 +118,7 @@ def save_profile(profile, path: Path, title: str = "") -> Path:
         ax.plot(radius, np.asarray(values, dtype=float), linewidth=1, alpha=0.7, label=str(name))
     ax.plot(radius, np.asarray(profile["profile"], dtype=float), color="black", linewidth=2.5, label="this image")
     ax.set_xlabel("distance from the crop centre (px)")
-    ax.set_ylabel("mean intensity in the ring")
+    ax.set_ylabel("mean intensity in the ring (relative)")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
