@@ -141,7 +141,9 @@ def build_card(path: Path, classifier) -> RunCard:
             ModelCard(
                 name=name,
                 input_size=size if isinstance(size, int) else None,
-                weights=describe_weights(meta.get("weights")),
+                weights="none (texture features, no network)"
+                if meta.get("kind") == "texture"
+                else describe_weights(meta.get("weights")),
                 test_accuracy=_number(summary.get("accuracy")),
                 macro_f1=_number(summary.get("macro_f1")),
                 model_file=files.get("keras") or files.get("h5") or files.get("texture"),

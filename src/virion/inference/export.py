@@ -232,6 +232,17 @@ def export_models(
     if out.exists() and not out.is_dir():
         raise VirionError(f"--out {out}: is a file; give a folder for the exports")
     loaded_models = load_models(path, model_name)
+    others = [m.name for m in loaded_models if not m.is_network]  # the texture model: JSON + arrays already
+    loaded_models = [m for m in loaded_models if m.is_network]
+    if not loaded_models:
+        raise VirionError(
+            f"{path}: {', '.join(others)} is not a network, so there is nothing to export to {fmt}; its "
+            "texture_model.json + .npz (no pickle) are already the portable form"
+        )
+    for name in others:
+        warnings.warn(
+            f"{name} is not a network; not exported (its .json + .npz are portable as they are)", stacklevel=2
+        )
     for loaded in loaded_models:
         target = out / loaded.name
         if target.exists() and not overwrite:
