@@ -5,14 +5,12 @@ stain around them, from ~25 nm (Astrovirus) to ~350 nm (Cowpox). A scale-normali
 "is there a blob of diameter d here" at every d with one number that is comparable across scales
 (scikit-image's `blob_log` idea), needs no training, and runs in well under a second on a
 1000 x 1000 micrograph when each scale is filtered on a copy downsampled to its own resolution.
-Black padding is filled with the stain's median level before filtering and candidates in or near
-it are dropped, so neither the padding nor its edge makes candidates; neither do image borders
-(reflected, and a margin of a quarter diameter).
+Black padding is mirror-filled with the micrograph's own stain before filtering (no edge to
+answer) and candidates in or near it are dropped, so neither the padding nor its edge makes
+candidates; neither do image borders (reflected, and a margin of a quarter diameter). Each
+scale's response is a robust z-score over the micrograph, so one threshold serves all.
 
-Filaments (Ebola, Marburg): a filament is one particle. Its ridge gives LoG responses at the
-filament's width all along it; `merge_filaments` joins candidates that lie on one connected
-ridge into one candidate (centre on the ridge nearest its bounding-box centre, box = the ridge's
-bounding box), so one filament is one row.
+Filaments (Ebola, Marburg): see `virion.micrograph.scan` (what a particle is for them).
 
 Pure functions of an image and its pixel size in nm; I/O and classification live elsewhere.
 """

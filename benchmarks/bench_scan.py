@@ -1,0 +1,463 @@
+"""How well `virion scan` finds particles and names micrographs, on real annotated micrographs.
+
+Data: ../shared/real_micrographs_dev (micrographs.csv: path,label,session,boxes; boxes.csv:
+path,label,session,xmin,ymin,xmax,ymax); when it is absent the benchmark says so and exits 0.
+
+Matching is one-to-one: each annotated box matches at most one detection, whose centre lies within
+half the box's shorter side of the box centre (Hungarian assignment on the centre distance).
+Recall = matched boxes / boxes; precision = matched detections / detections.
+
+1. The detector alone (always): recall and precision of every candidate `detect` proposes, per
+   class and overall (the ceiling for the classifier stage's recall).
+2. `--folds K`: session-grouped folds (StratifiedGroupKFold: no session on both sides). Per fold the
+   texture model (its own standardisation, RBF SVM and temperature calibration) is trained on
+   256-px windows of the training micrographs: one per annotated box (its class) and up to
+   `--negatives` `_background` windows per micrograph, taken from the detector's candidates that
+   match no box there (hard negatives: what the scanner will actually be shown). The held-out
+   micrographs are then scanned exactly as `virion scan` does (`scan_pixels`' rule: not
+   `_background`, probability >= --min-confidence; the verdict rule of `micrograph.verdict`):
+   detection recall/precision after classification, crop accuracy of the matched particles,
+   micrograph verdict accuracy and macro-F1, and the oracle verdict (the same classifier and rule on
+   windows centred on the annotated boxes). Mean +- sd over folds.
+   Each window's texture features are computed once (cached under --cache) and reused by all folds
+   and thresholds; the classifier is `TextureModel` fitted on those features (C, gamma fixed at the
+   model's defaults to keep the compute small).
+3. `--run RUN`: the same scan with a trained run's recommended classifier (`Classifier.predict`)
+   on all micrographs: grouped only if the run was trained on other sessions (say so when quoting).
+
+Overlays of the micrographs with the lowest precision (`--overlays N`) go to --out, boxes green,
+accepted detections red, so a person can judge whether the annotations are incomplete there.
+
+    nice -n 5 .venv/bin/python benchmarks/bench_scan.py --folds 5 --out /work/derived/scan/bench
+    .venv/bin/python benchmarks/bench_scan.py --step 10            # detector only, every 10th micrograph
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "real_micrographs_dev"
+DEFAULT_CACHE = Path(os.environ.get("VIRION_CACHE_DIR", Path.home() / ".cache" / "virion")) / "bench_scan"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_data(root: Path):
+    mics = list(csv.DictReader(open(root / "micrographs.csv", newline="")))
+    boxes: dict[str, list[list[float]]] = defaultdict(list)
+    for b in csv.DictReader(open(root / "boxes.csv", newline="")):
+        boxes[b["path"]].append([float(b[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+    return mics, boxes
+
+
+def match(boxes, x, y) -> list[tuple[int, int]]:
+    """One-to-one (box index, detection index) pairs: centre within half the box's shorter side."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not len(boxes) or not len(x):
+        return []
+    b = np.asarray(boxes, float)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    radius = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2
+    dist = np.hypot(cx[:, None] - np.asarray(x)[None], cy[:, None] - np.asarray(y)[None])
+    cost = np.where(dist <= radius[:, None], dist, 1e9)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] < 1e9]
+
+
+# ----------------------------------------------------------------------------- per-micrograph cache
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prepare(root: Path, mics, boxes, cache: Path, *, threshold, max_candidates, features: bool, progress=True):
+    """Per micrograph: candidates (x, y, diameter, score) and, with `features`, texture features of the
+    256-px window on every candidate and on every annotated box centre. Cached as .npz per micrograph."""
+    from tqdm import tqdm
+
+    from virion.data.decode import DecodeSettings, decode_array
+    from virion.data.padding import padding_mask
+    from virion.micrograph import detect as detection
+    from virion.micrograph.io import read_micrograph
+    from virion.micrograph.scan import WINDOW_PX, cut_windows
+
+    settings = {
+        "threshold": threshold,
+        "max": max_candidates,
+        "diameters": list(detection.DEFAULT_DIAMETERS_NM),
+        "grid": detection.GRID_PX,
+        "edge": detection.EDGE_FRACTION,
+        "ratio": detection.SCALE_RATIO,
+        "v": 3,
+    }
+    folder = cache / f"det-{_key(settings)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    decode = DecodeSettings(size=WINDOW_PX, stretch=(0.5, 99.5))
+    out = {}
+    seconds = []
+    for m in tqdm(mics, desc="micrographs", unit="mg", disable=not progress):
+        f = folder / (hashlib.sha1(m["path"].encode()).hexdigest()[:16] + ".npz")
+        if f.is_file():
+            with np.load(f, allow_pickle=False) as z:
+                got = {k: z[k] for k in z.files}
+            if not features or "cand_feat" in got:
+                out[m["path"]] = got
+                continue
+        mic = read_micrograph(root / m["path"])
+        t0 = time.perf_counter()
+        valid = ~padding_mask(mic.pixels)
+        filled = detection.fill_padding(mic.pixels, valid)
+        c = detection.detect(
+            mic.pixels, 1.0, mask=~valid, filled=filled, threshold=threshold, max_candidates=max_candidates
+        )
+        seconds.append(time.perf_counter() - t0)
+        got = {"x": c.x, "y": c.y, "d": c.diameter, "score": c.score}
+        if features:
+            from virion.models.texture.features import texture_features
+
+            b = np.asarray(boxes[m["path"]], float).reshape(-1, 4)
+            bx, by = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            wins = cut_windows(mic.pixels, valid, np.concatenate([c.x, bx]), np.concatenate([c.y, by]))
+            dec = np.stack([decode_array(w, decode, "window") for w in wins]) if len(wins) else np.zeros((0, 256, 256))
+            feats = texture_features(dec.astype(np.uint8), workers=1) if len(dec) else np.zeros((0, 1), np.float32)
+            got["cand_feat"], got["box_feat"] = feats[: len(c)], feats[len(c) :]
+        np.savez(f, **got)
+        out[m["path"]] = got
+    if seconds:
+        print(f"detector: {statistics.mean(seconds):.2f} s per micrograph ({len(seconds)} computed now)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def pr_table(rows) -> dict:
+    """rows: (label, matched, boxes, detections) per micrograph -> per class and overall R/P."""
+    per = defaultdict(lambda: [0, 0, 0])
+    for label, tp, nb, nd in rows:
+        s = per[label]
+        s[0] += tp
+        s[1] += nb
+        s[2] += nd
+    table = {k: _rp(*v) for k, v in sorted(per.items())}
+    table["ALL"] = _rp(*np.sum([v for v in per.values()], axis=0).tolist())
+    return table
+
+
+def _rp(tp, nb, nd) -> dict:
+    return {"recall": tp / nb if nb else float("nan"), "precision": tp / nd if nd else float("nan"), "boxes": nb}
+
+
+def detector_only(mics, boxes, prepared) -> dict:
+    rows = []
+    for m in mics:
+        c = prepared[m["path"]]
+        rows.append((m["label"], len(match(boxes[m["path"]], c["x"], c["y"])), len(boxes[m["path"]]), len(c["x"])))
+    return pr_table(rows)
+
+
+class FeatureTexture:
+    """`TextureModel` fitted and applied on precomputed features (each window's computed once)."""
+
+    def __init__(self):
+        from virion.models.texture.model import DEFAULT_C, DEFAULT_GAMMA, TextureModel
+
+        class _OnFeatures(TextureModel):
+            def features(self, images, *, progress=False):
+                return np.asarray(images, np.float64)
+
+            def _check_images(self, images):
+                return np.asarray(images)
+
+        self.model = _OnFeatures(C=DEFAULT_C, gamma=DEFAULT_GAMMA, cache=False)
+
+    def fit(self, x, y, class_names, groups):
+        self.model.fit(x, y, class_names=class_names, groups=None, progress=False)
+        return self
+
+    def proba(self, x):
+        return self.model.predict_proba(x) if len(x) else np.zeros((0, len(self.model.class_names)))
+
+
+def run_folds(mics, boxes, prepared, args) -> dict:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from virion.data.layout import BACKGROUND_CLASS
+
+    labels = sorted({m["label"] for m in mics})
+    class_names = labels + [BACKGROUND_CLASS]
+    index = {c: i for i, c in enumerate(class_names)}
+    y_mic = np.array([index[m["label"]] for m in mics])
+    groups = np.array([m["session"] for m in mics])
+    splitter = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
+    folds = []
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(mics)), y_mic, groups)):
+        assert not set(groups[train]) & set(groups[test])
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([args.seed, k])
+        xs, ys, gs = [], [], []
+        for i in train:
+            m = mics[i]
+            p = prepared[m["path"]]
+            if len(p["box_feat"]):
+                xs.append(p["box_feat"])
+                ys += [index[m["label"]]] * len(p["box_feat"])
+                gs += [m["session"]] * len(p["box_feat"])
+            matched = {c for _, c in match(boxes[m["path"]], p["x"], p["y"])}
+            near = _near_any_box(boxes[m["path"]], p["x"], p["y"])
+            free = [j for j in range(len(p["x"])) if j not in matched and not near[j]]
+            pick = rng.permutation(free)[: args.negatives] if free else []
+            if len(pick):
+                xs.append(p["cand_feat"][np.asarray(pick, int)])
+                ys += [index[BACKGROUND_CLASS]] * len(pick)
+                gs += [m["session"]] * len(pick)
+        model = FeatureTexture().fit(np.concatenate(xs), np.asarray(ys), class_names, np.asarray(gs))
+        fit_s = time.perf_counter() - t0
+        result = {"fold": k, "train_micrographs": len(train), "test_micrographs": len(test), "fit_s": fit_s}
+        test_mics = [mics[i] for i in test]
+        probs = {}
+        for m in test_mics:
+            p = prepared[m["path"]]
+            probs[m["path"]] = (model.proba(p["cand_feat"]), model.proba(p["box_feat"]))
+        for conf in args.min_confidence:
+            result[f"conf={conf}"] = score_fold(test_mics, boxes, prepared, probs, class_names, conf, args)
+        folds.append(result)
+        head = result[f"conf={args.min_confidence[0]}"]
+        print(
+            f"fold {k}: train {len(train)} / test {len(test)} micrographs, fit {fit_s:.0f} s; "
+            f"conf {args.min_confidence[0]}: recall {head['detection']['ALL']['recall']:.3f} "
+            f"precision {head['detection']['ALL']['precision']:.3f} verdict {head['verdict_accuracy']:.3f} "
+            f"oracle {head['oracle_verdict_accuracy']:.3f}",
+            flush=True,
+        )
+    return {"folds": folds, "class_names": class_names}
+
+
+def _near_any_box(boxes, x, y) -> np.ndarray:
+    """Candidates within a box (a hard negative must not be an annotated particle seen off-centre)."""
+    if not len(boxes) or not len(x):
+        return np.zeros(len(x), bool)
+    b = np.asarray(boxes, float)
+    inside = (x[:, None] >= b[None, :, 0]) & (x[:, None] <= b[None, :, 2])
+    inside &= (y[:, None] >= b[None, :, 1]) & (y[:, None] <= b[None, :, 3])
+    return inside.any(axis=1)
+
+
+def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> dict:
+    from sklearn.metrics import f1_score
+
+    from virion.data.layout import BACKGROUND_CLASS
+    from virion.micrograph.verdict import decide
+
+    bg = class_names.index(BACKGROUND_CLASS)
+    det_rows, crop_hits, crop_total, oracle_hit, oracle_total = [], 0, 0, 0, 0
+    truth, said, said_oracle, per_mic = [], [], [], []
+    for m in test_mics:
+        p = prepared[m["path"]]
+        cand_p, box_p = probs[m["path"]]
+        best = cand_p.argmax(1) if len(cand_p) else np.zeros(0, int)
+        keep = (best != bg) & (cand_p.max(1) >= conf) if len(cand_p) else np.zeros(0, bool)
+        keep &= p["score"] >= args.min_score
+        x, y = p["x"][keep], p["y"][keep]
+        pairs = match(boxes[m["path"]], x, y)
+        det_rows.append((m["label"], len(pairs), len(boxes[m["path"]]), int(keep.sum())))
+        kept_p = cand_p[keep]
+        for _, j in pairs:
+            crop_total += 1
+            crop_hits += int(class_names[int(kept_p[j].argmax())] == m["label"])
+        virus = [i for i in range(len(class_names)) if i != bg]
+        if len(box_p):
+            oracle_total += len(box_p)
+            oracle_hit += int((np.array(virus)[box_p[:, virus].argmax(1)] == class_names.index(m["label"])).sum())
+        v = decide(kept_p, class_names, min_particles=args.min_particles, margin=args.margin)
+        vo = decide(box_p, class_names, min_particles=args.min_particles, margin=args.margin)
+        truth.append(m["label"])
+        said.append(v.verdict)
+        said_oracle.append(vo.verdict)
+        accepted = [np.round(a, 1).tolist() for a in (x, y, p["d"][keep])]
+        per_mic.append((m["path"], m["label"], len(pairs), len(boxes[m["path"]]), int(keep.sum()), v.verdict, accepted))
+    labels = sorted(set(truth))
+    return {
+        "detection": pr_table(det_rows),
+        "crop_accuracy_matched": crop_hits / crop_total if crop_total else float("nan"),
+        "oracle_crop_accuracy": oracle_hit / oracle_total if oracle_total else float("nan"),
+        "verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said)])),
+        "verdict_macro_f1": float(f1_score(truth, said, labels=labels, average="macro", zero_division=0)),
+        "oracle_verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said_oracle)])),
+        "oracle_verdict_macro_f1": float(f1_score(truth, said_oracle, labels=labels, average="macro", zero_division=0)),
+        "none": int(sum(s == "none" for s in said)),
+        "uncertain": int(sum(s == "uncertain" for s in said)),
+        "micrographs": per_mic,
+    }
+
+
+def mean_sd(values) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}" if sd == sd else f"{values[0]:.3f}"
+
+
+def summarise(folds: list[dict], key: str, class_names) -> list[str]:
+    res = [f[key] for f in folds]
+    lines = [f"### min confidence {key.split('=')[1]}", "", "| class | recall | precision |", "|---|---|---|"]
+    for c in [c for c in class_names if not c.startswith("_")] + ["ALL"]:
+        rs = [r["detection"][c]["recall"] for r in res if c in r["detection"]]
+        ps = [r["detection"][c]["precision"] for r in res if c in r["detection"]]
+        lines.append(f"| {c} | {mean_sd(rs)} | {mean_sd(ps)} |")
+    lines += [
+        "",
+        f"- crop accuracy of matched particles: {mean_sd([r['crop_accuracy_matched'] for r in res])}"
+        f" (all annotated boxes: {mean_sd([r['oracle_crop_accuracy'] for r in res])})",
+        f"- verdict accuracy: {mean_sd([r['verdict_accuracy'] for r in res])}, macro-F1 "
+        f"{mean_sd([r['verdict_macro_f1'] for r in res])}",
+        f"- oracle verdict (annotated boxes) accuracy: {mean_sd([r['oracle_verdict_accuracy'] for r in res])}, "
+        f"macro-F1 {mean_sd([r['oracle_verdict_macro_f1'] for r in res])}",
+        f"- detected minus oracle verdict accuracy: "
+        f"{mean_sd([r['verdict_accuracy'] - r['oracle_verdict_accuracy'] for r in res])}",
+        f"- micrographs with verdict none / uncertain: {sum(r['none'] for r in res)} / "
+        f"{sum(r['uncertain'] for r in res)}",
+        "",
+    ]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ --run
+
+
+def run_classifier(root, mics, boxes, prepared, args) -> dict:
+    """Scan every micrograph with a trained run, as `virion scan` does (not grouped unless the run is)."""
+    from virion.inference.classifier import Classifier
+    from virion.micrograph.io import read_micrograph
+    from virion.micrograph.scan import scan_pixels
+
+    clf = Classifier.load(args.run)
+    rows, truth, said = [], [], []
+    for m in mics:
+        mic = read_micrograph(root / m["path"])
+        one = scan_pixels(clf, mic.pixels, 1.0, name=m["path"], min_confidence=args.min_confidence[0])
+        x = np.array([p["x"] for p in one.particles])
+        y = np.array([p["y"] for p in one.particles])
+        rows.append((m["label"], len(match(boxes[m["path"]], x, y)), len(boxes[m["path"]]), len(x)))
+        truth.append(m["label"])
+        said.append(one.verdict.verdict)
+    return {"detection": pr_table(rows), "verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said)]))}
+
+
+# ------------------------------------------------------------------------------------------ overlays
+
+
+def save_overlays(root, worst, out: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path, box_list, xs, ys, ds in worst:
+        im = Image.open(root / path).convert("RGB")
+        draw = ImageDraw.Draw(im)
+        for b in box_list:
+            draw.rectangle(b, outline=(0, 255, 0), width=3)
+        for x, y, d in zip(xs, ys, ds):
+            draw.ellipse([x - d / 2, y - d / 2, x + d / 2, y + d / 2], outline=(255, 0, 0), width=3)
+        im.save(out / (Path(path).parent.name + "__" + Path(path).stem + ".png"))
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--step", type=int, default=1, help="use every STEP-th micrograph (quick looks)")
+    parser.add_argument("--folds", type=int, default=0, help="session-grouped folds with the texture model")
+    parser.add_argument("--run", default=None, help="also scan with this trained run (not grouped)")
+    parser.add_argument("--threshold", type=float, default=None, help="detector threshold (default: detect's)")
+    parser.add_argument("--max-candidates", type=int, default=None)
+    parser.add_argument("--negatives", type=int, default=8, help="_background windows per training micrograph")
+    parser.add_argument("--min-confidence", type=float, nargs="+", default=[0.5, 0.3, 0.7])
+    parser.add_argument("--min-score", type=float, default=-1e9, help="also require this detector score")
+    parser.add_argument("--min-particles", type=int, default=1)
+    parser.add_argument("--margin", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--out", type=Path, default=None, help="results JSON/markdown and overlays go here")
+    parser.add_argument("--overlays", type=int, default=6, help="overlays of the lowest-precision micrographs")
+    args = parser.parse_args(argv)
+    if not (args.data / "micrographs.csv").is_file() or not (args.data / "boxes.csv").is_file():
+        print(f"bench_scan: no development micrographs at {args.data} (micrographs.csv, boxes.csv); nothing measured")
+        return 0
+    from virion.micrograph import detect as detection
+    from virion.micrograph.verdict import DEFAULT_MARGIN
+
+    args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    threshold = detection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    max_c = detection.DEFAULT_MAX_CANDIDATES if args.max_candidates is None else args.max_candidates
+    mics, boxes = load_data(args.data)
+    mics = mics[:: args.step]
+    print(f"{len(mics)} micrographs, {sum(len(boxes[m['path']]) for m in mics)} boxes; threshold {threshold}, "
+          f"at most {max_c} candidates")  # fmt: skip
+    cpu = os.popen("grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile' /proc/cpuinfo | sort -u").read().split()
+    load_before = open("/proc/loadavg").read().split()[:3]
+    t0 = time.perf_counter()
+    prepared = prepare(
+        args.data, mics, boxes, args.cache, threshold=threshold, max_candidates=max_c, features=args.folds > 0
+    )
+    report = {"micrographs": len(mics), "threshold": threshold, "max_candidates": max_c, "cpu_flags": cpu}
+    report["detector"] = detector_only(mics, boxes, prepared)
+    lines = ["## Detector alone (every candidate)", "", "| class | recall | precision | boxes |", "|---|---|---|---|"]
+    lines += [
+        f"| {c} | {v['recall']:.3f} | {v['precision']:.3f} | {v['boxes']} |" for c, v in report["detector"].items()
+    ]
+    lines.append("")
+    if args.folds:
+        res = run_folds(mics, boxes, prepared, args)
+        report["folds"] = res["folds"]
+        lines += [f"## Detector + texture classifier, {args.folds} session-grouped folds (mean ± sd)", ""]
+        for conf in args.min_confidence:
+            lines += summarise(res["folds"], f"conf={conf}", res["class_names"])
+        key = f"conf={args.min_confidence[0]}"
+        per_mic = [pm for f in res["folds"] for pm in f[key]["micrographs"]]
+        worst = sorted(per_mic, key=lambda r: (r[2] / r[4] if r[4] else 1.0, -r[4]))[: args.overlays]
+        lines += ["Lowest precision micrographs (matched / boxes / accepted, verdict):"]
+        lines += [f"- {p}: {tp} / {nb} / {nd}, {v}" for p, _, tp, nb, nd, v, _ in worst]
+        lines.append("")
+        report["worst"] = worst
+    if args.run:
+        report["run"] = run_classifier(args.data, mics, boxes, prepared, args)
+        d = report["run"]["detection"]["ALL"]
+        lines += [f"## --run {args.run} (not grouped unless the run was trained on other sessions)", "",
+                  f"recall {d['recall']:.3f}, precision {d['precision']:.3f}, verdict accuracy "
+                  f"{report['run']['verdict_accuracy']:.3f}", ""]  # fmt: skip
+    report["seconds"] = time.perf_counter() - t0
+    report["load_before"], report["load_after"] = load_before, open("/proc/loadavg").read().split()[:3]
+    lines.append(f"CPU flags {' '.join(cpu)}; load {' '.join(load_before)} -> {' '.join(report['load_after'])}; "
+                 f"{report['seconds']:.0f} s")  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_scan.json").write_text(json.dumps(report, indent=1, default=str))
+        (args.out / "bench_scan.md").write_text(text + "\n")
+        if args.folds and args.overlays:
+            chosen = [(p, boxes[p], *accepted) for p, *_, accepted in report["worst"]]
+            save_overlays(args.data, chosen, args.out / "low_precision")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
