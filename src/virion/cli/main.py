@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv[: argv.index("--")] if "--" in argv else "--verbose" in argv
     _set_backend_logging(verbose)
+    if not verbose:
+        from virion.cli import quiet
+
+        quiet.install()  # TensorFlow's import-time C++ lines, which TF_CPP_MIN_LOG_LEVEL does not stop
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
