@@ -325,6 +325,20 @@ def create_app(
 
         return await guarded(work)
 
+    async def scan(request):
+        async def work():
+            from virion.app.scan_api import scan_upload
+
+            form = await read_form(request)
+            item = form.get("file")
+            if not hasattr(item, "read"):
+                raise VirionError("no file received; choose a micrograph file")
+            data = await item.read()
+            options = {k: form.get(k) for k in ("nm_per_px", "min_confidence", "model")}
+            return await run_in_threadpool(scan_upload, state, item.filename, data, **options)
+
+        return await guarded(work)
+
     async def health(request):
         return PlainTextResponse("ok")
 
@@ -333,6 +347,7 @@ def create_app(
         Route("/api/info", info),
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/explain", explain, methods=["POST"]),
+        Route("/api/scan", scan, methods=["POST"]),  # micrograph mode: virion.app.scan_api
         Route("/healthz", health),
         Mount("/static", app=StaticFiles(directory=static_dir), name="static"),
     ]
