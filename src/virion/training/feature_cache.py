@@ -179,7 +179,6 @@ def train_head_on_features(
     )
     val_ds = make_dataset(data.validation, data.num_classes, config.batch_size, training=False)
     val_f = base.predict(val_ds, verbose=0)[: len(data.validation.labels)].astype(np.float32)
-    val_onehot = keras.utils.to_categorical(data.validation.labels, data.num_classes).astype(np.float32)
 
     callbacks, committer = make_callbacks("head", val_f, model, 0, config.epochs, config.learning_rate)
     committer.progress = dataclasses.replace(committer.progress, feature_cache=views)
@@ -193,7 +192,7 @@ def train_head_on_features(
         committer,
         last_epoch=config.epochs,
         callbacks=callbacks + list(extra_callbacks),
-        validation_data=(val_f, val_onehot),
+        validation_data=None,  # ValidationMacroF1 computes val_loss/accuracy/macro-F1 from val_f in one pass
         class_weight=class_weight,
         seed=config.seed,
         verbose=verbose,

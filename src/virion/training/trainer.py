@@ -133,8 +133,9 @@ def _train_dataset(config: TrainConfig, data: TrainData, epoch: int):
         )
     from virion.data.pipeline import make_dataset
 
+    # tf.data combines TensorFlow's global seed with this op seed; `fit_by_epoch` sets the global
+    # seed once per stage (setting it here, every epoch, made every tf.function trace again).
     seed = epoch_seed(config.seed, epoch)
-    keras.utils.set_random_seed(seed)  # tf.data combines the global seed with the op seed
     return make_dataset(
         data.train,
         data.num_classes,
@@ -144,16 +145,6 @@ def _train_dataset(config: TrainConfig, data: TrainData, epoch: int):
         mix=config.mix_config(),
         seed=seed,
     )
-
-
-def _val_dataset(config: TrainConfig, data: TrainData):
-    if keras.backend.backend() != "tensorflow":
-        from virion.data.numpy_pipeline import NumpyBatches
-
-        return NumpyBatches(data.validation, data.num_classes, config.batch_size, training=False)
-    from virion.data.pipeline import make_dataset
-
-    return make_dataset(data.validation, data.num_classes, config.batch_size, training=False)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> dict[int, float]:
@@ -591,7 +582,7 @@ class _ModelTraining:
             committer,
             last_epoch=last_epoch,
             callbacks=callbacks + list(self.extra_callbacks),
-            validation_data=_val_dataset(self.config, self.data),
+            validation_data=None,  # ValidationMacroF1 computes val_loss/accuracy/macro-F1 in one pass
             class_weight=self.class_weight,
             seed=self.config.seed,
             verbose=self.verbose,
