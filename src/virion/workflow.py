@@ -191,9 +191,7 @@ PRESETS = {
         batch_size=16,
         difficulty=0.5,
         lr_schedule="cosine",
-        description="reduced demo: 60 images per class, 72x72 input, "
-        "8 epochs, batch 16, cosine learning rate (29 minutes measured on 2 AVX2-only cores; "
-        "about 6 on 2 cores with AVX-512/AMX)",
+        description="reduced demo: 60 images per class, 72x72 input, 8 epochs, batch 16, cosine learning rate",
     ),
     "full": DemoPreset(
         per_class=400,
@@ -329,14 +327,51 @@ def demo(
     )
     result = train(config)
     print("", flush=True)
-    print(f"virion demo finished in {time.monotonic() - started:.0f} s ({chosen.description})", flush=True)
+    print(f"virion demo ({chosen.description}):", flush=True)
     for line in accuracy_lines(run_dir, models, len(result.class_names)):
         print(f"  {line}", flush=True)
     print(f"  {weights_note}", flush=True)
     path = layout.report_file(run_dir)
     print(f"Report: {path.resolve() if path.exists() else '(not written; see the warnings above)'}", flush=True)
     print(f"Run folder (models, metrics, plots): {result.run_dir}", flush=True)
+    # The closing line says what THIS run measured, on this machine (never a figure from another one).
+    print(f"virion demo finished in {time.monotonic() - started:.0f} s on {machine_line()}", flush=True)
     return result
+
+
+# The instruction-set flags that decide how fast the CPU trains (oneDNN's AVX2 / AVX-512 / bf16 / AMX kernels).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """SPEED_FLAGS this CPU has, from /proc/cpuinfo (or the given text); None where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    present: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present.update(value.split())
+    return [flag for flag in SPEED_FLAGS if flag in present]
+
+
+def machine_line(cpuinfo: str | None = None, environ: dict | None = None) -> str:
+    """What this run ran on: CPU cores, the speed flags, and a oneDNN instruction-set cap if one is set."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    flags = cpu_flags(cpuinfo)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if flags is None:
+        text = f"{cores} CPU cores, CPU flags unknown"
+    else:
+        text = f"{cores} CPU cores, CPU flags: {' '.join(flags) or 'none of ' + '/'.join(SPEED_FLAGS)}"
+    if environ.get("ONEDNN_MAX_CPU_ISA"):
+        text += f" (oneDNN kernels limited by ONEDNN_MAX_CPU_ISA={environ['ONEDNN_MAX_CPU_ISA']})"
+    return text
 
 
 def accuracy_lines(run_dir: Path, models: list[str], num_classes: int) -> list[str]:

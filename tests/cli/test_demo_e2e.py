@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from virion.errors import VirionError
-from virion.workflow import PRESETS, choose_weights, new_run_dir
+from virion.workflow import PRESETS, choose_weights, cpu_flags, machine_line, new_run_dir
 
 # Two of the three models keep the suite under 10 minutes on 2 cores (each model costs about a
 # minute of graph tracing even at the tiny size): the from-scratch ResNet-50 and one transfer model.
@@ -24,6 +24,7 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
     virion = Path(sys.executable).with_name("virion")
     command = [str(virion)] if virion.exists() else [sys.executable, "-m", "virion.cli.main"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the CLI alone keeps TensorFlow quiet
     # --weights none: "auto" would try the real ImageNet download, and tests never touch the
     # network; the offline fallback of "auto" is tested below with the download made to fail.
     proc = subprocess.run(
@@ -35,6 +36,8 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr and "oneDNN custom operations" not in proc.stderr
+    assert "Ignored nothing." in proc.stdout  # the demo's and synth's own files are not the user's strays
 
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 1
@@ -57,6 +60,9 @@ def test_demo_runs_end_to_end_through_the_cli(tmp_path):
         assert f"{name}: test accuracy" in proc.stdout
     assert (run / "comparison.md").read_text().count("|") > 0
     assert f"Report: {(run / 'report.html').resolve()}" in proc.stdout
+    # The closing line is what this run measured: its wall time and this CPU's flags.
+    closing = proc.stdout.strip().splitlines()[-1]
+    assert closing.startswith("virion demo finished in ") and "CPU" in closing, closing
 
     # The synthetic data is generated once and reused by the next demo.
     data = out / "synthetic-tiny-seed0"
@@ -85,3 +91,14 @@ def test_auto_weights_use_imagenet_when_cached(monkeypatch):
     monkeypatch.setattr("virion.models.weights.imagenet_available", lambda arch: True)
     monkeypatch.setattr("virion.models.weights.resolve_weights", pytest.fail)  # no download needed
     assert choose_weights("auto", ["xception"])[0] == "imagenet"
+
+
+def test_the_closing_line_names_this_cpus_flags_and_a_onednn_cap():
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert cpu_flags(amx) == ["avx2", "avx512f", "avx512_bf16", "amx_tile"]
+    assert cpu_flags(avx2) == ["avx2"]
+    assert "CPU flags: avx2 avx512f avx512_bf16 amx_tile" in machine_line(amx, environ={})
+    capped = machine_line(amx, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in capped
+    assert "ONEDNN" not in machine_line(avx2, environ={})

@@ -1,8 +1,8 @@
 """`virion demo`: the main job end to end on the built-in synthetic TEM data.
 
 Generate the synthetic dataset, train the three models, evaluate, compare, write the HTML
-report and print where it is. The default preset is reduced (a 10-minute goal on 2 cores with AVX-512;
-30 minutes measured on an AVX2-only CPU); `--full` runs the reference settings.
+report and print where it is. The default preset is reduced (figures measured on 2-core CPUs are in
+docs/benchmarks.md; the run prints its own time and CPU flags); `--full` runs the reference settings.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         help="generate synthetic TEM data, train all three models, evaluate and report",
         description="Run the whole pipeline on the built-in synthetic TEM virus dataset: generate it, "
         "train ResNet-50 (from scratch), Xception and DenseNet121, evaluate, compare and write "
-        "report.html. The default is a reduced run (about 6 minutes on 2 cores with AVX-512, 30 on AVX2 only).",
+        "report.html. The default is a reduced run; it ends by printing its own wall time and this CPU's flags.",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
