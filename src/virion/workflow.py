@@ -206,6 +206,10 @@ PRESETS = {
 }
 
 
+# The three reference networks, and the texture model (seconds to fit; the ensembles use it too).
+DEMO_MODELS = ("resnet50", "xception", "densenet121", "texture")
+
+
 def choose_weights(requested: str, models: list[str]) -> tuple[str, str]:
     """Pick the transfer-model weights; returns (weights, a sentence saying what was chosen and why)."""
     from virion.models.registry import model_info
@@ -291,13 +295,13 @@ def demo(
     models: Sequence[str] | None = None,
 ):
     """The main job end to end on the built-in synthetic data: generate, train, evaluate, compare, report."""
-    from virion.models.catalog import DEFAULT_MODELS, MODEL_NAMES
+    from virion.models.catalog import MODEL_NAMES
     from virion.training.config import TrainConfig
 
     if preset not in PRESETS:
         raise VirionError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
-    models = list(models or DEFAULT_MODELS)
+    models = list(models or DEMO_MODELS)
     for name in models:
         if name not in MODEL_NAMES:
             raise VirionError(f"--models: unknown model '{name}'; choose from {', '.join(MODEL_NAMES)}")
@@ -385,10 +389,19 @@ def accuracy_lines(run_dir: Path, models: list[str], num_classes: int) -> list[s
             lines.append(f"{name}: FAILED in training ({failed[name]})")
         elif not summary.is_file():
             lines.append(f"{name}: no test evaluation found")
-            continue
-        values = store.read_json(summary)
-        acc, f1 = values.get("accuracy"), values.get("macro_f1")
-        acc_text = "n/a" if acc is None else f"{acc:.3f}"
-        f1_text = "n/a" if f1 is None else f"{f1:.3f}"
-        lines.append(f"{name}: test accuracy {acc_text}, macro-F1 {f1_text} (chance {chance:.3f})")
+        else:
+            lines.append(_score_line(name, summary, chance))
+    for folder in layout.ensemble_dirs(run_dir):  # the ensembles evaluation wrote
+        lines.append(_score_line(folder.name, layout.evaluation_dir(folder) / layout.SUMMARY_FILE, chance))
+    recommended = store.read_recommended(run_dir)
+    if recommended:
+        lines.append(f"recommended classifier (chosen on the validation split): {recommended['classifier']}")
     return lines
+
+
+def _score_line(name: str, summary: Path, chance: float) -> str:
+    values = store.read_json(summary)
+    acc, f1 = values.get("accuracy"), values.get("macro_f1")
+    acc_text = "n/a" if acc is None else f"{acc:.3f}"
+    f1_text = "n/a" if f1 is None else f"{f1:.3f}"
+    return f"{name}: test accuracy {acc_text}, macro-F1 {f1_text} (chance {chance:.3f})"

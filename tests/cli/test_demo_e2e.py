@@ -102,3 +102,30 @@ def test_the_closing_line_names_this_cpus_flags_and_a_onednn_cap():
     capped = machine_line(amx, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in capped
     assert "ONEDNN" not in machine_line(avx2, environ={})
+
+
+def test_summary_has_one_line_per_model_a_failed_one_and_the_ensembles(tmp_path):
+    from virion.workflow import accuracy_lines
+
+    def model(name, status="trained", summary=None, folder=None):
+        folder = tmp_path / (folder or name)
+        (folder / "evaluation").mkdir(parents=True)
+        if status is not None:
+            meta = {"schema_version": 1, "model": name, "class_names": ["a", "b"], "input_size": 32, "status": status}
+            if status == "failed":
+                meta["failure"] = "the training loss became nan at epoch 2"
+            (folder / "metadata.json").write_text(json.dumps(meta))
+        if summary is not None:
+            (folder / "evaluation" / "summary.json").write_text(json.dumps(summary))
+
+    model("resnet50", summary={"accuracy": 0.8125, "macro_f1": 0.75})
+    model("xception", status="failed")
+    model("densenet121")  # trained, never evaluated
+    model("ensemble", status=None, summary={"accuracy": 0.9, "macro_f1": None})
+    lines = accuracy_lines(tmp_path, ["resnet50", "xception", "densenet121"], 2)
+    assert lines == [
+        "resnet50: test accuracy 0.812, macro-F1 0.750 (chance 0.500)",
+        "xception: FAILED in training (the training loss became nan at epoch 2)",
+        "densenet121: no test evaluation found",
+        "ensemble: test accuracy 0.900, macro-F1 n/a (chance 0.500)",
+    ]
