@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "demo",
         help="generate synthetic TEM data, train all three models, evaluate and report",
         description="Run the whole pipeline on the built-in synthetic TEM virus dataset: generate it, "
-        "train ResNet-50 (from scratch), Xception and DenseNet121, evaluate, compare and write "
+        "train ResNet-50 (from scratch), Xception, DenseNet121 and the texture model, evaluate, compare and write "
         "report.html. The default is a reduced run; it ends by printing its own wall time and this CPU's flags.",
     )
     size = parser.add_mutually_exclusive_group()
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         metavar="MODEL",
-        help="models to train (default: resnet50 xception densenet121)",
+        help="models to train (default: resnet50 xception densenet121 texture)",
     )
     parser.set_defaults(func=run)
 
