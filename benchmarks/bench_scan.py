@@ -360,6 +360,48 @@ def run_classifier(root, mics, boxes, prepared, args) -> dict:
     return {"detection": pr_table(rows), "verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said)]))}
 
 
+# ------------------------------------------------------------------------------------------ --speed
+
+
+def speed(root: Path, mics, run: str, count: int, out: Path) -> dict:
+    """Seconds for `virion.scan` on `count` micrographs (overlays and CSVs written), models loaded first."""
+    import shutil
+    import tempfile
+
+    from virion.inference.classifier import Classifier
+    from virion.micrograph.scan import scan
+
+    clf = Classifier.load(run)
+    by_class = defaultdict(list)
+    for m in mics:
+        by_class[m["label"]].append(m)
+    chosen = []
+    while len(chosen) < count and any(by_class.values()):
+        for label in sorted(by_class):
+            if by_class[label] and len(chosen) < count:
+                chosen.append(by_class[label].pop(0))
+    paths = [root / m["path"] for m in chosen]
+    scan(clf, paths[:1], progress=False, overlays=False)  # warm-up (first predict builds what it caches)
+    tmp = Path(tempfile.mkdtemp(dir=out))
+    load_before = open("/proc/loadavg").read().split()[:3]
+    t0, c0 = time.perf_counter(), os.times()
+    result = scan(clf, paths, tmp / "scan", progress=False)
+    seconds, c1 = time.perf_counter() - t0, os.times()
+    load_after = open("/proc/loadavg").read().split()[:3]
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "micrographs": len(paths),
+        "seconds": seconds,
+        # CPU time of this process (all threads): what the scan costs, whatever else loads the machine
+        "cpu_seconds": (c1.user - c0.user) + (c1.system - c0.system),
+        "classifier": result.model,
+        "particles": len(result.particles),
+        "candidates": sum(m.candidates for m in result.micrographs),
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
 # ------------------------------------------------------------------------------------------ overlays
 
 
@@ -386,6 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=int, default=1, help="use every STEP-th micrograph (quick looks)")
     parser.add_argument("--folds", type=int, default=0, help="session-grouped folds with the texture model")
     parser.add_argument("--run", default=None, help="also scan with this trained run (not grouped)")
+    parser.add_argument("--speed", default=None, metavar="RUN", help="only time `virion.scan` with RUN")
+    parser.add_argument("--speed-count", type=int, default=20, help="micrographs for --speed")
     parser.add_argument("--threshold", type=float, default=None, help="detector threshold (default: detect's)")
     parser.add_argument("--max-candidates", type=int, default=None)
     parser.add_argument("--negatives", type=int, default=8, help="_background windows per training micrograph")
@@ -408,6 +452,16 @@ def main(argv=None) -> int:
     threshold = detection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     max_c = detection.DEFAULT_MAX_CANDIDATES if args.max_candidates is None else args.max_candidates
     mics, boxes = load_data(args.data)
+    if args.speed:
+        cpu = os.popen("grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile' /proc/cpuinfo | sort -u").read().split()
+        args.out = args.out or Path(".")
+        args.out.mkdir(parents=True, exist_ok=True)
+        res = speed(args.data, mics, args.speed, args.speed_count, args.out)
+        res["cpu_flags"] = cpu
+        res["threads"] = len(os.sched_getaffinity(0))
+        print(json.dumps(res))
+        (args.out / "bench_scan_speed.json").write_text(json.dumps(res, indent=1))
+        return 0
     mics = mics[:: args.step]
     print(f"{len(mics)} micrographs, {sum(len(boxes[m['path']]) for m in mics)} boxes; threshold {threshold}, "
           f"at most {max_c} candidates")  # fmt: skip

@@ -159,6 +159,22 @@ def test_scan_resamples_to_the_run_pixel_size(tmp_path):
     assert all(30 <= p["diameter_nm"] <= 60 for p in rows)
 
 
+def test_a_filament_is_one_particle(tmp_path):
+    image = micrograph(particles=[(120, 330)])
+    values = image.astype(float)
+    values[150:190, 100:380] += 70  # a bright filament 40 px wide, 280 px long
+    path = tmp_path / "filament.png"
+    Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).save(path)
+    rows = scan(CentreBrightness(), [path], overlays=False, progress=False).particles
+    long = [p for p in rows if p["xmax"] - p["xmin"] > 150]
+    assert len(long) == 1, rows
+    (f,) = long
+    assert f["xmin"] <= 130 and f["xmax"] >= 350 and 150 <= f["y"] <= 190  # its box spans it, its centre is on it
+    assert 20 <= f["diameter_nm"] <= 70  # the filament's width
+    assert any(np.hypot(p["x"] - 120, p["y"] - 330) <= 10 for p in rows)  # the round particle stays separate
+    assert all(not (150 <= p["y"] <= 190) or p is f for p in rows)  # no second row on the filament
+
+
 def _tiny_run(root: Path) -> Path:
     """A run folder with one tiny Keras model that always answers class A with probability ~0.9."""
     import keras

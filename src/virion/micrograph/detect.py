@@ -30,7 +30,7 @@ DEFAULT_DIAMETERS_NM = (24.0, 32.0, 42.0, 56.0, 75.0, 100.0, 133.0, 178.0, 237.0
 # so that the detector proposes (recall) and the classifier's `_background` class disposes.
 DEFAULT_THRESHOLD = 3.5
 # At most this many candidates per micrograph (the strongest), to bound the classifier's work.
-DEFAULT_MAX_CANDIDATES = 120
+DEFAULT_MAX_CANDIDATES = 60
 # Peaks are looked for on a grid this many pixels apart (then refined to the pixel at fine scales).
 GRID_PX = 2
 # A candidate's centre must be at least this fraction of its diameter away from padding and borders.
@@ -265,3 +265,68 @@ def _nms(x, y, d, score, limit: int) -> np.ndarray:
         if len(kept) >= limit:
             break
     return np.asarray(kept, dtype=int)
+
+
+# A filament is at least this many linked candidates ...
+FILAMENT_MIN_MEMBERS = 3
+# ... whose centres spread at least this many times more along their main axis than across it.
+FILAMENT_ELONGATION = 4.0
+# Two candidates are linked when their centres are closer than this times the mean of their diameters
+# and the image between them stays at least FILAMENT_BRIDGE of their own contrast (no stain gap).
+FILAMENT_LINK = 2.0
+FILAMENT_BRIDGE = 0.5
+
+
+def _bridged(image, x, y, d, i, j) -> bool:
+    """True when the straight line between candidates i and j runs over particle, not stain."""
+    n = max(3, int(np.hypot(x[j] - x[i], y[j] - y[i]) // 4))
+    t = np.linspace(0, 1, n)
+    line = ndimage.map_coordinates(image, [y[i] + t * (y[j] - y[i]), x[i] + t * (x[j] - x[i])], order=1)
+    ends = min(line[0], line[-1])
+    return ends > 0 and line.min() >= FILAMENT_BRIDGE * ends
+
+
+def filament_groups(x, y, diameter, labels, image: np.ndarray | None = None) -> list[np.ndarray]:
+    """Groups of candidates (index arrays) that together form one filament.
+
+    A filament (Ebola, Marburg) is one particle, but a blob detector answers its ridge at the
+    filament's width all along it. Candidates with the same label whose centres are closer than
+    FILAMENT_LINK x their mean diameter are linked when `image` (the contrast of particles against
+    the stain, positive on particles: `particle_contrast`) does not drop below FILAMENT_BRIDGE of
+    theirs between them; a connected group of at least
+    FILAMENT_MIN_MEMBERS whose centres are elongated (sd along the main axis >= FILAMENT_ELONGATION
+    x the sd across it) is one filament. A packed cluster of round particles is linked too, but is
+    not elongated, so its particles stay separate.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    x, y, d = (np.asarray(a, float) for a in (x, y, diameter))
+    labels = np.asarray(labels)
+    n = len(x)
+    if n < FILAMENT_MIN_MEMBERS:
+        return []
+    dist = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    link = (dist < FILAMENT_LINK * (d[:, None] + d[None]) / 2) & (labels[:, None] == labels[None])
+    np.fill_diagonal(link, False)
+    if image is not None:
+        for i, j in zip(*np.nonzero(np.triu(link))):
+            link[i, j] = link[j, i] = _bridged(image, x, y, d, i, j)
+    count, comp = connected_components(csr_matrix(link), directed=False)
+    groups = []
+    for k in range(count):
+        members = np.flatnonzero(comp == k)
+        if len(members) < FILAMENT_MIN_MEMBERS:
+            continue
+        pts = np.stack([x[members], y[members]], axis=1)
+        evals = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))
+        if evals[1] >= (FILAMENT_ELONGATION**2) * max(evals[0], 1e-9):
+            groups.append(members)
+    return groups
+
+
+def particle_contrast(filled: np.ndarray, valid: np.ndarray, polarity: int, sigma: float) -> np.ndarray:
+    """How far each pixel is from the stain level on the particles' side (>0 on particles), smoothed."""
+    smooth = ndimage.gaussian_filter(np.asarray(filled, np.float32), sigma)
+    level = float(np.median(smooth[valid])) if valid.any() else 0.0
+    return (smooth - level) * (1 if polarity >= 0 else -1)

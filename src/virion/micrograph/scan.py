@@ -9,6 +9,13 @@ candidate only when its best class is not `_background` and its probability is a
 `min_confidence`. Runs without a `_background` class rely on the detector's score instead: their
 candidates must also reach `NO_BACKGROUND_MIN_SCORE`. The verdict rule is `micrograph.verdict`'s.
 
+What a particle is for filaments (Ebola, Marburg): one filament, as the annotations box it. The
+blob detector answers a filament's ridge at its width all along it; accepted candidates of one
+class that link up into an elongated chain (`detect.filament_groups`) become one particle row
+(`merge_filaments`): centre on the filament nearest its bounding-box centre, box = the chain's
+bounding box, diameter = the filament's width. Round particles, even packed, are not elongated
+and stay one row each.
+
 Default `min_confidence` 0.5: a particle is kept only when the classifier gives its class more
 probability than all other classes together; below that, crops of stain and debris, forced into
 some virus class, would outvote the real particles (measured in docs/micrographs.md).
@@ -233,6 +240,28 @@ def cut_windows(pixels: np.ndarray, valid: np.ndarray, xs, ys, size: int = WINDO
     return out
 
 
+def merge_filaments(x, y, d, boxes, probs, score, contrast=None):
+    """One row per filament: accepted candidates that `detect.filament_groups` joins become one particle.
+
+    Its centre is the member nearest the group's bounding-box centre (a point on the filament, as
+    the annotations' box centres are), its box the members' bounding box, its diameter their median
+    (the filament's width), its probabilities their mean, its score their best.
+    """
+    groups = detection.filament_groups(x, y, d, np.argmax(probs, axis=1) if len(probs) else [], contrast)
+    if not groups:
+        return x, y, d, boxes, probs, score
+    grouped = np.concatenate(groups)
+    single = np.setdiff1d(np.arange(len(x)), grouped)
+    out = [[x[single]], [y[single]], [d[single]], [boxes[single]], [probs[single]], [score[single]]]
+    for g in groups:
+        box = np.array([boxes[g, 0].min(), boxes[g, 1].min(), boxes[g, 2].max(), boxes[g, 3].max()])
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        c = g[np.argmin(np.hypot(x[g] - cx, y[g] - cy))]
+        for lst, value in zip(out, (x[c], y[c], np.median(d[g]), box, probs[g].mean(axis=0), score[g].max())):
+            lst.append(np.asarray(value)[None])
+    return tuple(np.concatenate(parts) for parts in out)
+
+
 def scan_pixels(
     classifier,
     pixels: np.ndarray,
@@ -260,7 +289,10 @@ def scan_pixels(
     work = resample(pixels, factor)
     factor = work.shape[1] / pixels.shape[1] if work is not pixels else 1.0
     valid = ~padding_mask(work)
-    cands = detection.detect(work, run_nm, mask=~valid, threshold=threshold, max_candidates=max_candidates)
+    filled = detection.fill_padding(work, valid)
+    cands = detection.detect(
+        work, run_nm, mask=~valid, filled=filled, threshold=threshold, max_candidates=max_candidates
+    )
     names = list(classifier.class_names)
     has_background = BACKGROUND_CLASS in names
     if min_score is None:
@@ -276,25 +308,33 @@ def scan_pixels(
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
     background = names.index(BACKGROUND_CLASS) if BACKGROUND_CLASS in names else -1
     accept = (best != background) & (conf >= min_confidence)
+    index = np.flatnonzero(accept)
+    kept = probs[index]
+    x, y, d, score = cands.x[index], cands.y[index], cands.diameter[index], cands.score[index]
+    boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1) if len(index) else np.zeros((0, 4))
+    if len(index) >= detection.FILAMENT_MIN_MEMBERS:
+        polarity = int(np.sign(np.sum(cands.polarity[index]))) or 1
+        contrast = detection.particle_contrast(filled, valid, polarity, float(np.median(d)) / 4)
+        x, y, d, boxes, kept, score = merge_filaments(x, y, d, boxes, kept, score, contrast)
+    # back to the input micrograph's pixels
+    x, y, d, boxes = x / factor, y / factor, d / factor, boxes / factor
     rows = []
-    for i in np.flatnonzero(accept):
-        x, y, d = cands.x[i] / factor, cands.y[i] / factor, cands.diameter[i] / factor
+    for i in range(len(x)):
         rows.append(
             {
                 "micrograph": name,
-                "x": round(float(x), 1),
-                "y": round(float(y), 1),
-                "xmin": round(float(x - d / 2), 1),
-                "ymin": round(float(y - d / 2), 1),
-                "xmax": round(float(x + d / 2), 1),
-                "ymax": round(float(y + d / 2), 1),
-                "diameter_nm": round(float(cands.diameter[i] * run_nm), 1),
-                "class": names[best[i]],
-                "probability": round(float(conf[i]), 4),
-                "score": round(float(cands.score[i]), 3),
+                "x": round(float(x[i]), 1),
+                "y": round(float(y[i]), 1),
+                "xmin": round(float(boxes[i, 0]), 1),
+                "ymin": round(float(boxes[i, 1]), 1),
+                "xmax": round(float(boxes[i, 2]), 1),
+                "ymax": round(float(boxes[i, 3]), 1),
+                "diameter_nm": round(float(d[i] * factor * run_nm), 1),
+                "class": names[int(np.argmax(kept[i]))],
+                "probability": round(float(kept[i].max()), 4),
+                "score": round(float(score[i]), 3),
             }
         )
-    kept = probs[accept]
     verdict = decide(kept, names, min_particles=min_particles, margin=margin)
     return MicrographScan(name, rows, kept, verdict, candidates=len(cands), nm_per_px=float(nm_per_px))
 
