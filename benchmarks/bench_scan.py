@@ -258,6 +258,36 @@ def _near_any_box(boxes, x, y) -> np.ndarray:
     return inside.any(axis=1)
 
 
+_IMAGES: dict = {}
+
+
+def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray, args):
+    """Accepted candidates after `virion scan`'s filament merge (`scan.merge_filaments`): x, y, d, probs."""
+    from virion.data.padding import padding_mask
+    from virion.micrograph import detect as detection
+    from virion.micrograph.io import read_micrograph
+    from virion.micrograph.scan import merge_filaments
+
+    x, y, d, score = p["x"][keep], p["y"][keep], p["d"][keep], p["score"][keep]
+    if len(x) < detection.FILAMENT_MIN_MEMBERS:
+        return x, y, d, kept_p
+    if path not in _IMAGES:
+        pixels = read_micrograph(root / path).pixels
+        valid = ~padding_mask(pixels)
+        filled = detection.fill_padding(pixels, valid)
+        c = detection.detect(
+            pixels, 1.0, mask=~valid, filled=filled, threshold=args.threshold, max_candidates=args.max_candidates
+        )
+        assert len(c) == len(p["x"]) and np.allclose(c.x, p["x"]), "cached candidates differ from detect's"
+        _IMAGES[path] = (filled, valid, c.polarity)
+    filled, valid, polarity = _IMAGES[path]
+    sign = int(np.sign(np.sum(polarity[keep]))) or 1
+    contrast = detection.particle_contrast(filled, valid, sign, float(np.median(d)) / 4)
+    boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1)
+    x, y, d, _, kept_p, _ = merge_filaments(x, y, d, boxes, kept_p, score, contrast)
+    return x, y, d, kept_p
+
+
 def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> dict:
     from sklearn.metrics import f1_score
 
@@ -273,10 +303,9 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         best = cand_p.argmax(1) if len(cand_p) else np.zeros(0, int)
         keep = (best != bg) & (cand_p.max(1) >= conf) if len(cand_p) else np.zeros(0, bool)
         keep &= p["score"] >= args.min_score
-        x, y = p["x"][keep], p["y"][keep]
+        x, y, d, kept_p = merged(args.data, m["path"], p, keep, cand_p[keep], args)
         pairs = match(boxes[m["path"]], x, y)
-        det_rows.append((m["label"], len(pairs), len(boxes[m["path"]]), int(keep.sum())))
-        kept_p = cand_p[keep]
+        det_rows.append((m["label"], len(pairs), len(boxes[m["path"]]), len(x)))
         for _, j in pairs:
             crop_total += 1
             crop_hits += int(class_names[int(kept_p[j].argmax())] == m["label"])
@@ -289,8 +318,8 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         truth.append(m["label"])
         said.append(v.verdict)
         said_oracle.append(vo.verdict)
-        accepted = [np.round(a, 1).tolist() for a in (x, y, p["d"][keep])]
-        per_mic.append((m["path"], m["label"], len(pairs), len(boxes[m["path"]]), int(keep.sum()), v.verdict, accepted))
+        accepted = [np.round(a, 1).tolist() for a in (x, y, d)]
+        per_mic.append((m["path"], m["label"], len(pairs), len(boxes[m["path"]]), len(x), v.verdict, accepted))
     labels = sorted(set(truth))
     return {
         "detection": pr_table(det_rows),
@@ -451,6 +480,7 @@ def main(argv=None) -> int:
     args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
     threshold = detection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     max_c = detection.DEFAULT_MAX_CANDIDATES if args.max_candidates is None else args.max_candidates
+    args.threshold, args.max_candidates = threshold, max_c
     mics, boxes = load_data(args.data)
     if args.speed:
         cpu = os.popen("grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile' /proc/cpuinfo | sort -u").read().split()

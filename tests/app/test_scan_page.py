@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,7 @@ def test_api_scan_answers_particles_verdict_and_counts(app):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored: for a person to look at
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install chromium)")
@@ -115,6 +117,8 @@ def test_page_scans_a_micrograph_and_draws_boxes(app):
             total = sum(int(t.split()[-1]) for t in rows.all_inner_texts())
             assert total == boxes.count()
             assert page.locator("#scan-boxes .scale-bar").count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#scan-panel").screenshot(path=str(ARTIFACTS / "serve_scan.png"))
             browser.close()
     finally:
         srv.should_exit = True
