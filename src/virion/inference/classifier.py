@@ -77,6 +77,7 @@ def rows_for(predictions: list[Predictions], k: int = 3) -> list[dict]:
     errors: dict[str, str] = {}
     per_source: dict[str, list[dict]] = {}
     order: list[str] = []
+    seen: set[str] = set()
     for p in predictions:
         for source, reason in p.failures:
             errors.setdefault(source, reason)
@@ -87,7 +88,8 @@ def rows_for(predictions: list[Predictions], k: int = 3) -> list[dict]:
                 row[f"top{i}_class"], row[f"top{i}_probability"] = name, f"{prob:.6f}"
             per_source.setdefault(source, []).append(row)
         for source in p.order or p.sources:
-            if source not in order:
+            if source not in seen:
+                seen.add(source)
                 order.append(source)
     rows = []
     for source in order:
@@ -293,10 +295,11 @@ class Classifier:
                     "ensemble only models trained on the same classes"
                 )
         each = self.predict_each(inputs, models=names, tta=tta, batch_size=batch_size, progress=progress)
-        readable = [s for s in each[0].sources if all(s in p.sources for p in each)]
+        rows = [{s: i for i, s in enumerate(p.sources)} for p in each]
+        readable = [s for s in each[0].sources if all(s in r for r in rows)]
         stacked = sum(
-            w * np.asarray(p.probabilities, dtype=np.float64)[[p.sources.index(s) for s in readable]]
-            for w, p in zip(weights, each)
+            w * np.asarray(p.probabilities, dtype=np.float64)[[r[s] for s in readable]]
+            for w, p, r in zip(weights, each, rows)
         )
         failures = {s: r for p in each for s, r in p.failures}
         return Predictions(
