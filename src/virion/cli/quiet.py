@@ -23,14 +23,20 @@ QUIET_MODULES = ("tensorflow",)
 @contextlib.contextmanager
 def stderr_fd_to_devnull():
     """Point file descriptor 2 at /dev/null for the block, then back where it was."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (closed): nothing to mute
+        yield
+        return
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
         yield
     finally:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
 
