@@ -113,6 +113,10 @@ def test_a_texture_run_loads_in_a_fresh_process(trained):
     clf = virion.load(run)
     assert clf.default_model == json.loads((run / "recommended.json").read_text())["classifier"]
     here = clf.predict(files, model="texture").probabilities
+    for path in (run / "texture", run / "texture" / "texture_model.json"):  # the model folder or its file
+        alone = virion.load(path)
+        assert alone.model_names == ["texture"] and alone.input_size == 256
+        np.testing.assert_allclose(alone.predict(files).probabilities, here, rtol=0, atol=1e-9)
     code = textwrap.dedent(
         f"""
         import json, sys, virion
