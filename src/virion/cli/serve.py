@@ -107,7 +107,7 @@ def run(args) -> int:
     app = create_app(classifier, source, top_k=args.top_k, max_upload_mb=args.max_upload_mb)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     names = ", ".join(classifier.model_names)
-    print(f"virion serve: {names} from {source}", flush=True)
+    print(f"virion serve: {names} from {source}; default: {classifier.default_model} ({classifier.why})", flush=True)
     print(f"open http://{shown}:{args.port}/ in a browser (Ctrl+C stops the server)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -8,7 +8,8 @@ all of them ("ensemble") and a weighted mean whose weights minimise validation l
 The weighted mean is adopted only when it measures better than the plain mean on validation data
 it was not fitted on: its score comes from out-of-fold predictions (weights fitted on 4/5 of the
 validation images, scored on the other 1/5, five times); its final weights are then fitted on all
-of them. Candidates are ranked by validation macro-F1, then log-loss, then the fewer models.
+of them. Candidates are ranked by validation macro-F1 (over the classes present in the validation
+split: a class with no validation image says nothing), then log-loss, then the fewer models.
 """
 
 from __future__ import annotations
