@@ -72,7 +72,7 @@ def test_recommendation_is_chosen_on_validation_not_test(swapped_run, capsys):
     chosen = read_recommended(run)
     assert chosen["classifier"] == "right" and chosen["members"] == ["right"] and chosen["split"] == "validation"
     assert chosen["candidates"]["right"]["macro_f1"] == 1.0 and chosen["candidates"]["flipped"]["macro_f1"] == 0.0
-    assert "validation macro-F1 1.0000" in chosen["why"]
+    assert "validation macro-F1 1.0000" in chosen["why"] and chosen["why"].endswith("on 32 validation images")
     # the setup discriminates: on the test split the other model is the perfect one
     summaries = {n: json.loads((run / n / "evaluation" / "summary.json").read_text()) for n in ("right", "flipped")}
     assert summaries["flipped"]["accuracy"] == 1.0 and summaries["right"]["accuracy"] == 0.0

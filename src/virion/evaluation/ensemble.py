@@ -197,6 +197,7 @@ def choose(labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
         why += " vs " + ", ".join(f"{n} {candidates[n]['macro_f1']:.4f}" for n in ranked[1:])
     else:
         why = f"the only model of the run (validation macro-F1 {chosen['macro_f1']:.4f})"
+    why += f", on {len(labels)} validation images"
     weights = ensembles.get(best, {}).get("weights")
     return {
         "schema_version": 1,
