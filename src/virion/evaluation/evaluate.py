@@ -300,7 +300,8 @@ def evaluate_run(
         )
     from virion.data.cache import load_split_arrays
 
-    if data_name is None and store.read_recommended(run_dir) is None:
+    validation = dataset.splits.get("validation")
+    if data_name is None and store.read_recommended(run_dir) is None and validation and len(validation.files):
         from virion.evaluation.ensemble import recommend
 
         recommend(run_dir, data=data, progress=progress)  # a run trained before recommendations were recorded
