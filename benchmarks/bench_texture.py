@@ -6,10 +6,10 @@ Speed (256-px crops, real ones when DATA is given, else synthetic; no cache):
 Grouped 3-fold CV of /work/shared/real_tem_dev (the same folds as benchmarks/bench_real.py: test
 folds by micrograph, a grouped validation split from the training micrographs). Each fold trains
 `TextureModel` on its training images exactly as `virion train` would (C by grouped CV inside the
-training images, temperature on the validation images, then refit on training + validation) and
-scores the test fold: accuracy, macro-F1 over the classes present in the test fold, balanced
-accuracy, log-loss and expected calibration error (and both before calibration). Mean +- sd over
-folds; JSON in benchmarks/results/. Features are cached ($VIRION_CACHE_DIR/features), so a second
+training images, temperature on the validation images; `--refit` then trains again on training +
+validation) and scores the test fold: accuracy, macro-F1 over the classes present in the test
+fold, balanced accuracy, log-loss and expected calibration error (and both before calibration).
+Mean +- sd over folds; JSON in benchmarks/results/. Features are cached ($VIRION_CACHE_DIR/features), so a second
 run takes seconds:
     nice -n 5 .venv/bin/python benchmarks/bench_texture.py --cv ../shared/real_tem_dev/micrographs.csv
 With crops cut from the annotated micrographs added to every training fold (path,label,group[,micrograph]):
@@ -159,7 +159,9 @@ def run_cv(args) -> dict:
                     np.concatenate([g, extra_groups]),
                 )
             t1 = time.perf_counter()
-            model = TextureModel(classifier=classifier, input_size=256, stretch=stretch, seed=args.seed)
+            model = TextureModel(
+                classifier=classifier, input_size=256, stretch=stretch, seed=args.seed, refit=args.refit
+            )
             model.fit(
                 x, y, class_names=class_names, val_images=images[va], val_labels=labels[va], groups=g, progress=False
             )
@@ -206,6 +208,7 @@ def run_cv(args) -> dict:
         "extra_train": args.extra_train,
         "folds": args.folds,
         "seed": args.seed,
+        "refit": args.refit,
         "decode": {"size": 256, "stretch": list(stretch) if stretch else None},
         "feature_version": feat.FEATURE_VERSION,
         "feature_s": feature_s,
@@ -228,6 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--stretch", choices=["default", "none"], default="default", help="decode stretch (0.5, 99.5) or none"
     )
+    ap.add_argument("--refit", action="store_true", help="refit on training + validation after calibration")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args(argv)
     try:
