@@ -131,3 +131,21 @@ def test_a_texture_run_loads_in_a_fresh_process(trained):
     assert got["model"] == "texture"
     np.testing.assert_allclose(np.array(got["probs"]), here, atol=1e-6)
     assert (np.array(got["probs"]).argmax(1) == here.argmax(1)).all()
+
+
+def test_a_texture_only_run(trained, tmp_path, monkeypatch):
+    import virion.data.cache as cache
+    from virion.cli.main import main
+
+    root, _ = trained
+    sizes = []
+    real = cache.load_split_arrays
+    monkeypatch.setattr(cache, "load_split_arrays", lambda split, s, **kw: sizes.append(s.size) or real(split, s, **kw))
+    run = tmp_path / "alone"
+    args = ["train", "--data", str(root / "data"), "--out", str(run), "--models", "texture", "--input-size", "32"]
+    assert main(args) == 0
+    assert set(sizes) == {256}  # decoded at the texture model's own size only, never at --input-size
+    assert json.loads((run / "recommended.json").read_text())["classifier"] == "texture"
+    assert [p.name for p in run.iterdir() if p.name.startswith("ensemble")] == []  # one model: no ensemble row
+    with (run / "comparison.csv").open(newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["texture"]

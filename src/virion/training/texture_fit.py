@@ -41,8 +41,10 @@ def _split_arrays(config, data, split: str, settings, progress: bool):
     from virion.data.cache import load_split_arrays
     from virion.run.splits import decode_settings
 
-    if decode_settings(config.to_dict()) == settings:
-        return getattr(data, split)
+    arrays = getattr(data, split)
+    same_stretch = decode_settings(config.to_dict()).stretch == settings.stretch
+    if same_stretch and arrays.images.shape[1:] == (settings.size, settings.size):
+        return arrays  # already at this model's settings (a texture-only run, or --input-size 256)
     return load_split_arrays(data.dataset.splits[split], settings, strict=config.strict, progress=progress)
 
 

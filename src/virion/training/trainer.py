@@ -105,7 +105,11 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainData:
     dataset = open_dataset(values)  # the same options evaluation uses to rebuild the test split
     if progress:
         print(dataset.summary(), flush=True)
-    settings = decode_settings(values)
+    from virion.models.catalog import FIXED_INPUT_SIZE
+
+    # Only models with their own fixed size (texture): decode at that size, which they then reuse.
+    fixed = {FIXED_INPUT_SIZE.get(m) for m in config.models}
+    settings = decode_settings(values, fixed.pop() if len(fixed) == 1 and None not in fixed else None)
     arrays = {}
     for split in ("train", "validation"):
         if split not in dataset.splits or len(dataset.splits[split].files) == 0:
