@@ -119,6 +119,10 @@ def run_speed(args) -> dict:
     return out
 
 
+def _c(value: str):
+    return value if value == "auto" else float(value)
+
+
 def run_cv(args) -> dict:
     csv_path, rows = read_groups(Path(args.cv))
     stretch = None if args.stretch == "none" else (0.5, 99.5)
@@ -160,7 +164,7 @@ def run_cv(args) -> dict:
                 )
             t1 = time.perf_counter()
             model = TextureModel(
-                classifier=classifier, input_size=256, stretch=stretch, seed=args.seed, refit=args.refit
+                classifier=classifier, input_size=256, stretch=stretch, seed=args.seed, refit=args.refit, C=_c(args.C)
             )
             model.fit(
                 x, y, class_names=class_names, val_images=images[va], val_labels=labels[va], groups=g, progress=False
@@ -209,6 +213,7 @@ def run_cv(args) -> dict:
         "folds": args.folds,
         "seed": args.seed,
         "refit": args.refit,
+        "C": args.C,
         "decode": {"size": 256, "stretch": list(stretch) if stretch else None},
         "feature_version": feat.FEATURE_VERSION,
         "feature_s": feature_s,
@@ -231,6 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--stretch", choices=["default", "none"], default="default", help="decode stretch (0.5, 99.5) or none"
     )
+    ap.add_argument("--C", default="auto", help="classifier C (default: auto = grouped CV on the training folds)")
     ap.add_argument("--refit", action="store_true", help="refit on training + validation after calibration")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args(argv)
