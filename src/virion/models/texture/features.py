@@ -25,7 +25,8 @@ a crop is padding is not a feature.
 
 Speed: the LBP is computed here in NumPy (8 interpolated neighbours per radius) rather than with
 `skimage.feature.local_binary_pattern`, which took ~100 ms per 256-px crop for the four radii
-against ~8 ms here; images run in a thread pool (NumPy and scikit-image's GLCM release the GIL).
+against ~8 ms here; images run in a thread pool (most of the work is NumPy array arithmetic, which
+releases the GIL).
 """
 
 from __future__ import annotations
