@@ -20,8 +20,8 @@ Recall = matched boxes / boxes; precision = matched detections / detections.
    micrograph verdict accuracy and macro-F1, and the oracle verdict (the same classifier and rule on
    windows centred on the annotated boxes). Mean +- sd over folds.
    Each window's texture features are computed once (cached under --cache) and reused by all folds
-   and thresholds; the classifier is `TextureModel` fitted on those features (C, gamma fixed at the
-   model's defaults to keep the compute small).
+   and thresholds; the classifier is `TextureModel` (its default classifier and hyper-parameters, no
+   search, to keep the compute small) fitted on those features.
 3. `--run RUN`: the same scan with a trained run's recommended classifier (`Classifier.predict`)
    on all micrographs: grouped only if the run was trained on other sessions (say so when quoting).
 
@@ -175,7 +175,7 @@ class FeatureTexture:
     """`TextureModel` fitted and applied on precomputed features (each window's computed once)."""
 
     def __init__(self):
-        from virion.models.texture.model import DEFAULT_C, DEFAULT_GAMMA, TextureModel
+        from virion.models.texture.model import TextureModel
 
         class _OnFeatures(TextureModel):
             def features(self, images, *, progress=False):
@@ -184,7 +184,7 @@ class FeatureTexture:
             def _check_images(self, images):
                 return np.asarray(images)
 
-        self.model = _OnFeatures(C=DEFAULT_C, gamma=DEFAULT_GAMMA, cache=False)
+        self.model = _OnFeatures(cache=False)  # its default classifier; no groups given: default C (no search)
 
     def fit(self, x, y, class_names, groups):
         self.model.fit(x, y, class_names=class_names, groups=None, progress=False)
