@@ -51,6 +51,10 @@ OTHER_ACCEPTED = {
     ("predict", "--top-k"): {HUGE},  # more than the classes: all classes
     ("serve", "--top-k"): {HUGE},
     ("serve", "--max-upload-mb"): {HUGE},
+    ("scan", "--batch-size"): {HUGE},
+    ("scan", "--min-particles"): {HUGE},  # more than any micrograph has: every verdict is 'uncertain'
+    ("scan", "--min-confidence"): {"0"},  # keep every candidate the classifier does not call background
+    ("scan", "--margin"): {"0"},  # never 'uncertain' for a close runner-up
 }
 
 
@@ -301,6 +305,7 @@ def test_other_commands_numeric_sweep(places, tmp_path):
         "compare": ["compare", str(tmp_path / "no-run")],
         "cache": ["cache", "info", "--cache-dir", str(places["file"])],
         "export": ["export", str(tmp_path / "no-run")],
+        "scan": ["scan", str(tmp_path / "no-run"), str(places["image"]), "--out", blocked],
     }
     tally, failures = Tally(), []
     cases = other_numeric_cases()

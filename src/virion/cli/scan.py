@@ -18,13 +18,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
+# Pixel sizes of TEM micrographs: from about 0.01 nm/px (atomic resolution) to a few hundred (overviews).
+MAX_NM_PER_PX = 1000.0
+
+
+def _pixel_size(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a pixel size in nm, got {text!r}") from None
+    if not 0 < value <= MAX_NM_PER_PX:
+        raise argparse.ArgumentTypeError(f"expected a pixel size above 0 and at most {MAX_NM_PER_PX:g} nm, got {value}")
     return value
 
 
@@ -48,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     parser.add_argument(
         "--nm-per-px",
-        type=_positive_float,
+        type=_pixel_size,
         default=None,
         metavar="NM",
         help="pixel size of micrographs whose file states none (default: 1 nm/px); each micrograph is "
