@@ -50,8 +50,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="virion",
-        description="Classify virus particles in TEM images: synthesize data, train ResNet-50 / "
-        "Xception / DenseNet121, evaluate, compare, predict and explain.",
+        description="Classify virus particles in TEM images: synthesize data, cut crops from annotated "
+        "micrographs, train ResNet-50 / Xception / DenseNet121 or the small-data models (texture, tem_cnn), "
+        "evaluate, compare, predict, explain, and scan whole micrographs.",
     )
     parser.add_argument("--version", action="version", version=f"virion {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
