@@ -278,7 +278,9 @@ def _pillow_bytes_per_pixel(mode: str) -> int:
     return 4
 
 
-def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
+@contextmanager
+def open_checked_pillow(path: Path, settings: DecodeSettings):
+    """A Pillow image whose size was checked from its header, first frame loaded (closed on exit)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bomb warnings are handled below; palette notices are noise
         try:
@@ -295,20 +297,25 @@ def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
             _refuse_if_huge(path, width, height, 1, settings, 1, _pillow_bytes_per_pixel(im.mode))
             im.seek(0)  # first frame of an animated GIF / multi-page file
             im.load()
-            mode = im.mode
-            if mode in ("L", "1"):
-                return np.asarray(im.convert("L"), dtype=np.float32)
-            if mode.startswith("I") or mode == "F":
-                arr = np.asarray(im)
-                if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
-                    arr = arr.astype(np.uint16)  # 16-bit PNGs arrive as 32-bit "I"
-                elif mode.startswith("I;16"):
-                    arr = arr.astype(np.uint16)
-                return _to_gray_float(arr, settings)
-            if mode in ("LA", "La"):
-                return np.asarray(im.getchannel(0), dtype=np.float32)
-            # P, RGB, RGBA, CMYK, YCbCr, ...: alpha dropped, luminance.
-            return np.asarray(im.convert("RGB").convert("L"), dtype=np.float32)
+            yield im
+
+
+def _read_pillow(path: Path, settings: DecodeSettings) -> np.ndarray:
+    with open_checked_pillow(path, settings) as im:
+        mode = im.mode
+        if mode in ("L", "1"):
+            return np.asarray(im.convert("L"), dtype=np.float32)
+        if mode.startswith("I") or mode == "F":
+            arr = np.asarray(im)
+            if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+                arr = arr.astype(np.uint16)  # 16-bit PNGs arrive as 32-bit "I"
+            elif mode.startswith("I;16"):
+                arr = arr.astype(np.uint16)
+            return _to_gray_float(arr, settings)
+        if mode in ("LA", "La"):
+            return np.asarray(im.getchannel(0), dtype=np.float32)
+        # P, RGB, RGBA, CMYK, YCbCr, ...: alpha dropped, luminance.
+        return np.asarray(im.convert("RGB").convert("L"), dtype=np.float32)
 
 
 def _luminance(data: np.ndarray) -> np.ndarray:

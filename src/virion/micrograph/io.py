@@ -21,12 +21,10 @@ What comes back:
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 # decode.py's header checks are the one definition of "too large to decode"; reused, not copied.
 from virion.data.decode import (
@@ -36,8 +34,7 @@ from virion.data.decode import (
     DecodeSettings,
     _check_tiff_page,
     _luminance,
-    _pillow_bytes_per_pixel,
-    _refuse_if_huge,
+    open_checked_pillow,
 )
 
 # A stated pixel size outside this range is a display default (dpi), not a microscope's scale.
@@ -195,30 +192,16 @@ def _tiff_nm_per_px(page, imagej: dict | None) -> float | None:
 
 
 def _read_pillow(path: Path, settings: DecodeSettings) -> tuple[np.ndarray, float | None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            im = Image.open(path)  # reads the header only
-        except Image.DecompressionBombError:
-            raise DecodeError(
-                path,
-                f"header declares a decompression bomb (more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels); "
-                f"refusing to decode",
-            ) from None
-        with im:
-            width, height = im.size
-            _refuse_if_huge(path, width, height, 1, settings, 1, _pillow_bytes_per_pixel(im.mode))
-            im.seek(0)
-            im.load()
-            dpi = im.info.get("dpi")
-            nm = None
-            if isinstance(dpi, tuple) and dpi and dpi[0]:
-                nm = plausible_nm_per_px(25.4e6 / float(dpi[0]))
-            mode = im.mode
-            if mode in ("L", "1"):
-                return np.asarray(im.convert("L")), nm
-            if mode.startswith("I") or mode == "F":
-                return to_gray_integer(np.asarray(im)), nm
-            if mode in ("LA", "La"):
-                return np.asarray(im.getchannel(0)), nm
-            return np.asarray(im.convert("RGB").convert("L")), nm
+    with open_checked_pillow(path, settings) as im:
+        dpi = im.info.get("dpi")
+        nm = None
+        if isinstance(dpi, tuple) and dpi and dpi[0]:
+            nm = plausible_nm_per_px(25.4e6 / float(dpi[0]))
+        mode = im.mode
+        if mode in ("L", "1"):
+            return np.asarray(im.convert("L")), nm
+        if mode.startswith("I") or mode == "F":
+            return to_gray_integer(np.asarray(im)), nm
+        if mode in ("LA", "La"):
+            return np.asarray(im.getchannel(0)), nm
+        return np.asarray(im.convert("RGB").convert("L")), nm

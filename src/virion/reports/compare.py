@@ -60,11 +60,7 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
     row = {
         "run": run_dir.name,
         "model": model_dir.name,
-        "accuracy": float(summary["accuracy"]),
-        "macro_precision": float(summary["macro_precision"]),
-        "macro_recall": float(summary["macro_recall"]),
-        "macro_f1": float(summary["macro_f1"]),
-        "weighted_f1": float(summary["weighted_f1"]),
+        **_scores(summary),
         "params": int(meta["params"]) if meta.get("params") is not None else None,
         "size_mb": float(size_mb),
         "train_seconds": float(meta["train_seconds"]) if meta.get("train_seconds") is not None else None,
@@ -73,6 +69,12 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
         "status": "trained",
     }
     return row
+
+
+def _scores(summary: dict) -> dict[str, float]:
+    """The comparison's score columns, read from an evaluation's summary.json."""
+    keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")
+    return {key: float(summary[key]) for key in keys}
 
 
 def model_size_mb(model_dir: Path, meta: dict) -> float:
@@ -99,11 +101,7 @@ def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None
     return {
         "run": run_dir.name,
         "model": ensemble_dir.name,
-        "accuracy": float(summary["accuracy"]),
-        "macro_precision": float(summary["macro_precision"]),
-        "macro_recall": float(summary["macro_recall"]),
-        "macro_f1": float(summary["macro_f1"]),
-        "weighted_f1": float(summary["weighted_f1"]),
+        **_scores(summary),
         "params": None,
         "size_mb": None,
         "train_seconds": None,
