@@ -111,6 +111,7 @@ def evaluate(
     run_dir: str | Path,
     data: str | Path | None = None,
     *,
+    tta: bool | None = None,
     batch_size: int | None = None,
     with_report: bool = True,
     progress: bool = True,
@@ -118,16 +119,25 @@ def evaluate(
     """Evaluate every model of a run; data=None: the run's own test split, else another dataset folder.
 
     Other data goes to `<model>/evaluation-<data>/`, `comparison-<data>.*` and `report-<data>.html`;
-    the run's own evaluation is never replaced. with_report: also write the comparison and report.
-    Returns {model: summary}.
+    the run's own evaluation is never replaced. tta: 8-way test-time augmentation (None: the run's
+    own `eval_tta`); the other setting goes to `...-tta` (`...-no-tta`) beside the run's own.
+    with_report: also write the comparison and report. Returns {model: summary}.
     """
     from virion.evaluation.evaluate import evaluate_run
 
     run_dir = Path(run_dir)
-    results = evaluate_run(run_dir, data, batch_size=batch_size, progress=progress)
+    results = evaluate_run(run_dir, data, tta=tta, batch_size=batch_size, progress=progress)
     if with_report:  # the report refreshes the comparison too
-        report(run_dir, data_name=data_name_of(results))
+        report(run_dir, data_name=data_name_of(results), variant=variant_of(results))
     return results
+
+
+def variant_of(results: dict[str, dict]) -> str | None:
+    """The TTA side-folder suffix the summaries were written under (None: the run's own TTA setting)."""
+    for summary in results.values():
+        if not summary.get("tta_is_run_setting", True):
+            return layout.TTA_VARIANT if summary.get("tta") else layout.NO_TTA_VARIANT
+    return None
 
 
 def data_name_of(results: dict[str, dict]) -> str | None:
@@ -147,11 +157,12 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path | None = None, data_
     )
 
 
-def report(run_dir: str | Path, data_name: str | None = None) -> Path:
-    """Write the run's self-contained report.html (report-<data>.html for other data)."""
+def report(run_dir: str | Path, data_name: str | None = None, variant: str | None = None) -> Path:
+    """Write the run's self-contained report.html (report-<data>.html for other data, report[-<data>]-tta.html
+    for an evaluation with the other TTA setting)."""
     from virion.reports.html import write_report
 
-    return write_report(Path(run_dir), data_name=data_name)
+    return write_report(Path(run_dir), data_name=data_name, variant=variant)
 
 
 # ------------------------------------------------------------------------------- demo
@@ -408,4 +419,5 @@ def _score_line(name: str, summary: Path, chance: float) -> str:
     acc, f1 = values.get("accuracy"), values.get("macro_f1")
     acc_text = "n/a" if acc is None else f"{acc:.3f}"
     f1_text = "n/a" if f1 is None else f"{f1:.3f}"
-    return f"{name}: test accuracy {acc_text}, macro-F1 {f1_text} (chance {chance:.3f})"
+    tta = f", with {values.get('tta_views') or 8}-way TTA" if values.get("tta") else ""
+    return f"{name}: test accuracy {acc_text}, macro-F1 {f1_text} (chance {chance:.3f}{tta})"

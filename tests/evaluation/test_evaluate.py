@@ -216,7 +216,7 @@ def test_cli_prints_evaluation_warnings_on_one_line(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(
         evaluate,
         "evaluate_run",
-        lambda run, data=None, batch_size=None, progress=True: fake_evaluate_run(run, data, batch_size),
+        lambda run, data=None, tta=None, batch_size=None, progress=True: fake_evaluate_run(run, data, batch_size),
     )
     assert main(["evaluate", str(tmp_path), "--no-report"]) == 0
     captured = capsys.readouterr()

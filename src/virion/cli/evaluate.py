@@ -20,7 +20,10 @@ def register(subparsers) -> None:
         description="Evaluate every model of a training run on its unshuffled test set and write "
         "RUN/<model>/evaluation/, RUN/comparison.{md,csv,png} and RUN/report.html. With --data OTHER, "
         "the test split of OTHER goes to RUN/<model>/evaluation-OTHER/, comparison-OTHER.* and "
-        "report-OTHER.html; the run's own evaluation is kept.",
+        "report-OTHER.html; the run's own evaluation is kept. --tta / --no-tta evaluate with or without 8-way "
+        "test-time augmentation; one that differs from the run's own setting (virion train --eval-tta) goes to "
+        "RUN/<model>/evaluation-tta/ (evaluation-no-tta/), comparison-tta.* and report-tta.html beside the run's "
+        "own evaluation, never over it.",
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder written by `virion train` (runs/NAME)")
     parser.add_argument(
@@ -30,6 +33,14 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="evaluate on this dataset's test split instead of the run's own (the run's data, moved, "
         "counts as its own; default: the path in RUN/config.json)",
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation: each image's probabilities are the mean over its 8 flips and 90-degree "
+        "turns, as `virion predict --tta` (default: the run's own setting, config.json eval_tta; the other "
+        "setting is written beside the run's evaluation as evaluation-tta/ or evaluation-no-tta/)",
     )
     parser.add_argument(
         "--batch-size",
@@ -54,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         raise VirionError(f"--batch-size {args.batch_size}: must be a positive number of images")
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning  # restored on exit
-        results = workflow.evaluate(args.run, args.data, batch_size=args.batch_size, with_report=False)
-    print(f"{'model':<14} {'accuracy':>9} {'macro F1':>9} {'images/s':>9}")
+        results = workflow.evaluate(args.run, args.data, tta=args.tta, batch_size=args.batch_size, with_report=False)
+    print(f"{'model':<18} {'accuracy':>9} {'macro F1':>9} {'images/s':>9}  TTA")
     for name, s in results.items():
-        print(f"{name:<14} {s['accuracy']:>9.4f} {s['macro_f1']:>9.4f} {s['inference_images_per_second']:>9.1f}")
+        tta = f"{s.get('tta_views', 8)}-way" if s.get("tta") else "none"
+        print(f"{name:<18} {s['accuracy']:>9.4f} {s['macro_f1']:>9.4f} {s['inference_images_per_second']:>9.1f}  {tta}")
     if not args.no_report:
-        print(f"report: {workflow.report(args.run, workflow.data_name_of(results))}")
+        print(f"report: {workflow.report(args.run, workflow.data_name_of(results), workflow.variant_of(results))}")
     return 0

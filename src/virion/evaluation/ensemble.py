@@ -10,6 +10,10 @@ it was not fitted on: its score comes from out-of-fold predictions (weights fitt
 validation images, scored on the other 1/5, five times); its final weights are then fitted on all
 of them. Candidates are ranked by validation macro-F1 (over the classes present in the validation
 split: a class with no validation image says nothing), then log-loss, then the fewer models.
+
+With the run's `eval_tta` on (`virion train --eval-tta`), the validation probabilities are TTA means
+too, so the weights are fitted, and the classifier chosen, on the same kind of probabilities that the
+test evaluation scores; recommended.json records `"tta"`.
 """
 
 from __future__ import annotations
@@ -118,11 +122,17 @@ def aligned(per_model: dict[str, tuple[list, np.ndarray, np.ndarray]]) -> tuple[
 
 
 def split_probabilities(
-    run_dir: Path, split: str = "validation", *, data=None, batch_size: int | None = None, progress=True
+    run_dir: Path,
+    split: str = "validation",
+    *,
+    data=None,
+    batch_size: int | None = None,
+    tta: bool = False,
+    progress=True,
 ):
     """Every trained model's probabilities on one split of the run's own dataset, aligned by file.
 
-    data: where the run's own dataset is now (None: the path in config.json).
+    data: where the run's own dataset is now (None: the path in config.json). tta: 8-way TTA means.
     Returns (class_names, files, labels, {model: (N, C) probabilities}).
     """
     from virion.data.cache import load_split_arrays
@@ -148,7 +158,7 @@ def split_probabilities(
         if settings not in decoded:
             decoded[settings] = load_split_arrays(part, settings, progress=progress)
         arrays = decoded[settings]
-        probs = predict_proba(loaded.model, arrays.images, batch_size=batch_size)
+        probs = predict_proba(loaded.model, arrays.images, batch_size=batch_size, tta=tta)
         per_model[loaded.name] = ([str(f) for f in arrays.files], arrays.labels, probs)
     files, labels, probs = aligned(per_model)
     return class_names, files, labels, probs
@@ -213,18 +223,30 @@ def choose(labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict:
     }
 
 
-def recommend(run_dir: str | Path, *, data=None, batch_size: int | None = None, progress: bool = True) -> dict:
+def recommend(
+    run_dir: str | Path,
+    *,
+    data=None,
+    batch_size: int | None = None,
+    tta: bool | None = None,
+    progress: bool = True,
+) -> dict:
     """Choose the run's recommended classifier on its validation split and write RUN/recommended.json.
 
-    data: where the run's own dataset is now (None: the path in config.json).
+    data: where the run's own dataset is now (None: the path in config.json). tta: predict the
+    validation split with 8-way TTA; None = the run's own setting (config.json `eval_tta`).
     """
     run_dir = Path(run_dir)
+    if tta is None:
+        tta = bool(store.read_config(run_dir).get("eval_tta", False))
     _, files, labels, probs = split_probabilities(
-        run_dir, "validation", data=data, batch_size=batch_size, progress=progress
+        run_dir, "validation", data=data, batch_size=batch_size, tta=tta, progress=progress
     )
     if not files:
         raise VirionError(f"{run_dir}: no validation image could be read by every model; nothing to choose on")
-    recommendation = choose(labels, probs)
+    recommendation = {**choose(labels, probs), "tta": bool(tta)}
+    if tta:
+        recommendation["why"] += " (with 8-way TTA)"
     store.write_recommended(run_dir, recommendation)
     if progress:
         print(f"recommended classifier: {recommendation['classifier']} ({recommendation['why']})", file=sys.stderr)

@@ -11,6 +11,11 @@ networks and the texture model alike), each on the test images decoded at its ow
 two or more models, the run's ensembles (`ensemble`: the mean; `ensemble-weighted`: the validation-
 fitted weights of recommended.json, when adopted) are evaluated as rows of their own into
 `RUN/<ensemble>/evaluation/` from the members' test probabilities (`virion.evaluation.ensemble`).
+
+Test-time augmentation (`tta`: each image's probabilities are the mean over its 8 flips and 90-degree
+turns, `inference.batching.dihedral_views`) defaults to the run's own setting (config.json `eval_tta`,
+`virion train --eval-tta`), which `evaluation/` holds. An evaluation with the other setting goes to
+`evaluation-tta/` (or `evaluation-no-tta/`) beside it, never over it; summary.json says `"tta"` either way.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 
 from virion.errors import VirionError
 from virion.evaluation import metrics, plots
+from virion.inference.batching import TTA_VIEWS
 from virion.inference.proba import is_network, num_classes_of
 from virion.inference.proba import predict_proba as model_proba
 from virion.run import layout, store
@@ -37,18 +43,26 @@ TOP_K = 5
 MOST_CONFUSED = 5
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, float]:
+def tta_text(tta: bool) -> str:
+    """How the probabilities were made, for titles and console lines: "with 8-way TTA" or ""."""
+    return f"with {TTA_VIEWS}-way TTA" if tta else ""
+
+
+def predict_probabilities(
+    model, images: np.ndarray, batch_size: int = 64, *, tta: bool = False
+) -> tuple[np.ndarray, float]:
     """Class probabilities in input order (the model contract), and inference speed in images per second.
 
     The first batch runs once untimed (graph tracing is not inference time), then all are timed.
+    tta: the mean over the 8 dihedral views of each image (the speed is then per image, all views counted).
     """
     n = len(images)
     if n == 0:
         return np.zeros((0, num_classes_of(model))), 0.0
     batch_size = max(1, min(int(batch_size), n))
-    model_proba(model, images[:batch_size], batch_size=batch_size)  # warm-up
+    model_proba(model, images[:batch_size], batch_size=batch_size, tta=tta)  # warm-up
     start = time.perf_counter()
-    probs = model_proba(model, images, batch_size=batch_size)
+    probs = model_proba(model, images, batch_size=batch_size, tta=tta)
     seconds = time.perf_counter() - start
     return probs, (n / seconds if seconds > 0 else float("inf"))
 
@@ -117,6 +131,7 @@ def evaluate_model(
     gradcam_layer: str | None = None,
     probabilities: np.ndarray | None = None,
     images_per_second: float | None = None,
+    tta: bool = False,
 ) -> dict:
     """Predict `images` in order, write all evaluation outputs into `out_dir`, return a summary dict.
 
@@ -124,6 +139,8 @@ def evaluate_model(
     `probabilities` (N, C) are given (an ensemble: its members already predicted; `images` are
     then only shown in the mistakes figure). images: uint8 (N, H, W) grayscale (or (N, H, W, 3));
     labels: int (N,) indices into class_names. data_name names the data in every title and in summary.json.
+    tta: predict with 8-way test-time augmentation (with `probabilities` given: say that they were);
+    summary.json's "tta" and every title say it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +159,10 @@ def evaluate_model(
             "evaluate with the class list from the model's metadata.json"
         )
     name = model_name or getattr(model, "name", "") or "model"
-    on = f" on {data_name}" if data_name else ""
+    on = (f" on {data_name}" if data_name else "") + (f" {tta_text(tta)}" if tta else "")
 
     if probabilities is None:
-        probs, speed = predict_probabilities(model, images, batch_size=batch_size)
+        probs, speed = predict_probabilities(model, images, batch_size=batch_size, tta=tta)
     else:
         probs, speed = np.asarray(probabilities, dtype=np.float64), float(images_per_second or 0.0)
         if len(probs) != len(labels):
@@ -221,6 +238,8 @@ def evaluate_model(
         "expected_calibration_error": metrics.expected_calibration_error(labels, probs),
         "most_confused": most_confused(cm, class_names),
         "inference_images_per_second": float(speed),
+        "tta": bool(tta),
+        "tta_views": TTA_VIEWS if tta else 1,
         "batch_size": int(batch_size),
         "class_names": class_names,
         "warnings": notes,
@@ -277,7 +296,12 @@ def other_data_name(run_dir: Path, config: dict, data: str | Path | None, datase
 
 
 def evaluate_run(
-    run_dir: Path, data: Path | None = None, *, batch_size: int | None = None, progress: bool = True
+    run_dir: Path,
+    data: Path | None = None,
+    *,
+    tta: bool | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """Evaluate every trained model of a run on a test split; returns {model folder name: summary dict}.
 
@@ -285,14 +309,20 @@ def evaluate_run(
 
     data: None (the run's own dataset) or another dataset folder, whose test split (same split
     options) is evaluated into `<model>/evaluation-<data name>/`.
+    tta: None = the run's own setting (config.json `eval_tta`, False for runs made before it existed);
+    the other setting is written to `<model>/evaluation[-<data>]-tta/` (`-no-tta/`) beside the run's own.
     """
     run_dir = Path(run_dir)
     layout.model_dirs(run_dir)  # a clear error for a folder that holds no models
     config = store.read_config(run_dir)
+    configured = bool(config.get("eval_tta", False))
+    tta = configured if tta is None else bool(tta)
+    variant = layout.tta_variant(tta, configured)
     batch_size = int(batch_size or config.get("batch_size") or 64)
     dataset = open_dataset(config, data)
     data_name = other_data_name(run_dir, config, data, dataset)
     label = data_name or f"{Path(str(dataset.root)).name} (the run's test split)"
+    how = f" {tta_text(tta)}" if tta else ""
     test = dataset.splits.get("test")
     if test is None or len(test.files) == 0:
         raise VirionError(
@@ -304,7 +334,8 @@ def evaluate_run(
     if data_name is None and store.read_recommended(run_dir) is None and validation and len(validation.files):
         from virion.evaluation.ensemble import recommend
 
-        recommend(run_dir, data=data, progress=progress)  # a run trained before recommendations were recorded
+        # a run trained before recommendations were recorded: chosen at the run's own TTA setting
+        recommend(run_dir, data=data, tta=configured, progress=progress)
     decoded: dict = {}
     results = {}
     members: dict[str, tuple] = {}
@@ -323,10 +354,11 @@ def evaluate_run(
         if settings not in decoded:
             decoded[settings] = load_split_arrays(test, settings, progress=progress)
         arrays = decoded[settings]
-        out_dir = layout.evaluation_dir(folder, data_name)
+        out_dir = layout.evaluation_dir(folder, data_name, variant)
+        _refuse_other_tta(out_dir, tta)
         if progress:
-            print(f"evaluating {folder.name} on {len(arrays.labels)} test images of {label}", file=sys.stderr)
-        probs, speed = predict_probabilities(loaded.model, arrays.images, batch_size=batch_size)
+            print(f"evaluating {folder.name} on {len(arrays.labels)} test images of {label}{how}", file=sys.stderr)
+        probs, speed = predict_probabilities(loaded.model, arrays.images, batch_size=batch_size, tta=tta)
         files = _relative(arrays.files, dataset.root)
         members[folder.name] = (files, arrays.labels, probs, arrays, speed)
         summary = evaluate_model(
@@ -344,10 +376,12 @@ def evaluate_run(
             gradcam_layer=loaded.metadata.last_conv_layer,
             probabilities=probs,
             images_per_second=speed,
+            tta=tta,
         )
         summary.update(
             model=folder.name,
             kind=loaded.kind,
+            tta_is_run_setting=variant is None,
             data_path=str(dataset.root),
             own_test_split=data_name is None,
             skipped_test_files=[[str(p), why] for p, why in arrays.failures],
@@ -357,15 +391,39 @@ def evaluate_run(
         results[folder.name] = summary
         if progress:
             print(
-                f"  {folder.name}: accuracy {summary['accuracy']:.4f}, macro F1 {summary['macro_f1']:.4f} -> {out_dir}",
+                f"  {folder.name}: accuracy {summary['accuracy']:.4f}, macro F1 {summary['macro_f1']:.4f}{how} "
+                f"-> {out_dir}",
                 file=sys.stderr,
             )
     results.update(
         evaluate_ensembles(
-            run_dir, members, list(dataset.class_names), data_name, label, str(dataset.root), batch_size, progress
+            run_dir,
+            members,
+            list(dataset.class_names),
+            data_name,
+            label,
+            str(dataset.root),
+            batch_size,
+            progress,
+            tta=tta,
+            variant=variant,
         )
     )
     return results
+
+
+def _refuse_other_tta(out_dir: Path, tta: bool) -> None:
+    """Never replace an evaluation made with the other TTA setting (e.g. data named "tta"): say how to proceed."""
+    path = out_dir / layout.SUMMARY_FILE
+    if not path.is_file():
+        return
+    before = store.read_json(path)
+    if isinstance(before, dict) and bool(before.get("tta", False)) != tta:
+        held = "with" if before.get("tta") else "without"
+        raise VirionError(
+            f"{out_dir}: holds an evaluation {held} TTA that this one would replace; "
+            "move or delete that folder first if it should go"
+        )
 
 
 def evaluate_ensembles(
@@ -377,18 +435,22 @@ def evaluate_ensembles(
     data_path: str,
     batch_size: int,
     progress: bool = True,
+    *,
+    tta: bool = False,
+    variant: str | None = None,
 ) -> dict[str, dict]:
     """The run's ensembles as rows of their own: `RUN/ensemble/evaluation/` (the mean of every model)
     and `RUN/ensemble-weighted/evaluation/` (recommended.json's validation-fitted weights, when adopted).
 
     members: {model: (files, labels, test probabilities, SplitArrays, images/s)} from `evaluate_run`;
-    each ensemble is scored on the test images every member could read.
+    each ensemble is scored on the test images every member could read. tta: the members' probabilities
+    were made with TTA (then so is the ensemble); variant: the side folder suffix (`layout.tta_variant`).
     """
     from virion.evaluation.ensemble import aligned, combine
 
     results: dict[str, dict] = {}
     for name in layout.ENSEMBLE_NAMES:  # drop what an earlier evaluation left, so no stale row survives
-        stale = layout.evaluation_dir(run_dir / name, data_name) / layout.SUMMARY_FILE
+        stale = layout.evaluation_dir(run_dir / name, data_name, variant) / layout.SUMMARY_FILE
         stale.unlink(missing_ok=True)
     if len(members) < 2:
         return results
@@ -404,7 +466,7 @@ def evaluate_ensembles(
     shown = first[3].images[[index[f] for f in files]] if files else first[3].images[:0]
     speed = 1.0 / sum(1.0 / max(members[n][4], 1e-9) for n in names)  # every member runs on each image
     for name, (combo_members, weights) in combos.items():
-        out_dir = layout.evaluation_dir(run_dir / name, data_name)
+        out_dir = layout.evaluation_dir(run_dir / name, data_name, variant)
         how = (
             "mean"
             if weights is None
@@ -422,6 +484,7 @@ def evaluate_ensembles(
             data_name=label,
             probabilities=combine([probs[m] for m in combo_members], weights),
             images_per_second=speed,
+            tta=tta,
         )
         summary.update(
             model=name,
@@ -431,13 +494,16 @@ def evaluate_ensembles(
             combination=how,
             data_path=data_path,
             own_test_split=data_name is None,
+            tta_is_run_setting=variant is None,
         )
+        if weights is not None:  # the weights come from recommended.json: say at which TTA setting they were fitted
+            summary["weights_fitted_with_tta"] = bool(recommended.get("tta", False))
         store.write_json(out_dir / layout.SUMMARY_FILE, summary)
         results[name] = summary
         if progress:
             print(
                 f"  {name} ({how}): accuracy {summary['accuracy']:.4f}, "
-                f"macro F1 {summary['macro_f1']:.4f} -> {out_dir}",
+                f"macro F1 {summary['macro_f1']:.4f}{' ' + tta_text(tta) if tta else ''} -> {out_dir}",
                 file=sys.stderr,
             )
     return results

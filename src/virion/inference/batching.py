@@ -22,6 +22,9 @@ def as_model_input(batch: np.ndarray) -> np.ndarray:
     return batch.astype(np.float32, copy=False)
 
 
+TTA_VIEWS = 8  # len(dihedral_views(x)): what "8-way TTA" in evaluation outputs counts
+
+
 def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     """The 8 flips x 90-degree turns of a (B, H, W, C) batch (TEM has no preferred orientation)."""
     views = []

@@ -4,7 +4,9 @@ Reads what training (`metadata.json`, the model files) and evaluation (`evaluati
 already wrote, so comparing is instant and never re-runs a model. A run's ensembles
 (`ensemble/`, `ensemble-weighted/`: evaluation only, no model files) come after its models. With
 `data_name`, the evaluations on other data (`evaluation-<data>/`) are compared instead, into
-`comparison-<data>.*`.
+`comparison-<data>.*`. With `variant` ("tta"/"no-tta", `layout.tta_variant`), the evaluations whose
+test-time augmentation differs from the run's own setting are compared (`comparison[-<data>]-tta.*`).
+Every row says in its TTA column how its probabilities were made.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from virion.run.loading import TEXTURE_KIND, find_model_file
 COLUMNS = (
     ("run", "run"),
     ("model", "model"),
+    ("tta", "TTA"),  # "8-way": each image's probabilities are the mean over its 8 flips/90-degree turns; "none"
     ("accuracy", "accuracy"),
     ("macro_precision", "macro precision"),
     ("macro_recall", "macro recall"),
@@ -37,7 +40,21 @@ COLUMNS = (
 )
 
 
-def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> dict:
+def tta_label(summary: dict) -> str:
+    """The TTA column of an evaluation: "8-way" or "none" (summaries older than the setting: none)."""
+    return f"{int(summary.get('tta_views') or 8)}-way" if summary.get("tta") else "none"
+
+
+def evaluate_hint(run_dir: Path, data_name: str | None = None, variant: str | None = None) -> str:
+    """The `virion evaluate` command that writes the evaluation a comparison or report is missing."""
+    return (
+        f"virion evaluate {run_dir}"
+        + (f" --data {data_name}" if data_name else "")
+        + (f" --{variant}" if variant else "")  # layout's variants are the flags: --tta, --no-tta
+    )
+
+
+def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None, variant: str | None = None) -> dict:
     """The comparison row of one trained and evaluated model."""
     meta = store.read_json(model_dir / layout.METADATA_FILE)
     if meta.get("status") == "failed":  # no model file and no evaluation: a row that says so
@@ -47,19 +64,19 @@ def model_row(run_dir: Path, model_dir: Path, data_name: str | None = None) -> d
             "weights": weights_label(meta.get("weights")),
             "status": f"FAILED: {meta.get('failure') or 'training failed'}",
         }
-    evaluation = layout.evaluation_dir(model_dir, data_name)
+    evaluation = layout.evaluation_dir(model_dir, data_name, variant)
     summary_path = evaluation / layout.SUMMARY_FILE
     if not summary_path.is_file():
-        again = f" --data {data_name}" if data_name else ""
         raise VirionError(
             f"{model_dir}: not evaluated yet (no {evaluation.name}/{layout.SUMMARY_FILE}); "
-            f"run `virion evaluate {run_dir}{again}` first"
+            f"run `{evaluate_hint(run_dir, data_name, variant)}` first"
         )
     summary = store.read_json(summary_path)
     size_mb = model_size_mb(model_dir, meta)
     row = {
         "run": run_dir.name,
         "model": model_dir.name,
+        "tta": tta_label(summary),
         **_scores(summary),
         "params": int(meta["params"]) if meta.get("params") is not None else None,
         "size_mb": float(size_mb),
@@ -88,9 +105,9 @@ def model_size_mb(model_dir: Path, meta: dict) -> float:
     return (h5_files[0] if h5_files else find_model_file(model_dir)).stat().st_size / 1e6
 
 
-def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None) -> dict:
+def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None, variant: str | None = None) -> dict:
     """The comparison row of one of the run's ensembles (`virion evaluate` wrote its summary.json)."""
-    summary = store.read_json(layout.evaluation_dir(ensemble_dir, data_name) / layout.SUMMARY_FILE)
+    summary = store.read_json(layout.evaluation_dir(ensemble_dir, data_name, variant) / layout.SUMMARY_FILE)
     members = [str(m) for m in summary.get("members") or []]
     weights = summary.get("weights")
     how = (
@@ -101,6 +118,7 @@ def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None
     return {
         "run": run_dir.name,
         "model": ensemble_dir.name,
+        "tta": tta_label(summary),
         **_scores(summary),
         "params": None,
         "size_mb": None,
@@ -109,6 +127,14 @@ def ensemble_row(run_dir: Path, ensemble_dir: Path, data_name: str | None = None
         "weights": "",
         "status": how,
     }
+
+
+def tta_title(rows: Sequence[dict]) -> str:
+    """What a title says of TTA: " with 8-way TTA" when every row used it, a pointer to the column when rows differ."""
+    used = {row.get("tta") for row in rows if row.get("tta")}
+    if not used or used == {"none"}:
+        return ""
+    return f" with {used.pop()} TTA" if len(used) == 1 else " (TTA differs by row: see the TTA column)"
 
 
 def weights_label(weights) -> str:
@@ -153,11 +179,14 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_name: str | None = None) -> list[dict]:
+def compare_runs(
+    run_dirs: Sequence[Path], out_dir: Path | None = None, data_name: str | None = None, variant: str | None = None
+) -> list[dict]:
     """Collect one row per model of every run; write comparison.md/.csv/.png into out_dir.
 
     out_dir defaults to the run folder when a single run is compared. data_name: compare the
-    evaluations on that other data (written as comparison-<data>.*).
+    evaluations on that other data (written as comparison-<data>.*). variant: the evaluations with
+    the other TTA setting (`layout.tta_variant`; written as comparison[-<data>]-tta.*).
     """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -169,18 +198,22 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path | None = None, data_nam
     out_dir = Path(out_dir)
     rows = []
     for run_dir in run_dirs:
-        rows += [model_row(run_dir, model_dir, data_name) for model_dir in layout.model_dirs(run_dir)]
-        rows += [ensemble_row(run_dir, folder, data_name) for folder in layout.ensemble_dirs(run_dir, data_name)]
+        rows += [model_row(run_dir, model_dir, data_name, variant) for model_dir in layout.model_dirs(run_dir)]
+        rows += [
+            ensemble_row(run_dir, folder, data_name, variant)
+            for folder in layout.ensemble_dirs(run_dir, data_name, variant)
+        ]
     several = len({r["run"] for r in rows}) > 1
     for row in rows:  # the chart's legend: the model alone unless several runs are mixed
         row["label"] = f"{row['run']}/{row['model']}" if several else row["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = layout.comparison_stem(data_name)
+    stem = layout.comparison_stem(data_name, variant)
     atomic_write_text(out_dir / f"{stem}.md", markdown_table(rows))
     write_csv([{k: row.get(k) for k, _ in COLUMNS} for row in rows], out_dir / f"{stem}.csv")
+    shown = [r for r in rows if r["status"] == "trained" or r["model"] in layout.ENSEMBLE_NAMES]
     plots.plot_comparison(
-        [r for r in rows if r["status"] == "trained" or r["model"] in layout.ENSEMBLE_NAMES],
+        shown,
         out_dir / f"{stem}.png",
-        title=f"Model comparison on {data_name}" if data_name else "",
+        title="Model comparison" + (f" on {data_name}" if data_name else "") + tta_title(shown),
     )
     return rows

@@ -16,7 +16,16 @@ from pathlib import Path
 
 from virion.atomic import atomic_write_text
 from virion.errors import VirionError
-from virion.reports.compare import COLUMNS, compare_runs, format_cell, short_number, weights_label
+from virion.reports.compare import (
+    COLUMNS,
+    compare_runs,
+    evaluate_hint,
+    format_cell,
+    short_number,
+    tta_label,
+    tta_title,
+    weights_label,
+)
 from virion.run import layout, store
 from virion.run.schema import is_synthetic
 from virion.training.faults import crash_point
@@ -225,8 +234,15 @@ def _csv_value(text: str) -> str:
         return text
 
 
-def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) -> str:
-    ev = layout.evaluation_dir(model_dir, data_name)
+def _tta_words(summary: dict) -> str:
+    """ " with 8-way test-time augmentation (...)" for an evaluation that used it, else ""."""
+    if not summary.get("tta"):
+        return ""
+    return f" with {tta_label(summary)} test-time augmentation (mean over each image's flips and 90-degree turns)"
+
+
+def _model_section(model_dir: Path, meta: dict, data_name: str | None = None, variant: str | None = None) -> str:
+    ev = layout.evaluation_dir(model_dir, data_name, variant)
     name = model_dir.name
     out = [f'<h2 id="{escape(name)}">Model: {escape(name)}</h2>']
     if meta.get("status") == "failed":  # no model file, nothing evaluated: say why, plainly
@@ -251,13 +267,14 @@ def _model_section(model_dir: Path, meta: dict, data_name: str | None = None) ->
     out.append(_table(["fact", "value"], [[k, v] for k, v in facts if v is not None], left=2))
     summary = _read_json(ev / "summary.json")
     if summary is None:
-        run = escape(str(model_dir.parent)) + (f" --data {escape(data_name)}" if data_name else "")
-        out.append(f'<p class="banner warn">Not evaluated yet: run <code>virion evaluate {run}</code>.</p>')
+        hint = escape(evaluate_hint(model_dir.parent, data_name, variant))
+        out.append(f'<p class="banner warn">Not evaluated yet: run <code>{hint}</code>.</p>')
     else:
         top5 = summary.get("top5_accuracy")
         data = f" of {escape(str(summary['data']))}" if summary.get("data") else ""
         out.append(
-            f"<p>Test set{data}: {summary.get('n_images')} images, accuracy <b>{summary['accuracy']:.4f}</b>"
+            f"<p>Test set{data}{escape(_tta_words(summary))}: {summary.get('n_images')} images, "
+            f"accuracy <b>{summary['accuracy']:.4f}</b>"
             + (f", top-5 accuracy {top5:.4f}" if isinstance(top5, (int, float)) else "")
             + f", macro F1 <b>{summary['macro_f1']:.4f}</b>, {summary.get('n_mistakes', '?')} mistakes; "
             f"inference {short_number(summary.get('inference_images_per_second', 0), 1)} images/s.</p>"
@@ -319,7 +336,9 @@ def _recommended_banner(run_dir: Path) -> str:
     notes = "".join(f"<li>{escape(str(n))}</li>" for n in chosen.get("notes") or [])
     return (
         f'<p class="banner ok" id="recommended"><b>Recommended classifier:</b> {escape(str(chosen["classifier"]))}'
-        f" (members: {escape(members)}). Chosen on the validation split, never the test split: "
+        f" (members: {escape(members)}). Chosen on the validation split"
+        + (" (probabilities with 8-way TTA)" if chosen.get("tta") else "")
+        + ", never the test split: "
         f"{escape(str(chosen.get('why', '')))}. <code>virion predict</code>, <code>virion serve</code> and "
         "<code>virion.load(run).predict</code> use it by default.</p>"
         + (
@@ -331,15 +350,16 @@ def _recommended_banner(run_dir: Path) -> str:
     )
 
 
-def _ensemble_section(folder: Path, data_name: str | None = None) -> str:
+def _ensemble_section(folder: Path, data_name: str | None = None, variant: str | None = None) -> str:
     """An ensemble's test-set evaluation (no model of its own: its members' probabilities combined)."""
-    ev = layout.evaluation_dir(folder, data_name)
+    ev = layout.evaluation_dir(folder, data_name, variant)
     summary = _read_json(ev / layout.SUMMARY_FILE) or {}
     name = folder.name
     out = [
         f'<h2 id="{escape(name)}">Ensemble: {escape(name)}</h2>',
         f"<p>{escape(str(summary.get('combination') or 'mean'))} of "
-        f"{escape(', '.join(summary.get('members') or []))}. Test set: {summary.get('n_images')} images, "
+        f"{escape(', '.join(summary.get('members') or []))}{escape(_tta_words(summary))}. "
+        f"Test set: {summary.get('n_images')} images, "
         f"accuracy <b>{summary.get('accuracy', 0):.4f}</b>, macro F1 <b>{summary.get('macro_f1', 0):.4f}</b>, "
         f"log-loss {summary.get('log_loss', 0):.4f}.</p>",
         _figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True),
@@ -350,11 +370,12 @@ def _ensemble_section(folder: Path, data_name: str | None = None) -> str:
     return "\n".join(out)
 
 
-def write_report(run_dir: Path, data_name: str | None = None) -> Path:
+def write_report(run_dir: Path, data_name: str | None = None, variant: str | None = None) -> Path:
     """Write `run_dir/report.html` from what training and evaluation left in the run folder.
 
     data_name: the report of an evaluation on other data (`report-<data>.html`, from
-    `<model>/evaluation-<data>/`); the run's own report is left as it is.
+    `<model>/evaluation-<data>/`); the run's own report is left as it is. variant: the report of an
+    evaluation with the other TTA setting (`layout.tta_variant`: `report[-<data>]-tta.html`).
     """
     run_dir = Path(run_dir)
     dirs = layout.model_dirs(run_dir)
@@ -362,10 +383,13 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
     models = [(d.name, store.read_metadata(d).to_dict()) for d in dirs]
     failed = {n: m.get("failure") or "no reason recorded" for n, m in models if m.get("status") == "failed"}
     evaluated = all(
-        (layout.evaluation_dir(d, data_name) / layout.SUMMARY_FILE).is_file() for d in dirs if d.name not in failed
+        (layout.evaluation_dir(d, data_name, variant) / layout.SUMMARY_FILE).is_file()
+        for d in dirs
+        if d.name not in failed
     )
-    rows = compare_runs([run_dir], data_name=data_name) if evaluated else []
-    ensemble_names = [d.name for d in layout.ensemble_dirs(run_dir, data_name)] if evaluated else []
+    rows = compare_runs([run_dir], data_name=data_name, variant=variant) if evaluated else []
+    ensemble_names = [d.name for d in layout.ensemble_dirs(run_dir, data_name, variant)] if evaluated else []
+    tta_views = {r["tta"] for r in rows if r.get("tta")}
     info = _dataset_info(run_dir)
     synthetic = bool(info.get("synthetic")) or (
         not data_name and bool(config.get("data")) and is_synthetic(str(config.get("data")))
@@ -374,7 +398,10 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
     tone, statement = _weights_statement(models)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [
-        f"<h1>virion report: {escape(run_dir.name)}" + (f" on {escape(data_name)}" if data_name else "") + "</h1>",
+        f"<h1>virion report: {escape(run_dir.name)}"
+        + (f" on {escape(data_name)}" if data_name else "")
+        + escape(tta_title(rows))
+        + "</h1>",
         f'<p class="meta">{escape(str(run_dir.resolve()))} · written {now}</p>',
         f'<p class="banner {tone}"><b>Weights:</b> {escape(statement)}</p>',
         *(
@@ -403,7 +430,22 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
             if synthetic and not data_name
             else []
         ),
-        *([_recommended_banner(run_dir)] if not data_name else []),
+        *(
+            [
+                '<p class="banner warn" id="tta"><b>Test-time augmentation:</b> the scores below are '
+                + ("with" if variant == layout.TTA_VARIANT else "without")
+                + " TTA, unlike the run's own setting (config.json eval_tta); the run's own evaluation is in "
+                f"{escape(layout.report_file(run_dir, data_name).name)}</p>"
+            ]
+            if variant
+            else [
+                f'<p class="banner ok" id="tta"><b>Test-time augmentation:</b> every test score here is the mean '
+                f"over each image's {escape(tta_views.pop())} flips and 90-degree turns (eval_tta).</p>"
+            ]
+            if len(tta_views) == 1 and tta_views != {"none"}
+            else []
+        ),
+        *([_recommended_banner(run_dir)] if not data_name and not variant else []),
         "<p>Models: "
         + ", ".join(f'<a href="#{escape(n)}">{escape(n)}</a>' for n in [n for n, _ in models] + ensemble_names)
         + "</p>",
@@ -414,20 +456,19 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
         parts.append(_table([t for _, t in COLUMNS], cells, left=2))
         parts.append(
             _img(
-                run_dir / f"{layout.comparison_stem(data_name)}.png",
+                run_dir / f"{layout.comparison_stem(data_name, variant)}.png",
                 "model comparison: " + ", ".join([n for n, _ in models] + ensemble_names),
             )
         )
     else:
-        again = f" --data {escape(data_name)}" if data_name else ""
         parts.append(
-            f'<p class="banner warn">Not every model is evaluated yet: run <code>virion evaluate '
-            f"{escape(str(run_dir))}{again}</code>.</p>"
+            f'<p class="banner warn">Not every model is evaluated yet: run '
+            f"<code>{escape(evaluate_hint(run_dir, data_name, variant))}</code>.</p>"
         )
     parts.append(_dataset_section(run_dir, config))
     parts.append(_settings_section(config))
-    parts.extend(_model_section(d, meta, data_name) for d, (_, meta) in zip(dirs, models))
-    parts.extend(_ensemble_section(run_dir / n, data_name) for n in ensemble_names)
+    parts.extend(_model_section(d, meta, data_name, variant) for d, (_, meta) in zip(dirs, models))
+    parts.extend(_ensemble_section(run_dir / n, data_name, variant) for n in ensemble_names)
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>virion report: {escape(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
@@ -435,4 +476,4 @@ def write_report(run_dir: Path, data_name: str | None = None) -> Path:
         + "\n</body></html>\n"
     )
     crash_point("report")  # fault-injection tests: a kill before the report is written
-    return atomic_write_text(layout.report_file(run_dir, data_name), page)
+    return atomic_write_text(layout.report_file(run_dir, data_name, variant), page)

@@ -27,6 +27,10 @@ RECOMMENDED_FILE = "recommended.json"  # the run's recommended classifier, chose
 ENSEMBLE = "ensemble"  # the equal-weight mean of the run's models
 WEIGHTED_ENSEMBLE = "ensemble-weighted"  # member weights fitted on the validation split
 ENSEMBLE_NAMES = (ENSEMBLE, WEIGHTED_ENSEMBLE)  # run sub-folders holding only evaluation/ (no metadata.json)
+# An evaluation whose test-time augmentation differs from the run's own setting (config.json `eval_tta`)
+# goes to a side folder named for it, beside the run's evaluation, never over it.
+TTA_VARIANT = "tta"  # `virion evaluate RUN --tta` on a run trained without --eval-tta
+NO_TTA_VARIANT = "no-tta"  # `virion evaluate RUN --no-tta` on a run trained with --eval-tta
 
 
 def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
@@ -82,30 +86,41 @@ def data_slug(data: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "data"
 
 
-def evaluation_dir(model_folder: str | Path, data_name: str | None = None) -> Path:
-    """`<model>/evaluation/` for the run's own test split, `<model>/evaluation-<data>/` for other data.
+def tta_variant(tta: bool, configured: bool) -> str | None:
+    """None when an evaluation's TTA is the run's own setting, else the side folders' suffix."""
+    if bool(tta) == bool(configured):
+        return None
+    return TTA_VARIANT if tta else NO_TTA_VARIANT
 
-    Evaluating on other data never replaces the run's own evaluation.
+
+def _suffix(data_name: str | None, variant: str | None) -> str:
+    return "".join(f"-{part}" for part in (data_slug(data_name) if data_name else None, variant) if part)
+
+
+def evaluation_dir(model_folder: str | Path, data_name: str | None = None, variant: str | None = None) -> Path:
+    """`<model>/evaluation/` for the run's own test split, `<model>/evaluation-<data>/` for other data,
+    `...-tta/` (`...-no-tta/`) for an evaluation whose TTA differs from the run's setting (`tta_variant`).
+
+    Evaluating on other data, or with other TTA, never replaces the run's own evaluation.
     """
-    folder = Path(model_folder)
-    return folder / (EVALUATION_DIR if not data_name else f"{EVALUATION_DIR}-{data_slug(data_name)}")
+    return Path(model_folder) / f"{EVALUATION_DIR}{_suffix(data_name, variant)}"
 
 
-def report_file(run_dir: str | Path, data_name: str | None = None) -> Path:
-    """`report.html`, or `report-<data>.html` for an evaluation on other data."""
-    return Path(run_dir) / (REPORT_FILE if not data_name else f"report-{data_slug(data_name)}.html")
+def report_file(run_dir: str | Path, data_name: str | None = None, variant: str | None = None) -> Path:
+    """`report.html`, or `report-<data>[-tta].html` for an evaluation on other data or with other TTA."""
+    return Path(run_dir) / f"report{_suffix(data_name, variant)}.html"
 
 
-def comparison_stem(data_name: str | None = None) -> str:
-    """`comparison` (the run's own test split) or `comparison-<data>` (other data)."""
-    return COMPARISON_STEM if not data_name else f"{COMPARISON_STEM}-{data_slug(data_name)}"
+def comparison_stem(data_name: str | None = None, variant: str | None = None) -> str:
+    """`comparison` (the run's own test split) or `comparison-<data>[-tta]` (other data, other TTA)."""
+    return f"{COMPARISON_STEM}{_suffix(data_name, variant)}"
 
 
-def ensemble_dirs(run_dir: str | Path, data_name: str | None = None) -> list[Path]:
+def ensemble_dirs(run_dir: str | Path, data_name: str | None = None, variant: str | None = None) -> list[Path]:
     """The ensemble folders of a run that hold an evaluation (`ensemble/`, `ensemble-weighted/`), in that order."""
     run_dir = Path(run_dir)
     return [
         run_dir / name
         for name in ENSEMBLE_NAMES
-        if (evaluation_dir(run_dir / name, data_name) / SUMMARY_FILE).is_file()
+        if (evaluation_dir(run_dir / name, data_name, variant) / SUMMARY_FILE).is_file()
     ]

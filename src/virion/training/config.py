@@ -215,6 +215,12 @@ class TrainConfig:
         kind="bool",
         help="write TensorBoard logs under each model folder (needs the extra: pip install 'virion[tensorboard]')",
     )
+    eval_tta: bool = setting(
+        False,
+        kind="bool",
+        help="evaluate with test-time augmentation: each test and validation image's probabilities are the mean "
+        "over its 8 flips and 90-degree turns (what `virion predict --tta` does); every output says so",
+    )
     # ------------------------------------------------------------------ devices (virion.backend, training.distribute)
     backend: str = setting(
         "auto",
