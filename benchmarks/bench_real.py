@@ -20,11 +20,20 @@ of a tested session is trained on. `--baseline-model texture` adds the paired di
 model (and the ensemble) to that model, fold by fold. Each fold records the CPU flags, the load
 average before and after, and ONEDNN_MAX_CPU_ISA.
 
+Each fold's JSON says whether the evaluations it scored used test-time augmentation (`"tta"`, per
+row and per fold, from each evaluation's summary.json; a recipe with `--eval-tta` has it).
+`--rescore-tta` trains nothing: it runs `virion evaluate RUN --tta` on every run kept (by
+`--keep-runs`) in --workdir, scores those evaluations (`result-tta.json` beside each fold's
+result.json) and aggregates them like --collect into `bench_real_<tag>_tta.json`.
+
 Development data (not in the repo): ../shared/real_tem_dev/micrographs.csv (path,label,micrograph).
 
 Reference vs a candidate, 3 folds, bf16 (about an hour per recipe on 2 quiet cores at 128 px):
     nice -n 19 .venv/bin/python benchmarks/bench_real.py ../shared/real_tem_dev/micrographs.csv \
         --folds 3 --recipes reference "tem1=--rot90 --vertical-flip" --extra=--bf16 --resume
+The same folds re-scored with 8-way TTA (the runs must have been kept; minutes, no training):
+    .venv/bin/python benchmarks/bench_real.py ../shared/real_tem_dev/micrographs.csv --folds 3 --recipes tem \
+        --models tem_cnn texture --tag tem --rescore-tta
 Smoke run (a minute):
     .venv/bin/python benchmarks/bench_real.py DATA --folds 2 --limit 12 --input-size 32 --epochs 1
 The `tem` study (texture, the compact CNN, their ensemble; ~30 min on 2 cores), then with the
@@ -321,31 +330,51 @@ def read_predictions(path: Path, class_names: list[str]) -> tuple[list[str], lis
     return files, truth, probs, False
 
 
-def score_run(run_dir: Path, models: list[str]) -> dict:
-    """Scores per model (and the ensemble) of one trained fold's run folder."""
+def _summary_tta(evaluation_dir: Path) -> bool | None:
+    """An evaluation's summary.json "tta" (False for summaries older than the setting; None: no summary)."""
+    path = evaluation_dir / "summary.json"
+    if not path.is_file():
+        return None
+    return bool(json.loads(path.read_text(encoding="utf-8")).get("tta", False))
+
+
+def run_tta(scored: dict) -> bool | str | None:
+    """A fold's "tta": True / False when every scored row agrees, "mixed" otherwise, None when unknown."""
+    seen = {sc.get("tta") for sc in scored.values() if isinstance(sc, dict) and sc.get("tta") is not None}
+    return seen.pop() if len(seen) == 1 else ("mixed" if seen else None)
+
+
+def score_run(run_dir: Path, models: list[str], evaluation: str = "evaluation") -> dict:
+    """Scores per model (and the ensemble) of one trained fold's run folder.
+
+    evaluation: the folder of each model's evaluation to score (`evaluation-tta` after
+    `virion evaluate RUN --tta` on a run trained without --eval-tta). Each row records "tta".
+    """
     out: dict = {}
     per_model = {}
     for name in models:
         model_dir = run_dir / name
         meta = json.loads((model_dir / "metadata.json").read_text(encoding="utf-8"))
         class_names = list(meta["class_names"])
-        pred_csv = model_dir / "evaluation" / "predictions.csv"
+        pred_csv = model_dir / evaluation / "predictions.csv"
         if not pred_csv.is_file():
-            raise BenchError(f"{pred_csv}: missing; did `virion train` evaluate the model?")
+            raise BenchError(f"{pred_csv}: missing; did `virion train` (or `virion evaluate`) evaluate the model?")
         files, truth, probs, exact = read_predictions(pred_csv, class_names)
         per_model[name] = (files, truth, probs, exact, class_names)
         out[name] = scores(truth, [class_names[j] for j in probs.argmax(axis=1)])
-        summary = model_dir / "evaluation" / "summary.json"
+        summary = model_dir / evaluation / "summary.json"
         if summary.is_file():  # virion's own figure, kept beside ours as a cross-check
             out[name]["virion_accuracy"] = json.loads(summary.read_text(encoding="utf-8")).get("accuracy")
+        out[name]["tta"] = _summary_tta(model_dir / evaluation)
     # virion's own ensemble rows (exact probabilities) and the run's recommended classifier, when written
     for folder in ("ensemble", "ensemble-weighted"):
-        pred_csv = run_dir / folder / "evaluation" / "predictions.csv"
+        pred_csv = run_dir / folder / evaluation / "predictions.csv"
         if pred_csv.is_file():
             with open(pred_csv, newline="", encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
             out[folder] = scores([r["true_class"] for r in rows], [r["predicted_class"] for r in rows])
             out[folder]["exact_probabilities"] = True
+            out[folder]["tta"] = _summary_tta(run_dir / folder / evaluation)
     recommended = run_dir / "recommended.json"
     if recommended.is_file():
         chosen = json.loads(recommended.read_text(encoding="utf-8")).get("classifier")
@@ -362,6 +391,7 @@ def score_run(run_dir: Path, models: list[str]) -> dict:
         mean = np.mean(stack, axis=0)
         out[ENSEMBLE] = scores(truth, [class_names[j] for j in mean.argmax(axis=1)])
         out[ENSEMBLE]["exact_probabilities"] = all(v[3] for v in per_model.values())
+        out[ENSEMBLE]["tta"] = run_tta({n: out[n] for n in per_model})
     return out
 
 
@@ -579,6 +609,13 @@ def parse_args(argv=None):
         help="train nothing: aggregate the finished folds in "
         "--workdir (e.g. after running each recipe in its own process with the same --tag)",
     )
+    p.add_argument(
+        "--rescore-tta",
+        action="store_true",
+        help="train nothing: run `virion evaluate RUN --tta` on each run kept (--keep-runs) in --workdir's "
+        "finished folds, score it (fold JSON result-tta.json) and aggregate like --collect into "
+        "bench_real_<tag>_tta.json; with --resume, folds already re-scored are read back",
+    )
     p.add_argument("--keep-runs", action="store_true", help="keep the trained models (default: deleted)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/bench_real_<tag>.json)")
     p.add_argument("--tag", default="latest", help="name of the default results file")
@@ -598,6 +635,8 @@ def parse_args(argv=None):
         p.error("--folds must be 2 or more")
     if not 0 < args.val_fraction < 0.5:
         p.error("--val-fraction must be within (0, 0.5)")
+    if args.rescore_tta and (args.collect or args.dry_run):
+        p.error("--rescore-tta trains nothing and writes its own results: drop --collect / --dry-run")
     return args
 
 
@@ -656,6 +695,11 @@ def run(args) -> int:
             fold_rows, fold_split, left_out = add_extra(rows, split, extra) if extra else (rows, split, 0)
             check_fold(fold_rows, fold_split)
             counts = {s: sum(1 for x in fold_split if x == s) for s in ("train", "validation", "test")}
+            if args.rescore_tta:
+                res = rescore_tta(cmd, fold_dir, recipe, k, args)
+                if res is not None:
+                    results[recipe.label][k] = res
+                continue
             if (args.resume or args.collect) and result_file.is_file():
                 results[recipe.label][k] = json.loads(result_file.read_text(encoding="utf-8"))
                 print(
@@ -676,9 +720,11 @@ def run(args) -> int:
             run_dir = fold_dir / "run"
             load_before = load_average()
             wall, argv = train_fold(cmd, manifest, run_dir, recipe, args)
+            scored = score_run(run_dir, args.models)
             res = {
                 "recipe": recipe.label,
                 "fold": k,
+                "tta": run_tta(scored),  # whether the evaluations scored used test-time augmentation
                 "command": shlex.join(argv),
                 "wall_s": wall,
                 "counts": counts,
@@ -691,7 +737,7 @@ def run(args) -> int:
                     "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                     "nice": os.nice(0),
                 },
-                "scores": score_run(run_dir, args.models),
+                "scores": scored,
             }
             atomic_write_text(result_file, json.dumps(res, indent=2))
             if not args.keep_runs:
@@ -707,13 +753,61 @@ def run(args) -> int:
     return 0
 
 
+def rescore_tta(cmd: list[str], fold_dir: Path, recipe: Recipe, k: int, args) -> dict | None:
+    """`virion evaluate RUN --tta` on one fold's kept run, scored: the fold's result with TTA scores
+    (written as result-tta.json), or None when the fold has no finished result or no kept run."""
+    from virion.atomic import atomic_write_text
+
+    tag = f"[{recipe.label} fold {k}]"
+    result_file, tta_file, run_dir = fold_dir / "result.json", fold_dir / "result-tta.json", fold_dir / "run"
+    if args.resume and tta_file.is_file():
+        res = json.loads(tta_file.read_text(encoding="utf-8"))
+        print(f"{tag} re-scored before (--resume): {_fold_line(res)}", flush=True)
+        return res
+    if not result_file.is_file():
+        print(f"{tag} not finished: nothing to re-score", flush=True)
+        return None
+    if not (run_dir / "config.json").is_file():
+        print(f"{tag} no kept run in {run_dir} (train with --keep-runs): not re-scored", flush=True)
+        return None
+    argv = cmd + ["evaluate", str(run_dir), "--tta", "--no-report"]
+    log = fold_dir / "evaluate-tta.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.src), env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write(shlex.join(argv) + "\n")
+        fh.flush()
+        proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise BenchError(
+            f"`virion evaluate --tta` failed (exit {proc.returncode}) for {run_dir}; log {log}: " + " | ".join(tail)
+        )
+    # --tta goes to evaluation-tta/ unless the run was trained with --eval-tta (then evaluation/ is TTA already)
+    own = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("eval_tta", False)
+    evaluation = "evaluation" if own else "evaluation-tta"
+    scored = score_run(run_dir, args.models, evaluation=evaluation)
+    res = {
+        **json.loads(result_file.read_text(encoding="utf-8")),
+        "tta": run_tta(scored),
+        "scores": scored,
+        "rescored": {"command": shlex.join(argv), "wall_s": wall, "evaluation": evaluation},
+    }
+    atomic_write_text(tta_file, json.dumps(res, indent=2))
+    print(f"{tag} re-scored with TTA: {_fold_line(res)}", flush=True)
+    return res
+
+
 def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe], results: dict) -> tuple[dict, Path]:
     """Aggregate and write the JSON (after every fold too, so a cut-off run leaves its folds)."""
     from virion.atomic import atomic_write_text
 
     done = {r: f for r, f in results.items() if f}
     agg = aggregate(done, args.baseline_model)
-    out = args.out or RESULTS_DIR / f"bench_real_{args.tag}.json"
+    out = args.out or RESULTS_DIR / f"bench_real_{args.tag}{'_tta' if args.rescore_tta else ''}.json"
     payload = {
         "data": str(csv_path),
         "n_images": len(rows),
@@ -728,6 +822,7 @@ def write_results(args, csv_path: Path, rows: list[dict], recipes: list[Recipe],
         "baseline_model": args.baseline_model,
         "src": str(args.src) if args.src else None,
         "recipes": {r.label: list(r.args) for r in recipes},
+        "tta_rescored": bool(args.rescore_tta),  # scores of `virion evaluate RUN --tta` on kept runs
         "per_fold": {r: {str(k): v for k, v in sorted(f.items())} for r, f in done.items()},
         **agg,
     }

@@ -94,10 +94,21 @@ def test_scores_macro_f1_over_the_classes_present(bench):
     assert s["balanced_accuracy"] == pytest.approx(0.5)
 
 
-def _fake_run(run: Path, name: str, probs: np.ndarray, truth: list[str], classes: list[str], exact: bool):
-    d = run / name / "evaluation"
+def _fake_run(
+    run: Path,
+    name: str,
+    probs: np.ndarray,
+    truth: list[str],
+    classes: list[str],
+    exact: bool,
+    evaluation: str = "evaluation",
+    tta: bool | None = None,
+):
+    d = run / name / evaluation
     d.mkdir(parents=True)
     (run / name / "metadata.json").write_text(json.dumps({"class_names": classes}))
+    if tta is not None:
+        (d / "summary.json").write_text(json.dumps({"accuracy": 0.0, "tta": tta}))
     with open(d / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         extra = [f"p_{c}" for c in classes] if exact else []
@@ -134,6 +145,73 @@ def test_virion_ensemble_rows_and_the_recommended_classifier_are_scored(bench, t
     assert out["ensemble"]["accuracy"] == 1.0 and out["ensemble"]["exact_probabilities"] is True
     assert out["recommended"]["classifier"] == "m2" and out["recommended"]["accuracy"] == out["m2"]["accuracy"]
     assert "ensemble-weighted" not in out  # not written for this run
+
+
+def test_score_run_records_tta_and_scores_the_folder_asked_for(bench, tmp_path):
+    classes, truth = ["a", "b"], ["a", "b"]
+    for name in ("m1", "m2"):
+        _fake_run(tmp_path, name, np.array([[0.9, 0.1], [0.8, 0.2]]), truth, classes, True, tta=False)
+        _fake_run(tmp_path, name, np.array([[0.9, 0.1], [0.2, 0.8]]), truth, classes, True, "evaluation-tta", True)
+    plain = bench.score_run(tmp_path, ["m1", "m2"])
+    tta = bench.score_run(tmp_path, ["m1", "m2"], evaluation="evaluation-tta")
+    assert plain["m1"]["accuracy"] == 0.5 and tta["m1"]["accuracy"] == 1.0
+    assert plain["m1"]["tta"] is False and tta["m1"]["tta"] is True and tta["ensemble"]["tta"] is True
+    assert bench.run_tta(plain) is False and bench.run_tta(tta) is True
+    assert bench.run_tta({"m1": {"tta": True}, "m2": {"tta": False}}) == "mixed"
+    assert bench.run_tta({"m1": {"tta": None}}) is None  # summaries missing: unknown, not "without"
+
+
+FAKE_VIRION = r"""
+import json, shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+if args[:1] == ["evaluate"]:
+    assert args[2:] == ["--tta", "--no-report"], args
+    run = Path(args[1])
+    for model in ("m1", "m2"):
+        tta = run / model / "evaluation-tta"
+        shutil.copytree(run / model / "evaluation", tta)
+        (tta / "predictions.csv").write_text(  # TTA puts image 1 right
+            "file,true_class,predicted_class,confidence,top3,p_a,p_b\n"
+            "f0.png,a,a,0.9,a:0.9;b:0.1,0.9,0.1\nf1.png,b,b,0.8,b:0.8;a:0.2,0.2,0.8\n"
+        )
+        (tta / "summary.json").write_text(json.dumps({"tta": True}))
+"""
+
+
+def test_rescore_tta_evaluates_kept_runs_with_tta_and_aggregates(bench, tmp_path, monkeypatch, capsys):
+    data = _dataset(tmp_path / "data")
+    script = tmp_path / "fake_virion.py"
+    script.write_text(FAKE_VIRION)
+    monkeypatch.setattr(bench, "virion_command", lambda: [sys.executable, str(script)])
+    classes, truth = ["a", "b"], ["a", "b"]
+    work = tmp_path / "work"
+    for k in (0, 1):
+        fold = work / "reference" / f"fold{k}"
+        fold.mkdir(parents=True)
+        plain = {"m1": {"accuracy": 0.5, "macro_f1": 0.3, "balanced_accuracy": 0.5, "tta": False}}
+        (fold / "result.json").write_text(
+            json.dumps({"recipe": "reference", "fold": k, "wall_s": 9.0, "scores": plain})
+        )
+    run = work / "reference" / "fold0" / "run"  # fold 1's run was not kept
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"eval_tta": False}))
+    for name in ("m1", "m2"):
+        _fake_run(run, name, np.array([[0.9, 0.1], [0.8, 0.2]]), truth, classes, True, tta=False)
+    out = tmp_path / "tta.json"
+    argv = [str(data), "--folds", "2", "--workdir", str(work), "--out", str(out), "--models", "m1", "m2"]
+    assert bench.main([*argv, "--rescore-tta"]) == 0
+    assert "[reference fold 1] no kept run" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["tta_rescored"] is True and list(res["per_fold"]["reference"]) == ["0"]
+    fold = res["per_fold"]["reference"]["0"]
+    assert fold["tta"] is True and fold["scores"]["m1"]["accuracy"] == 1.0 and fold["wall_s"] == 9.0
+    assert fold["rescored"]["evaluation"] == "evaluation-tta" and "evaluate" in fold["rescored"]["command"]
+    assert (work / "reference" / "fold0" / "result-tta.json").is_file()
+    assert json.loads((work / "reference" / "fold0" / "result.json").read_text())["scores"] == {
+        "m1": {"accuracy": 0.5, "macro_f1": 0.3, "balanced_accuracy": 0.5, "tta": False}
+    }  # the plain result is kept
+    assert res["table"]["reference"]["m1"]["accuracy"]["mean"] == 1.0
 
 
 def test_aggregate_mean_sd_and_paired_difference(bench):
