@@ -183,6 +183,10 @@ def test_eval_tta_setting_makes_the_runs_own_evaluation_tta(tmp_path, helpers, c
     assert json.loads((run / "recommended.json").read_text())["tta"] is True  # chosen on TTA validation probabilities
     report = (run / "report.html").read_text()
     assert "with 8-way TTA" in report and 'id="tta"' in report
+    from virion.app.card import build_card
+    from virion.inference.classifier import Classifier
+
+    assert any("8-way test-time augmentation" in note for note in build_card(run, Classifier.load(run)).notes)
     before = (run / "resnet50" / "evaluation" / "summary.json").read_text()
 
     assert main(["evaluate", str(run), "--no-tta", "--no-report"]) == 0

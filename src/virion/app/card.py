@@ -129,12 +129,15 @@ def build_card(path: Path, classifier) -> RunCard:
     metas = {name: _as_dict(meta) for name, meta in (classifier.metadata or {}).items()}
     notes: list[str] = []
     models = []
+    tta_views = set()
     for name in classifier.model_names:
         meta = metas.get(name, {})
         model_dir = run_dir / name
         if not model_dir.is_dir():  # a model folder or file served on its own
             model_dir = path if path.is_dir() else path.parent
         summary = _test_summary(model_dir)
+        if summary.get("tta"):
+            tta_views.add(summary.get("tta_views") or 8)
         files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
         size = meta.get("input_size")
         models.append(
@@ -150,6 +153,9 @@ def build_card(path: Path, classifier) -> RunCard:
             )
         )
     synthetic, reason, data = _synthetic(run_dir, list(metas.values()), notes)
+    if tta_views:  # the figures were measured with TTA (`virion train --eval-tta`); say so where they are shown
+        views = "/".join(str(v) for v in sorted(tta_views))
+        notes.append(f"Test accuracy and macro F1 are with {views}-way test-time augmentation (the run's eval_tta).")
     if not any(m.test_accuracy is not None for m in models):
         notes.append(f"No test-set evaluation in the run yet: `virion evaluate {run_dir}` adds it.")
     return RunCard(

@@ -362,6 +362,15 @@ def _ensemble_section(folder: Path, data_name: str | None = None, variant: str |
         f"Test set: {summary.get('n_images')} images, "
         f"accuracy <b>{summary.get('accuracy', 0):.4f}</b>, macro F1 <b>{summary.get('macro_f1', 0):.4f}</b>, "
         f"log-loss {summary.get('log_loss', 0):.4f}.</p>",
+        *(
+            [
+                "<p>Its weights were fitted on validation probabilities "
+                + ("with" if summary["weights_fitted_with_tta"] else "without")
+                + " TTA (the run's own setting, recommended.json), unlike these test probabilities.</p>"
+            ]
+            if summary.get("weights_fitted_with_tta", summary.get("tta")) != summary.get("tta")
+            else []
+        ),
         _figure(ev / "confusion_matrix.png", f"{name}: confusion matrix (counts)", wide=True),
     ]
     report = _read_json(ev / "classification_report.json")
