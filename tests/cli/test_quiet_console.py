@@ -124,3 +124,23 @@ def test_serve_prints_no_backend_lines(model_and_broken_image, tmp_path):
             server.wait(timeout=60)
     assert f"http://127.0.0.1:{port}/" in out.read_text()
     assert not BACKEND_LINE.search(err.read_text()), err.read_text()
+
+
+def test_train_prints_no_backend_lines(tmp_path):
+    """`virion train` asks whether backends are installed (importlib's find_spec) before it imports
+    TensorFlow: such a probe must not use up the muting of the real import."""
+    from virion.data.synth import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, per_class=5, seed=0, size=64, progress=False)
+    done = subprocess.run(
+        [*VIRION, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--models", "texture"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "texture" in done.stdout + done.stderr
+    assert not BACKEND_LINE.search(done.stderr), done.stderr
+    assert not BACKEND_LINE.search(done.stdout), done.stdout

@@ -42,22 +42,34 @@ def stderr_fd_to_devnull():
 
 
 class _QuietFirstImport(importlib.abc.MetaPathFinder):
-    """Finds a module of QUIET_MODULES the usual way and runs its first import with stderr muted."""
+    """Finds a module of QUIET_MODULES the usual way and runs its first import with stderr muted.
+
+    It stays in place until the module is actually executed: a probe such as
+    `importlib.util.find_spec("tensorflow")` (virion.backend asks whether a backend is installed)
+    must not use it up.
+    """
+
+    def __init__(self):
+        self._looking = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in QUIET_MODULES:
+        if fullname not in QUIET_MODULES or self._looking:
             return None
-        self.remove()  # once per process; and the lookup below must not come back here
-        spec = importlib.util.find_spec(fullname)
+        self._looking = True  # the lookup below must not come back here
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._looking = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def quiet_exec_module(module):
+            self.remove()  # once per process
             with stderr_fd_to_devnull():
                 exec_module(module)
 
-        spec.loader.exec_module = quiet_exec_module  # this module's own loader instance only
+        spec.loader.exec_module = quiet_exec_module  # this spec's own loader instance only
         return spec
 
     def remove(self) -> None:
