@@ -158,14 +158,14 @@ def test_rbf_svm_matches_sklearn():
     assert np.array_equal(votes.argmax(1), svc.predict(test))
 
 
-@pytest.mark.parametrize("classifier", ["logistic", "svm"])
+@pytest.mark.parametrize("classifier", ["logistic+lda", "logistic", "svm"])
 def test_fit_predict_separable(classifier):
     rng = np.random.default_rng(5)
     x, y = _dataset(rng, 10)
     vx, vy = _dataset(rng, 4)
     tx, ty = _dataset(rng, 5)
     names = ["small", "large", "ring", "never-seen"]
-    model = TextureModel(classifier=classifier, input_size=SIZE, cache=False)
+    model = TextureModel(classifier=classifier, input_size=SIZE, cache=False, pool_validation=False)
     model.fit(x, y, class_names=names, val_images=vx, val_labels=vy, progress=False)
     p = model.predict_proba(tx)
     assert p.shape == (len(tx), 4) and p.dtype == np.float64
@@ -173,6 +173,7 @@ def test_fit_predict_separable(classifier):
     assert (p[:, 3] == 0).all()  # a class without training images gets no probability
     assert (p.argmax(1) == ty).mean() >= 0.9
     assert model.calibration_["fitted_on"] == "validation" and model.temperature_ > 0
+    assert model.validation_oof_ is None and not model.pooled_
     assert model.count_params() > 0
     assert np.array_equal(model.predict_proba(tx, tta=True), p)
     profile = model.explain_profile(tx[0])
@@ -183,24 +184,26 @@ def test_fit_predict_separable(classifier):
 def test_grouped_search_and_wrong_inputs(monkeypatch):
     from virion.models.texture import model as texture_model
 
-    monkeypatch.setattr(texture_model, "LOGISTIC_C_GRID", (0.1, 1.0))  # a short search: the search is tested
+    monkeypatch.setattr(texture_model, "PAIR_C_GRID", (0.1, 1.0))  # a short search: the search is tested
+    monkeypatch.setattr(texture_model, "PAIR_SHRINKAGE_GRID", (0.2,))
     rng = np.random.default_rng(6)
     x, y = _dataset(rng, 8)
     groups = np.arange(len(y)) % 4
     model = TextureModel(input_size=SIZE, cache=False).fit(x, y, class_names=["a", "b", "c"], groups=groups)
-    assert set(model.search_) == {"C=0.1", "C=1"} and model.C_ in (0.1, 1.0)
-    assert model.calibration_["fitted_on"] == "out-of-fold training scores (grouped)"
+    assert set(model.search_) == {"C=0.1,shrinkage=0.2", "C=1,shrinkage=0.2"} and model.C_ in (0.1, 1.0)
+    assert model.calibration_["fitted_on"].startswith("out-of-fold scores of the training images (grouped)")
     with pytest.raises(VirionError, match="expects 64x64"):
         model.predict_proba(np.zeros((1, 32, 32), np.uint8))
     with pytest.raises(VirionError, match="fewer than two classes"):
         TextureModel(input_size=SIZE, cache=False).fit(x[:3], [0, 0, 0], class_names=["a", "b"])
 
 
-def test_save_load_same_probabilities_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("classifier", ["logistic+lda", "svm"])
+def test_save_load_same_probabilities_in_a_fresh_process(tmp_path, classifier):
     rng = np.random.default_rng(7)
     x, y = _dataset(rng, 8)
     vx, vy = _dataset(rng, 3)
-    model = TextureModel(classifier="svm", input_size=SIZE, cache=False)
+    model = TextureModel(classifier=classifier, input_size=SIZE, cache=False)
     model.fit(x, y, class_names=["small", "large", "ring"], val_images=vx, val_labels=vy, progress=False)
     files = model.save(tmp_path / "texture")
     assert files == {"texture": JSON_NAME, "arrays": NPZ_NAME}
@@ -232,6 +235,58 @@ def test_save_load_same_probabilities_in_a_fresh_process(tmp_path):
     got, expected = np.load(out), np.load(tmp_path / "expected.npy")
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_linear_sum_is_one_linear_map_of_scaled_heads():
+    from virion.models.texture.linear import LinearSoftmax
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 5))
+    a = LinearSoftmax(rng.normal(size=(3, 5)), rng.normal(size=3))
+    b = LinearSoftmax(100 * rng.normal(size=(3, 5)), rng.normal(size=3))  # a head on a 100x larger scale
+    both = LinearSoftmax.sum([a, b], x)
+    q = rng.normal(size=(7, 5))
+    expected = a.class_scores(q) / a.class_scores(x).std() + b.class_scores(q) / b.class_scores(x).std()
+    np.testing.assert_allclose(both.class_scores(q), expected, rtol=1e-12, atol=1e-12)
+    assert both.coef.shape == (3, 5) and both.intercept.shape == (3,)
+
+
+def test_pooled_validation_trains_on_it_and_keeps_its_out_of_fold_probabilities():
+    from sklearn.model_selection import GroupKFold
+
+    from virion.models.texture.calibration import softmax
+
+    rng = np.random.default_rng(9)
+    x, y = _dataset(rng, 8)
+    vx, vy = _dataset(rng, 4)
+    groups = np.arange(len(y)) % 4
+    val_groups = 10 + np.arange(len(vy)) % 3
+    names = ["small", "large", "ring"]
+    model = TextureModel(input_size=SIZE, cache=False, C=0.1, shrinkage=0.2)
+    model.fit(x, y, class_names=names, val_images=vx, val_labels=vy, groups=groups, val_groups=val_groups)
+    assert model.pooled_ and model.calibration_["fitted_on"].startswith(
+        "out-of-fold scores of the training + validation images (grouped)"
+    )
+    oof = model.validation_oof_
+    assert oof.shape == (len(vy), 3)
+    np.testing.assert_allclose(oof.sum(axis=1), 1.0, atol=1e-12)
+    # The final head trained on the validation images: it is not the one that gave their probabilities.
+    assert not np.allclose(np.log(oof + 1e-300), np.log(model.predict_proba(vx) + 1e-300), atol=1e-3)
+    # Each validation row's probabilities come from a head fitted without its micrograph (grouped folds).
+    pool_x = np.vstack([model.features(x), model.features(vx)]).astype(np.float64)
+    pool_y = np.concatenate([y, vy])
+    z = (pool_x - model.mean_) / model.scale_
+    pool_groups = np.concatenate([groups, val_groups]).astype(str)
+    for train, test in GroupKFold(n_splits=3).split(z, pool_y, pool_groups):
+        head = model._train_head(z[train], pool_y[train], model.C_, model.gamma_)
+        rows = test[test >= len(y)]
+        expected = softmax(head.class_scores(z[rows]), model.temperature_)
+        np.testing.assert_allclose(oof[rows - len(y)], expected, atol=1e-9)
+    # Without the validation images' groups the pooled folds could split a micrograph: no grouped search.
+    ungrouped = TextureModel(input_size=SIZE, cache=False).fit(
+        x, y, class_names=names, val_images=vx, val_labels=vy, groups=groups
+    )
+    assert ungrouped.search_ == {} and "(not grouped)" in ungrouped.calibration_["fitted_on"]
 
 
 def test_load_refuses_mismatched_or_stale_files(tmp_path, monkeypatch):

@@ -13,9 +13,12 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+from virion.errors import VirionError
 
 pytest.importorskip("virion.models.texture.model", reason="the texture model (virion.models.texture) is not there")
 
@@ -72,6 +75,46 @@ def test_texture_is_a_model_of_the_run(trained):
     chosen = json.loads((run / "recommended.json").read_text())
     assert chosen["split"] == "validation" and chosen["classifier"] in chosen["candidates"]
     assert "Recommended classifier" in (run / "report.html").read_text()
+
+
+def test_the_recommendation_sees_the_texture_models_out_of_fold_validation_probabilities(trained):
+    from virion.evaluation.ensemble import split_probabilities
+    from virion.models.texture.model import VALIDATION_OOF_FILE, TextureModel, read_validation_oof
+
+    root, run = trained
+    model = TextureModel.load(run / "texture")
+    assert model.pooled_  # it trained on the validation images too
+    oof = read_validation_oof(run / "texture")
+    validation = sorted((root / "data" / "validation").rglob("*.png"))
+    assert sorted(oof) == sorted(f.relative_to(root / "data").as_posix() for f in validation)
+    names, files, labels, probs = split_probabilities(run, "validation", progress=False)
+    keys = [Path(f).resolve().relative_to((root / "data").resolve()).as_posix() for f in files]
+    np.testing.assert_allclose(probs["texture"], np.stack([oof[k] for k in keys]), rtol=0, atol=1e-12)
+    seen = model.predict_proba(np.stack([_decode256(f) for f in files]))
+    # not the predictions of the model that saw them (log-probabilities: these tiny classes are separable)
+    assert not np.allclose(np.log(probs["texture"] + 1e-300), np.log(seen + 1e-300), atol=1e-3)
+    meta = json.loads((run / "texture" / "metadata.json").read_text())
+    oof_accuracy = float((probs["texture"].argmax(1) == labels).mean())
+    assert meta["best_val_accuracy"] == pytest.approx(oof_accuracy)
+    # Validation data that the out-of-fold file does not cover: a clear error, not optimistic probabilities.
+    saved = (run / "texture" / VALIDATION_OOF_FILE).read_text()
+    try:
+        data = json.loads(saved)
+        data["files"] = [f + ".other" for f in data["files"]]
+        (run / "texture" / VALIDATION_OOF_FILE).write_text(json.dumps(data))
+        with pytest.raises(VirionError, match="no out-of-fold"):
+            split_probabilities(run, "validation", progress=False)
+        (run / "texture" / VALIDATION_OOF_FILE).unlink()
+        with pytest.raises(VirionError, match="out-of-fold probabilities of them are missing"):
+            split_probabilities(run, "validation", progress=False)
+    finally:
+        (run / "texture" / VALIDATION_OOF_FILE).write_text(saved)
+
+
+def _decode256(path):
+    from virion.data.decode import DecodeSettings, decode_image
+
+    return decode_image(path, DecodeSettings(size=256))
 
 
 def test_predict_and_explain_on_a_texture_run(trained, capsys):

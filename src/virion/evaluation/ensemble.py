@@ -159,9 +159,35 @@ def split_probabilities(
             decoded[settings] = load_split_arrays(part, settings, progress=progress)
         arrays = decoded[settings]
         probs = predict_proba(loaded.model, arrays.images, batch_size=batch_size, tta=tta)
+        if split == "validation":
+            probs = _unseen_validation(loaded, arrays.files, dataset.root, probs)
         per_model[loaded.name] = ([str(f) for f in arrays.files], arrays.labels, probs)
     files, labels, probs = aligned(per_model)
     return class_names, files, labels, probs
+
+
+def _unseen_validation(loaded, files, root, probs: np.ndarray) -> np.ndarray:
+    """A model that trained on the validation images (the texture model, `pool_validation`) answers
+    for them with its out-of-fold probabilities, written beside it at training time; others as they are."""
+    from virion.models.texture.model import read_validation_oof
+    from virion.training.texture_fit import relative_paths
+
+    oof = read_validation_oof(loaded.source.parent)
+    if oof is None:
+        if getattr(loaded.model, "pooled_", False):
+            raise VirionError(
+                f"{loaded.source.parent}: {loaded.name} trained on the validation images but its out-of-fold "
+                "probabilities of them are missing; train the run again"
+            )
+        return probs
+    keys = relative_paths(files, root)
+    missing = [f for f in keys if f not in oof]
+    if missing:
+        raise VirionError(
+            f"{loaded.source.parent}: {len(missing)} validation images (e.g. {missing[0]}) have no out-of-fold "
+            f"probabilities of {loaded.name}, which trained on them; train the run again on this data"
+        )
+    return np.stack([oof[f] for f in keys])
 
 
 # --------------------------------------------------------------------------- the recommendation

@@ -6,6 +6,12 @@ same cache but at the texture model's own settings: `FIXED_INPUT_SIZE` (256 px, 
 the model files are written first (atomically), metadata.json last, so a finished texture model
 is one whose metadata.json says "trained" and whose files are there (a resume skips it); a run
 killed during the fit has no metadata.json for it and simply fits it again.
+
+The model trains on the training and validation images (`TextureModel(pool_validation=True)`), so
+its plain predictions of the validation split are no longer unseen. Its out-of-fold validation
+probabilities are written beside it (`texture.VALIDATION_OOF_FILE`, by file path relative to the
+dataset root); the validation figures in its metadata.json come from them, and the run's ensemble
+weights and recommended classifier read them (`evaluation.ensemble.split_probabilities`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from virion.errors import VirionError
 from virion.models.catalog import FIXED_INPUT_SIZE
+from virion.models.texture.model import VALIDATION_OOF_FILE, write_validation_oof
 from virion.run import layout, store
 from virion.run.loading import TEXTURE_KIND
 
@@ -57,6 +64,19 @@ def _groups(split, files) -> list[str] | None:
     return None if any(g is None for g in groups) else groups
 
 
+def relative_paths(files, root) -> list[str]:
+    """Each file's path relative to the dataset root (its folder for a manifest; as given when not under it)."""
+    base = Path(root).resolve()
+    base = base.parent if base.is_file() else base  # a CSV manifest: paths are relative to its folder
+    out = []
+    for f in files:
+        try:
+            out.append(Path(f).resolve().relative_to(base).as_posix())
+        except ValueError:
+            out.append(str(f))
+    return out
+
+
 def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True):
     """Fit, save and describe the texture model in `folder`; returns the trainer's ModelResult."""
     from sklearn.metrics import f1_score
@@ -84,10 +104,18 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
         val_images=validation.images,
         val_labels=validation.labels,
         groups=_groups(data.dataset.splits["train"], train.files),
+        val_groups=_groups(data.dataset.splits["validation"], validation.files),
         progress=progress,
     )
     seconds = time.perf_counter() - start
-    pred = np.asarray(model.predict_proba(validation.images, batch_size=config.batch_size)).argmax(axis=1)
+    for stale in (folder / layout.HISTORY_FILE, folder / VALIDATION_OOF_FILE):
+        stale.unlink(missing_ok=True)
+    if model.validation_oof_ is not None:
+        oof = model.validation_oof_
+        write_validation_oof(folder, relative_paths(validation.files, data.dataset.root), oof, model.class_names)
+    else:
+        oof = model.predict_proba(validation.images, batch_size=config.batch_size)
+    pred = np.asarray(oof).argmax(axis=1)
     labels = np.asarray(validation.labels)
     val_accuracy = float((pred == labels).mean()) if len(labels) else None
     val_f1 = (
@@ -95,8 +123,6 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
         if len(labels)
         else None
     )
-    for stale in (folder / layout.HISTORY_FILE,):
-        stale.unlink(missing_ok=True)
     files = dict(model.save(folder))
     params = int(model.count_params()) if hasattr(model, "count_params") else None
     info = model_info(name)

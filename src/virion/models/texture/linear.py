@@ -1,7 +1,7 @@
-"""Multinomial logistic regression's scores in NumPy, from plain arrays: no pickle.
+"""Linear class scores in NumPy, from plain arrays: no pickle.
 
-scikit-learn fits it (`sklearn.linear_model.LogisticRegression`); predicting needs only the
-weights and intercepts, stored in the model's .npz.
+scikit-learn fits the heads (`LogisticRegression`, `LinearDiscriminantAnalysis`); predicting needs
+only the weights and intercepts, stored in the model's .npz.
 """
 
 from __future__ import annotations
@@ -26,6 +26,19 @@ class LinearSoftmax:
             coef = np.vstack([-coef / 2, coef / 2])
             intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
         return cls(coef, intercept)
+
+    @classmethod
+    def sum(cls, heads: list[LinearSoftmax], x: np.ndarray) -> LinearSoftmax:
+        """One linear map: the sum of `heads`' scores, each divided by the spread (sd) of its scores on `x`.
+
+        Scaling by the spread puts heads whose scores live on different scales (logits, LDA
+        discriminants) on an equal footing; the sum of linear maps is still one linear map.
+        """
+        coef, intercept = 0.0, 0.0
+        for head in heads:
+            spread = float(head.class_scores(x).std()) or 1.0
+            coef, intercept = coef + head.coef / spread, intercept + head.intercept / spread
+        return cls(np.asarray(coef, np.float64), np.asarray(intercept, np.float64))
 
     @property
     def n_classes(self) -> int:

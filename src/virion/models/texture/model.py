@@ -5,13 +5,24 @@ A classical classifier that needs no GPU and trains in minutes at most: on ~1k r
 with deep networks trained from scratch (issue 16), and its probabilities feed the ensemble.
 
 Choices (measured by grouped CV of the real development crops, benchmarks/bench_texture.py):
-- multinomial logistic regression with balanced class weights by default: 4-6 points of accuracy
-  above an RBF SVM on the same features (0.66 vs 0.61); the SVM stays available
-  (`classifier="svm"`). C (and the SVM's gamma) is chosen by grouped CV inside the training
-  images when `fit` gets `groups`, else LOGISTIC_DEFAULT_C (0.1, from exploratory runs);
+- by default ("logistic+lda") the sum of two linear heads on the same standardised features: a
+  multinomial logistic regression (balanced class weights) and a shrinkage LDA (equal priors),
+  each scaled by the spread of its training scores; the sum is one linear map, stored as such.
+  The pair beat logistic alone by 1-2 points of accuracy; "logistic" alone and an RBF SVM ("svm",
+  0.61 vs 0.66 for logistic) stay available. C and the LDA shrinkage (the SVM's C and gamma) are
+  chosen by grouped CV when `fit` gets `groups`, else the defaults below;
+- all the labelled data trains (`pool_validation`, on by default): the validation images join the
+  training images, the hyper-parameters are chosen by grouped CV over the pool, the temperature is
+  fitted on the pool's grouped out-of-fold scores, then the head is fitted on the whole pool. The
+  validation images' own out-of-fold probabilities (`validation_oof_`) are what the run's ensemble
+  and recommended-classifier choice get for this model, since its plain validation predictions are
+  no longer unseen (training/texture_fit.py, evaluation/ensemble.py). +2-6 points of accuracy on
+  4 fold draws of the development crops (~600 -> ~750 training crops);
 - probabilities: the classifier's scores (logits, or the SVM's summed one-vs-one decision values)
-  through a softmax whose temperature is fitted on the validation split (else on out-of-fold
-  training scores);
+  through a softmax whose temperature is fitted on out-of-fold scores (or, with
+  `pool_validation=False`, on the validation split);
+- the classifier runs with one BLAS/OpenMP thread: on 2 busy cores multi-threaded BLAS made one
+  grouped search take minutes instead of seconds;
 - saved as plain arrays (`np.savez`, read with allow_pickle=False) + JSON, written atomically:
   loading runs no code. Predictions are evaluated in NumPy (`linear.LinearSoftmax`,
   `svm.RbfSvm`), so a loaded model predicts exactly what the fitted one did.
@@ -40,12 +51,20 @@ JSON_NAME = "texture_model.json"
 NPZ_NAME = "texture_model.npz"
 # Below this many images predict_proba computes features without touching the disk cache (serve).
 CACHE_MIN_IMAGES = 64
-CLASSIFIERS = ("logistic", "svm")
+# Beside a model trained with its run's validation images: their out-of-fold probabilities.
+VALIDATION_OOF_FILE = "validation_oof.json"
+CLASSIFIERS = ("logistic+lda", "logistic", "svm")
 # Grids searched by grouped CV on the training data (SVM gamma as a multiple of 1 / n_features),
 # and the values used without groups.
 LOGISTIC_C_GRID = (0.03, 0.1, 0.3)
 LOGISTIC_DEFAULT_C = 0.1
 LOGISTIC_MAX_ITER = 2000
+# The pair's grid: C of the logistic head x shrinkage of the LDA head; defaults without groups are
+# the values the grouped search picked most often on the development crops.
+PAIR_C_GRID = (0.03, 0.1, 0.3)
+PAIR_SHRINKAGE_GRID = (0.1, 0.3, 0.7)
+PAIR_DEFAULT_C = 0.03
+PAIR_DEFAULT_SHRINKAGE = 0.1
 SVM_C_GRID = (1.0, 3.0, 10.0, 30.0)
 SVM_GAMMA_GRID = (0.1, 0.3, 1.0)
 SVM_DEFAULT_C = 10.0
@@ -57,13 +76,16 @@ class TextureModel:
     """sklearn-like texture classifier over uint8 (N, S, S) crops (S = `input_size`, 256 by default).
 
     Args:
-        classifier: "logistic" (multinomial logistic regression) or "svm" (RBF SVM).
+        classifier: "logistic+lda" (logistic regression + shrinkage LDA, summed), "logistic"
+            (multinomial logistic regression) or "svm" (RBF SVM).
         C: inverse regularisation, or "auto" (grouped CV on the training data when `fit` gets
             `groups`, else the measured default).
         gamma: the SVM's RBF width as a multiple of 1 / n_features, or "auto" (as C).
-        refit: after calibrating on the validation images, train again on training + validation
-            (more data, same settings and temperature). Off by default: the validation split then
-            stays unseen, as the recommended-classifier choice and ensemble weights need.
+        shrinkage: the LDA head's covariance shrinkage in [0, 1], or "auto" (as C).
+        pool_validation: train on training + validation images (see the module docstring); the
+            validation images' out-of-fold probabilities are kept in `validation_oof_`.
+        refit: (only with `pool_validation=False`) after calibrating on the validation images,
+            train again on training + validation with the same settings and temperature.
         input_size: crop side the model expects (decoding: `input_size`, `stretch`).
         stretch: the decode percentile stretch the images were made with (kept in metadata).
         cache: keep features on disk (`features.cached_features`) so a second fit does not recompute.
@@ -73,9 +95,11 @@ class TextureModel:
     def __init__(
         self,
         *,
-        classifier: str = "logistic",
+        classifier: str = "logistic+lda",
         C: float | str = "auto",
         gamma: float | str = "auto",
+        shrinkage: float | str = "auto",
+        pool_validation: bool = True,
         input_size: int = 256,
         stretch: tuple[float, float] | None = (0.5, 99.5),
         cache: bool = True,
@@ -90,6 +114,8 @@ class TextureModel:
         self.refit = bool(refit)
         self.C = C
         self.gamma = gamma
+        self.shrinkage = shrinkage
+        self.pool_validation = bool(pool_validation)
         self.input_size = int(input_size)
         self.stretch = tuple(stretch) if stretch is not None else None
         self.cache = cache
@@ -103,6 +129,8 @@ class TextureModel:
             "refit": self.refit,
             "C": self.C,
             "gamma": self.gamma,
+            "shrinkage": self.shrinkage,
+            "pool_validation": self.pool_validation,
             "input_size": self.input_size,
             "stretch": list(self.stretch) if self.stretch else None,
             "seed": self.seed,
@@ -143,35 +171,70 @@ class TextureModel:
         val_images=None,
         val_labels=None,
         groups=None,
+        val_groups=None,
         progress: bool = True,
     ) -> TextureModel:
         """Train on uint8 (N, S, S) `images` with integer `labels` (indices into `class_names`).
 
         `groups` (one micrograph/session id per image), when given, makes the choice of C (and
-        gamma) a grouped cross-validation on the training images. The softmax temperature is fitted
-        on (`val_images`, `val_labels`) when given, else on out-of-fold scores of the training
-        images. With `refit` on, the classifier is then trained again on training + validation
-        images with the same settings and temperature (more data, but validation is no longer unseen).
+        gamma or shrinkage) a grouped cross-validation. With `pool_validation` (the default) the
+        validation images (`val_groups`: their groups) join the training images for everything:
+        search, out-of-fold temperature and the final fit; `validation_oof_` then holds their
+        out-of-fold probabilities (N_val, C). Without it the temperature is fitted on the validation
+        images when given (else on out-of-fold training scores), and `refit` trains again on
+        training + validation with the same settings and temperature.
         """
-        from sklearn.model_selection import GroupKFold, StratifiedKFold
+        from threadpoolctl import threadpool_limits
 
         self.class_names = [str(c) for c in class_names]
         labels = self._label_indices(labels)
         x = self.features(images, progress=progress).astype(np.float64)
         if len(x) != len(labels):
             raise VirionError(f"texture model: {len(x)} images but {len(labels)} labels")
-        if len(np.unique(labels)) < 2:
-            raise VirionError("texture model: the training images hold fewer than two classes; give at least two")
-        z, y = self._standardise_fit(x, labels)
-
-        # Folds for the hyper-parameter search and the fallback calibration.
-        splitter = None
+        vx = vy = None
+        if val_images is not None and val_labels is not None and len(val_labels):
+            vy = self._label_indices(val_labels)
+            vx = self.features(val_images, progress=progress).astype(np.float64)
+            if len(vx) != len(vy):
+                raise VirionError(f"texture model: {len(vx)} validation images but {len(vy)} labels")
         if groups is not None:
-            groups = np.asarray(groups)
+            groups = np.asarray(groups).astype(str)
             if len(groups) != len(labels):
                 raise VirionError(f"texture model: {len(groups)} groups for {len(labels)} images")
-            if len(np.unique(groups)) >= CV_FOLDS:
-                splitter = list(GroupKFold(n_splits=CV_FOLDS).split(z, y, groups))
+        n_train = len(labels)
+        self.pooled_ = self.pool_validation and vx is not None
+        if self.pooled_:
+            x, labels = np.vstack([x, vx]), np.concatenate([labels, vy])
+            if groups is not None and val_groups is not None:
+                val_groups = np.asarray(val_groups).astype(str)
+                if len(val_groups) != len(vy):
+                    raise VirionError(f"texture model: {len(val_groups)} validation groups for {len(vy)} images")
+                groups = np.concatenate([groups, val_groups])
+            else:
+                groups = None  # images of one micrograph could sit on both sides of a fold: no grouped search
+        if len(np.unique(labels)) < 2:
+            raise VirionError("texture model: the training images hold fewer than two classes; give at least two")
+        with threadpool_limits(limits=1):
+            self._fit_arrays(x, labels, groups, vx, vy, n_train)
+
+        # Mean radial profile per class (for explain_profile).
+        radial = self._radial_columns()
+        self.class_profiles_ = np.full((len(self.class_names), radial.stop - radial.start), np.nan)
+        y = np.searchsorted(self.trained_classes, labels)
+        for k, c_index in enumerate(self.trained_classes):
+            self.class_profiles_[c_index] = x[y == k, radial].mean(axis=0)
+        self.n_features_ = int(x.shape[1])
+        return self
+
+    def _fit_arrays(self, x, labels, groups, vx, vy, n_train: int) -> None:
+        """Search, head, temperature (and the pooled validation rows' out-of-fold probabilities)."""
+        from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+        z, y = self._standardise_fit(x, labels)
+        # Folds for the hyper-parameter search and the out-of-fold calibration.
+        splitter = None
+        if groups is not None and len(np.unique(groups)) >= CV_FOLDS:
+            splitter = list(GroupKFold(n_splits=CV_FOLDS).split(z, y, groups))
         self.search_ = {}
         c_grid, g_grid = self._grids()
         if len(c_grid) * len(g_grid) > 1 and splitter is not None:
@@ -180,12 +243,10 @@ class TextureModel:
             self.C_, self.gamma_ = self._defaults()
         self.head_ = self._train_head(z, y, self.C_, self.gamma_)
 
-        # Calibration: one temperature, on data the classifier did not train on.
+        # Calibration: one temperature, on scores of images the classifier did not train on.
         self.calibration_ = {}
-        vx = vy = None
-        if val_images is not None and val_labels is not None and len(val_labels):
-            vy = self._label_indices(val_labels)
-            vx = self.features(val_images, progress=progress).astype(np.float64)
+        self.validation_oof_ = None
+        if vx is not None and not self.pooled_:
             keep = np.isin(vy, self.trained_classes)
             vz = (vx[keep] - self.mean_) / self.scale_
             scores, truth = self.head_.class_scores(vz), np.searchsorted(self.trained_classes, vy[keep])
@@ -195,8 +256,17 @@ class TextureModel:
             if not grouped:
                 k = max(2, min(CV_FOLDS, int(np.bincount(y).min())))
                 splitter = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed).split(z, y))
-            scores, truth = self._out_of_fold_scores(z, y, splitter), y
-            source = "out-of-fold training scores" + (" (grouped)" if grouped else " (not grouped)")
+            scores, seen = self._out_of_fold_scores(z, y, splitter)
+            truth = y
+            source = "out-of-fold scores of the training" + (" + validation" if self.pooled_ else "") + " images"
+            source += " (grouped)" if grouped else " (not grouped)"
+            source += "; images whose class was missing from their fold's training side left out"
+        if self.pooled_:
+            oof = scores[n_train:]
+        if vx is None or self.pooled_:
+            # An image whose class its fold's classifier never saw cannot be scored fairly: it would pull
+            # the temperature to infinity (grouped folds of a class with one or two micrographs).
+            scores, truth = scores[seen], y[seen]
         self.temperature_ = fit_temperature(scores, truth) if len(truth) else 1.0
         if len(truth):
             before, after = softmax(scores), softmax(scores, self.temperature_)
@@ -210,20 +280,15 @@ class TextureModel:
                 "ece": expected_calibration_error(after, truth),
                 "accuracy": float((after.argmax(1) == truth).mean()),
             }
+        if self.pooled_:
+            self.validation_oof_ = np.zeros((len(y) - n_train, len(self.class_names)))
+            self.validation_oof_[:, self.trained_classes] = softmax(oof, self.temperature_)
         self.refitted_ = False
-        if self.refit and vx is not None:
+        if self.refit and vx is not None and not self.pooled_:
             x, labels = np.vstack([x, vx]), np.concatenate([labels, vy])
             z, y = self._standardise_fit(x, labels)
             self.head_ = self._train_head(z, y, self.C_, self.gamma_)
             self.refitted_ = True
-
-        # Mean radial profile per class (for explain_profile).
-        radial = self._radial_columns()
-        self.class_profiles_ = np.full((len(self.class_names), radial.stop - radial.start), np.nan)
-        for k, c_index in enumerate(self.trained_classes):
-            self.class_profiles_[c_index] = x[y == k, radial].mean(axis=0)
-        self.n_features_ = int(x.shape[1])
-        return self
 
     def _standardise_fit(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Learn the scaler and the trained classes; standardised features and labels 0..k-1."""
@@ -238,6 +303,10 @@ class TextureModel:
             c_grid = SVM_C_GRID if self.C == "auto" else (float(self.C),)
             g_grid = SVM_GAMMA_GRID if self.gamma == "auto" else (float(self.gamma),)
             return c_grid, g_grid
+        if self.classifier == "logistic+lda":
+            c_grid = PAIR_C_GRID if self.C == "auto" else (float(self.C),)
+            s_grid = PAIR_SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
+            return c_grid, s_grid
         return (LOGISTIC_C_GRID if self.C == "auto" else (float(self.C),)), (0.0,)
 
     def _defaults(self) -> tuple[float, float]:
@@ -245,6 +314,11 @@ class TextureModel:
             return (
                 SVM_DEFAULT_C if self.C == "auto" else float(self.C),
                 SVM_DEFAULT_GAMMA if self.gamma == "auto" else float(self.gamma),
+            )
+        if self.classifier == "logistic+lda":
+            return (
+                PAIR_DEFAULT_C if self.C == "auto" else float(self.C),
+                PAIR_DEFAULT_SHRINKAGE if self.shrinkage == "auto" else float(self.shrinkage),
             )
         return (LOGISTIC_DEFAULT_C if self.C == "auto" else float(self.C)), 0.0
 
@@ -262,7 +336,10 @@ class TextureModel:
         return labels
 
     def _train_head(self, z: np.ndarray, y: np.ndarray, c: float, g: float):
-        """The classifier on standardised features `z` with labels 0..k-1 (every one present)."""
+        """The classifier on standardised features `z` with labels 0..k-1 (every one present).
+
+        `g`: the SVM's gamma, or the LDA head's shrinkage for "logistic+lda".
+        """
         if self.classifier == "svm":
             from sklearn.svm import SVC
 
@@ -275,15 +352,24 @@ class TextureModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a convergence warning at max_iter: the result is still usable
             lr.fit(z, y)
-        return LinearSoftmax.from_sklearn(lr)
+        logistic = LinearSoftmax.from_sklearn(lr)
+        if self.classifier != "logistic+lda":
+            return logistic
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    def _out_of_fold_scores(self, z, y, splitter) -> np.ndarray:
-        """Class scores of each training image from a classifier that did not see it.
+        k = int(y.max()) + 1
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=g, priors=np.full(k, 1.0 / k)).fit(z, y)
+        return LinearSoftmax.sum([logistic, LinearSoftmax.from_sklearn(lda)], z)
+
+    def _out_of_fold_scores(self, z, y, splitter) -> tuple[np.ndarray, np.ndarray]:
+        """Class scores of each training image from a classifier that did not see it, and whether
+        that classifier saw the image's class.
 
         Classes a fold's training side lacks get a very low score.
         """
         k = int(y.max()) + 1
         out = np.zeros((len(y), k))
+        seen = np.zeros(len(y), bool)
         for train, test in splitter:
             classes = np.unique(y[train])
             if len(classes) < 2:
@@ -292,7 +378,8 @@ class TextureModel:
             scores = np.full((len(test), k), -1e3)
             scores[:, classes] = head.class_scores(z[test])
             out[test] = scores
-        return out
+            seen[test] = np.isin(y[test], classes)
+        return out, seen
 
     def _search(self, z, y, splitter, c_grid, g_grid) -> tuple[float, float]:
         """(C, gamma) with the best mean grouped-CV accuracy (ties: the smaller C, then gamma)."""
@@ -309,7 +396,8 @@ class TextureModel:
                     accs.append(float((pred == y[test]).mean()))
                 results.append((round(float(np.mean(accs)), 6) if accs else 0.0, -c, -g, c, g))
         best = max(results)
-        self.search_ = {f"C={r[3]:g}" + (f",gamma={r[4]:g}" if self.classifier == "svm" else ""): r[0] for r in results}
+        second = {"svm": ",gamma={:g}", "logistic+lda": ",shrinkage={:g}"}.get(self.classifier, "")
+        self.search_ = {f"C={r[3]:g}" + second.format(r[4]): r[0] for r in results}
         return best[3], best[4]
 
     # ------------------------------------------------------------------------------ predict
@@ -399,9 +487,11 @@ class TextureModel:
             "stretch": list(self.stretch) if self.stretch else None,
             "params": self.get_params(),
             "C": self.C_,
-            "gamma": self.gamma_,
+            "gamma": self.gamma_ if self.classifier == "svm" else 0.0,
+            "shrinkage": self.gamma_ if self.classifier == "logistic+lda" else None,
             "n_features": self.n_features_,
             "temperature": self.temperature_,
+            "pooled_validation": self.pooled_,
             "refitted": self.refitted_,
             "calibration": self.calibration_,
             "search": self.search_,
@@ -451,12 +541,15 @@ class TextureModel:
             refit=bool(params.get("refit", False)),
             C=params.get("C", "auto"),
             gamma=params.get("gamma", "auto"),
+            shrinkage=params.get("shrinkage", "auto"),
+            pool_validation=bool(params.get("pool_validation", False)),
             input_size=int(meta["input_size"]),
             stretch=tuple(stretch) if stretch else None,
             seed=int(params.get("seed", 0)),
         )
         model.class_names = [str(c) for c in meta["class_names"]]
-        model.C_, model.gamma_ = float(meta["C"]), float(meta["gamma"])
+        second = meta.get("shrinkage") if model.classifier == "logistic+lda" else meta["gamma"]
+        model.C_, model.gamma_ = float(meta["C"]), float(second)
         model.n_features_ = int(meta["n_features"])
         model.calibration_ = meta.get("calibration") or {}
         model.search_ = meta.get("search") or {}
@@ -466,5 +559,36 @@ class TextureModel:
         model.temperature_ = float(arrays["temperature"])
         model.class_profiles_ = arrays["class_profiles"].astype(np.float64)
         model.refitted_ = bool(meta.get("refitted", False))
+        model.pooled_ = bool(meta.get("pooled_validation", False))
         model.head_ = RbfSvm.from_arrays(arrays) if model.classifier == "svm" else LinearSoftmax.from_arrays(arrays)
         return model
+
+
+def write_validation_oof(folder, files: list[str], probabilities: np.ndarray, class_names: list[str]) -> None:
+    """Write VALIDATION_OOF_FILE: the validation images' out-of-fold probabilities, one row per file."""
+    probabilities = np.asarray(probabilities, np.float64)
+    if len(files) != len(probabilities):
+        raise ValueError(f"{len(files)} files but {len(probabilities)} rows of probabilities")
+    payload = {
+        "what": "out-of-fold probabilities of the validation images (the model itself trained on them)",
+        "class_names": [str(c) for c in class_names],
+        "files": [str(f) for f in files],
+        "probabilities": probabilities.tolist(),
+    }
+    atomic_write_text(Path(folder) / VALIDATION_OOF_FILE, json.dumps(payload) + "\n")
+
+
+def read_validation_oof(folder) -> dict[str, np.ndarray] | None:
+    """{file: probabilities} from VALIDATION_OOF_FILE in `folder`, or None when there is none."""
+    path = Path(folder) / VALIDATION_OOF_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        probs = np.asarray(data["probabilities"], np.float64)
+        files = [str(f) for f in data["files"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise VirionError(f"{path}: cannot read the out-of-fold validation probabilities ({exc}); retrain") from None
+    if probs.ndim != 2 or len(files) != len(probs):
+        raise VirionError(f"{path}: files and probabilities do not match; retrain the texture model")
+    return dict(zip(files, probs))
