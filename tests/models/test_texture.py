@@ -86,7 +86,7 @@ def test_lbp_agrees_with_scikit_image():
         assert np.abs(h_ours - h_ref).sum() < 0.1
 
 
-def _padding_shift(size=128, seeds=6, widths=(26, 45)) -> float:
+def _padding_shift(size=128, seeds=6, widths=(26, 45), columns=None) -> float:
     """Largest mean shift of any feature when a side of the crop becomes black padding, in units
     of that feature's spread over texture samples (paired over the samples)."""
     rng = np.random.default_rng(2)
@@ -98,6 +98,8 @@ def _padding_shift(size=128, seeds=6, widths=(26, 45)) -> float:
             padded[:, :cols] = 0
             images.append(padded)
     x = feat.texture_features(np.stack(images)).astype(np.float64).reshape(seeds, 1 + len(widths), -1)
+    if columns is not None:
+        x = x[..., columns]
     spread = x[:, 0].std(axis=0) + 1e-9
     return max(float((np.abs((x[:, k] - x[:, 0]).mean(axis=0)) / spread).max()) for k in range(1, 1 + len(widths)))
 
@@ -113,6 +115,37 @@ def test_padding_is_masked_not_described(monkeypatch):
     assert _padding_shift() < 2.5
     monkeypatch.setattr(feat, "padding_mask", lambda image, **kw: np.zeros(np.shape(image), bool))
     assert _padding_shift() > 10
+
+
+def _spectrum_columns(size):
+    return [i for i, n in enumerate(feat.feature_names(size)) if n.startswith("spectrum[")]
+
+
+def test_power_spectrum_finds_the_period_whatever_the_orientation():
+    """A grating of period P px peaks in the band holding wavelength P, at any angle."""
+    size = 128
+    cols = _spectrum_columns(size)
+    assert len(cols) == feat.SPECTRUM_BANDS + 1
+    shortest, longest = feat.SPECTRUM_WAVELENGTHS_PX
+    edges = np.geomspace(1 / longest, 1 / shortest, feat.SPECTRUM_BANDS + 1)
+    yy, xx = np.indices((size, size))
+    for period in (5.0, 12.0):
+        peaks = set()
+        for angle in (0.0, 0.5, 1.2):
+            wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
+            image = np.clip(128 + 60 * wave, 0, 255).astype(np.uint8) + 20
+            shape = feat.image_features(image)[cols][:-1]  # the last value is the level
+            peaks.add(int(np.argmax(shape)))
+        assert peaks == {int(np.searchsorted(edges, 1 / period, side="right") - 1)}
+
+
+def test_power_spectrum_does_not_see_the_padding(monkeypatch):
+    """The spectrum alone, as test_padding_is_masked_not_described: masked, a black side shifts it by less than
+    its natural spread; unmasked (the control) the black edge dominates it."""
+    cols = _spectrum_columns(128)
+    assert _padding_shift(columns=cols) < 1.5
+    monkeypatch.setattr(feat, "padding_mask", lambda image, **kw: np.zeros(np.shape(image), bool))
+    assert _padding_shift(columns=cols) > 5
 
 
 # ------------------------------------------------------------------------------------------ cache

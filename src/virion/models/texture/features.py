@@ -13,7 +13,10 @@ are features, and orientation is not (every descriptor here is rotation-invarian
   holds, over the whole crop and its centre;
 - structure-tensor anisotropy on four pyramid levels: filaments (Ebola, Marburg) against round
   particles, without reference to their direction;
-- intensity percentiles.
+- intensity percentiles;
+- the radially averaged power spectrum (log power in log-spaced bands of wavelength 2-128 px: its
+  shape and its level): the scales of the particle's spikes, capsomers and envelope, pooled over
+  every orientation (+3-4 points of grouped-CV accuracy on 4 fold draws, issue 16).
 
 Intensities are normalised per image (1st-99th percentile of the image's own non-padding pixels),
 so stain and exposure differences between micrographs matter less.
@@ -21,7 +24,9 @@ so stain and exposure differences between micrographs matter less.
 Black padding (`virion.data.padding`) is masked, never described: every statistic is taken over
 non-padding pixels only, and a filter response (LBP neighbourhood, GLCM pair, Gaussian band) only
 where its support does not reach padding. Nothing is normalised by the crop's area, so how much of
-a crop is padding is not a feature.
+a crop is padding is not a feature. The spectrum is taken of the valid pixels under a window that
+tapers to zero over SPECTRUM_TAPER_PX before the padding (no step at its edge), as power per unit
+of window energy (the standard estimate of a windowed spectrum, which does not grow with the area).
 
 Speed: the LBP is computed here in NumPy (8 interpolated neighbours per radius) rather than with
 `skimage.feature.local_binary_pattern`, which took ~100 ms per 256-px crop for the four radii
@@ -47,7 +52,7 @@ from virion.atomic import atomic_write
 from virion.data.padding import padding_mask
 
 # Bump whenever a change below alters any feature value: it keys the on-disk cache.
-FEATURE_VERSION = "texture-3"
+FEATURE_VERSION = "texture-4"
 
 LBP_RADII = (1, 2, 3, 6)
 LBP_POINTS = 8  # neighbours per radius (riu2 codes 0..9)
@@ -59,6 +64,9 @@ BAND_LEVELS = 5  # Laplacian pyramid levels: structure at ~1, 2, 4, 8 and 16 px
 TENSOR_LEVELS = 4  # pyramid levels whose structure-tensor anisotropy is measured
 LBP_BLUR_FROM = 3  # LBP radii from this one up read a [1 4 6 4 1]-blurred image
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
+SPECTRUM_WAVELENGTHS_PX = (2.0, 128.0)  # the power spectrum's range, cut into SPECTRUM_BANDS log-spaced bands
+SPECTRUM_BANDS = 19
+SPECTRUM_TAPER_PX = 16  # the spectrum's window falls to zero over this many px before padding
 # Fewer non-padding pixels than this: the crop is (nearly) all padding; describe it whole.
 MIN_VALID_PIXELS = 64
 # Feature files in the cache folder above this count are merged into one on the next write.
@@ -140,6 +148,38 @@ def _rings(h: int, w: int) -> tuple[np.ndarray, int]:
     ring[ring >= n_rings] = n_rings  # the corners: one overflow bin, dropped
     ring.setflags(write=False)
     return ring, n_rings
+
+
+@lru_cache(maxsize=8)
+def _spectrum_layout(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crop's 2-D Hann window, and the band (0..SPECTRUM_BANDS, the last one dropped) of each
+    rfft2 frequency by its wavelength."""
+    window = np.outer(np.hanning(h), np.hanning(w))
+    freq = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])  # cycles per px
+    longest, shortest = SPECTRUM_WAVELENGTHS_PX[1], SPECTRUM_WAVELENGTHS_PX[0]
+    edges = np.geomspace(1.0 / longest, 1.0 / shortest, SPECTRUM_BANDS + 1)
+    band = np.searchsorted(edges, freq, side="right") - 1
+    band[(band < 0) | (band >= SPECTRUM_BANDS)] = SPECTRUM_BANDS
+    window.setflags(write=False)
+    band.setflags(write=False)
+    return window, band.ravel()
+
+
+def _power_spectrum(clipped: np.ndarray, pad: np.ndarray, dist: np.ndarray | None) -> np.ndarray:
+    """Log power per wavelength band (shape: minus its mean) and the mean log power (level)."""
+    window, band = _spectrum_layout(*clipped.shape)
+    if dist is None:
+        x = (clipped - clipped.mean()) * window
+        weight = window
+    else:
+        weight = window * np.minimum(dist / SPECTRUM_TAPER_PX, 1.0)  # zero on padding, tapered before it
+        x = (clipped - clipped[~pad].mean()) * weight
+    power = np.abs(np.fft.rfft2(x)).ravel() ** 2 / max(float((weight**2).sum()), 1e-12)
+    sums = np.bincount(band, weights=power, minlength=SPECTRUM_BANDS + 1)[:SPECTRUM_BANDS]
+    counts = np.bincount(band, minlength=SPECTRUM_BANDS + 1)[:SPECTRUM_BANDS]
+    mean = _fill_missing(np.divide(sums, counts, out=np.zeros(SPECTRUM_BANDS), where=counts > 0), counts > 0)
+    log_power = np.log(mean + 1e-12)
+    return np.concatenate([log_power - log_power.mean(), [log_power.mean()]])
 
 
 def _percentiles(values: np.ndarray, percents, top: int) -> np.ndarray:
@@ -234,6 +274,8 @@ def _describe(image: np.ndarray) -> list[tuple[str, np.ndarray]]:
         if k < TENSOR_LEVELS:
             groups.append((f"tensor{k}", _anisotropy(level, usable(6 * step, step), centre_of(None, step))))
         level, step = smooth[::2, ::2], step * 2
+
+    groups.append(("spectrum", _power_spectrum(clipped, pad, dist)))
     return groups
 
 
