@@ -5,13 +5,15 @@ Speed (256-px crops, real ones when DATA is given, else synthetic; no cache):
 
 Grouped 3-fold CV of /work/shared/real_tem_dev (the same folds as benchmarks/bench_real.py: test
 folds by micrograph, a grouped validation split from the training micrographs). Each fold trains
-`TextureModel` on its training images exactly as `virion train` would (C by grouped CV inside the
-training images, temperature on the validation images; `--refit` then trains again on training +
-validation) and scores the test fold: accuracy, macro-F1 over the classes present in the test
-fold, balanced accuracy, log-loss and expected calibration error (and both before calibration).
-Mean +- sd over folds; JSON in benchmarks/results/. Features are cached ($VIRION_CACHE_DIR/features), so a second
-run takes seconds:
+`TextureModel` exactly as `virion train` would (by default: the validation images join the training
+images, C and the LDA shrinkage by grouped CV over the pool, temperature on its grouped out-of-fold
+scores, final fit on the pool; `--no-pool`: train on the training images only, temperature on the
+validation images, `--refit` then trains again on training + validation) and scores the test
+fold: accuracy, macro-F1 over the classes present in the test fold, balanced accuracy, log-loss and
+expected calibration error (and both before calibration). Mean +- sd over folds; JSON in
+benchmarks/results/. Features are cached ($VIRION_CACHE_DIR/features), so a second run takes seconds:
     nice -n 5 .venv/bin/python benchmarks/bench_texture.py --cv ../shared/real_tem_dev/micrographs.csv
+The models before issue 16's second texture round: `--classifiers logistic --no-pool` (and `--refit`).
 With crops cut from the annotated micrographs added to every training fold (path,label,group[,micrograph]):
     ... --cv ../shared/real_tem_dev/micrographs.csv --extra-train /work/derived/crops/mcrops/manifest.csv
 """
@@ -164,10 +166,23 @@ def run_cv(args) -> dict:
                 )
             t1 = time.perf_counter()
             model = TextureModel(
-                classifier=classifier, input_size=256, stretch=stretch, seed=args.seed, refit=args.refit, C=_c(args.C)
+                classifier=classifier,
+                input_size=256,
+                stretch=stretch,
+                seed=args.seed,
+                refit=args.refit,
+                C=_c(args.C),
+                pool_validation=not args.no_pool,
             )
             model.fit(
-                x, y, class_names=class_names, val_images=images[va], val_labels=labels[va], groups=g, progress=False
+                x,
+                y,
+                class_names=class_names,
+                val_images=images[va],
+                val_labels=labels[va],
+                groups=g,
+                val_groups=groups[va],
+                progress=False,
             )
             fit_s = time.perf_counter() - t1
             proba = model.predict_proba(images[te])
@@ -185,6 +200,7 @@ def run_cv(args) -> dict:
                 fit_s=fit_s,
                 C=model.C_,
                 gamma=model.gamma_,
+                pooled_validation=model.pooled_,
                 temperature=model.temperature_,
                 search=model.search_,
             )
@@ -213,6 +229,7 @@ def run_cv(args) -> dict:
         "folds": args.folds,
         "seed": args.seed,
         "refit": args.refit,
+        "pool_validation": not args.no_pool,
         "C": args.C,
         "decode": {"size": 256, "stretch": list(stretch) if stretch else None},
         "feature_version": feat.FEATURE_VERSION,
@@ -230,14 +247,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="--speed: real crops (a path,label,micrograph CSV) instead of synthetic ones")
     ap.add_argument("--images", type=int, default=400, help="--speed: number of crops (default 400)")
     ap.add_argument("--extra-train", metavar="MANIFEST", help="crops added to every training fold")
-    ap.add_argument("--classifiers", nargs="+", default=["logistic"], choices=["logistic", "svm"])
+    ap.add_argument("--classifiers", nargs="+", default=["logistic+lda"], choices=["logistic+lda", "logistic", "svm"])
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--stretch", choices=["default", "none"], default="default", help="decode stretch (0.5, 99.5) or none"
     )
     ap.add_argument("--C", default="auto", help="classifier C (default: auto = grouped CV on the training folds)")
-    ap.add_argument("--refit", action="store_true", help="refit on training + validation after calibration")
+    ap.add_argument("--no-pool", action="store_true", help="train on the training images only (validation calibrates)")
+    ap.add_argument("--refit", action="store_true", help="with --no-pool: refit on training + validation")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args(argv)
     try:
