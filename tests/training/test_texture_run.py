@@ -96,6 +96,9 @@ def test_the_recommendation_sees_the_texture_models_out_of_fold_validation_proba
     meta = json.loads((run / "texture" / "metadata.json").read_text())
     oof_accuracy = float((probs["texture"].argmax(1) == labels).mean())
     assert meta["best_val_accuracy"] == pytest.approx(oof_accuracy)
+    chosen = meta["hyperparameters"]
+    assert chosen["classifier"] == "logistic+lda" and chosen["pooled_validation"] is True
+    assert chosen["shrinkage"] == model.gamma_ and chosen["C"] == model.C_ and "gamma" not in chosen
     # Validation data that the out-of-fold file does not cover: a clear error, not optimistic probabilities.
     saved = (run / "texture" / VALIDATION_OOF_FILE).read_text()
     try:

@@ -77,6 +77,15 @@ def relative_paths(files, root) -> list[str]:
     return out
 
 
+def _hyperparameters(model) -> dict:
+    """The chosen settings by name (the second one is the SVM's gamma or the LDA head's shrinkage)."""
+    second = {"svm": "gamma", "logistic+lda": "shrinkage"}.get(model.classifier)
+    out = {"classifier": model.classifier, "C": model.C_, "pooled_validation": model.pooled_}
+    if second:
+        out[second] = model.gamma_
+    return out
+
+
 def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True):
     """Fit, save and describe the texture model in `folder`; returns the trainer's ModelResult."""
     from sklearn.metrics import f1_score
@@ -148,7 +157,7 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
         status="trained",
         timings={"decode_seconds": round(decode_seconds, 3), "fit_seconds": round(seconds, 3)},
         calibration=getattr(model, "calibration_", None),
-        hyperparameters={"C": getattr(model, "C_", None), "gamma": getattr(model, "gamma_", None)},
+        hyperparameters=_hyperparameters(model),
     )
     return ModelResult(
         name=name,
