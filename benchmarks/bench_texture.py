@@ -14,14 +14,14 @@ expected calibration error (and both before calibration). Mean +- sd over folds;
 benchmarks/results/. Features are cached ($VIRION_CACHE_DIR/features), so a second run takes seconds:
     nice -n 5 .venv/bin/python benchmarks/bench_texture.py --cv ../shared/real_tem_dev/micrographs.csv
 The models before issue 16's second texture round: `--classifiers logistic --no-pool` (and `--refit`).
-With crops cut from the annotated micrographs added to every training fold (path,label,group[,micrograph]):
+With crops cut from the annotated micrographs added to every training fold (path,label,group[,micrograph]; as in
+bench_real.py, a crop whose session or micrograph the fold validates or tests on is left out of that fold):
     ... --cv ../shared/real_tem_dev/micrographs.csv --extra-train /work/derived/crops/mcrops/manifest.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import BenchError, make_folds, read_groups  # noqa: E402 (same folds as the CNN benchmark)
+from bench_real import BenchError, make_folds, read_extra, read_groups, session_of  # noqa: E402 (same folds)
 
 from virion.data.decode import DecodeSettings, decode_image  # noqa: E402
 from virion.models.texture import features as feat  # noqa: E402
@@ -69,19 +69,17 @@ def decode_all(paths, settings: DecodeSettings, workers: int = 2) -> np.ndarray:
         return np.stack(list(pool.map(lambda p: decode_image(p, settings), paths)))
 
 
-def read_extra(path: Path) -> list[dict]:
-    """Rows {path, label, group} of a path,label,group[,micrograph] manifest (paths relative to it)."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = []
-        for row in csv.DictReader(fh):
-            p = Path(row["path"].strip())
-            group = (row.get("group") or row.get("micrograph") or "").strip()
-            rows.append(
-                {"path": str(p if p.is_absolute() else path.parent / p), "label": row["label"].strip(), "group": group}
-            )
-    if not rows:
-        raise BenchError(f"{path}: no rows")
-    return rows
+def extra_kept(extra: list[dict], held_groups: set[str]) -> np.ndarray:
+    """Which extra crops may train a fold: none whose session or micrograph the fold validates or tests on
+    (the rule of bench_real.add_extra; sessions on both sides of the development data exist)."""
+    held = {session_of(g) for g in held_groups} | set(held_groups)
+    return np.array(
+        [
+            not ({e["group"], e["micrograph"], session_of(e["group"]), session_of(e["micrograph"])} & held)
+            for e in extra
+        ],
+        bool,
+    )
 
 
 def scores(y_true, proba, classes_present) -> dict:
@@ -158,12 +156,15 @@ def run_cv(args) -> dict:
             split = np.array(split)
             tr, va, te = split == "train", split == "validation", split == "test"
             x, y, g = images[tr], labels[tr], groups[tr]
+            extra_note = {}
             if extra_images is not None:
+                keep = extra_kept(extra, set(groups[~tr].tolist()))
                 x, y, g = (
-                    np.concatenate([x, extra_images]),
-                    np.concatenate([y, extra_labels]),
-                    np.concatenate([g, extra_groups]),
+                    np.concatenate([x, extra_images[keep]]),
+                    np.concatenate([y, extra_labels[keep]]),
+                    np.concatenate([g, extra_groups[keep]]),
                 )
+                extra_note = {"extra_added": int(keep.sum()), "extra_left_out": int((~keep).sum())}
             t1 = time.perf_counter()
             model = TextureModel(
                 classifier=classifier,
@@ -203,6 +204,7 @@ def run_cv(args) -> dict:
                 pooled_validation=model.pooled_,
                 temperature=model.temperature_,
                 search=model.search_,
+                **extra_note,
             )
             per_fold.append(row)
             print(
