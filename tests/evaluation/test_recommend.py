@@ -72,7 +72,7 @@ def test_recommendation_is_chosen_on_validation_not_test(swapped_run, capsys):
     chosen = read_recommended(run)
     assert chosen["classifier"] == "right" and chosen["members"] == ["right"] and chosen["split"] == "validation"
     assert chosen["candidates"]["right"]["macro_f1"] == 1.0 and chosen["candidates"]["flipped"]["macro_f1"] == 0.0
-    assert "validation macro-F1 1.0000" in chosen["why"] and chosen["why"].endswith("on 32 validation images")
+    assert "best validation log-loss" in chosen["why"] and chosen["why"].endswith("on 32 validation images")
     # the setup discriminates: on the test split the other model is the perfect one
     summaries = {n: json.loads((run / n / "evaluation" / "summary.json").read_text()) for n in ("right", "flipped")}
     assert summaries["flipped"]["accuracy"] == 1.0 and summaries["right"]["accuracy"] == 0.0
@@ -100,7 +100,7 @@ def test_predict_writes_one_row_per_image_with_the_recommended_classifier(swappe
     out = tmp_path / "p.csv"
     args = ["predict", str(run), *map(str, files), str(broken), "--out", str(out), "--no-progress"]
     assert main(args) == 0
-    assert "classifier: right (best validation macro-F1" in capsys.readouterr().out
+    assert "classifier: right (best validation log-loss" in capsys.readouterr().out
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[:3] == ["file", "class", "probability"]
@@ -135,3 +135,27 @@ def test_weights_fitted_on_validation_favour_the_better_model():
     assert chosen["ensembles"]["ensemble"]["weights"] == [0.5, 0.5]
     few = choose(labels[:12], {"good": good[:12], "noise": noise[:12]})
     assert "ensemble-weighted" not in few["candidates"] and "only 12 validation images" in few["notes"][0]
+
+
+def test_log_loss_ranks_before_macro_f1():
+    """A confidently wrong model can win macro-F1 on a small split; the proper score decides."""
+    from virion.evaluation.ensemble import choose
+
+    labels = np.repeat(np.arange(4), 10)
+    # `sharp`: right on 36 of 40 images with certainty, certain and wrong on the other 4
+    sharp = np.full((40, 4), 1e-6)
+    sharp[np.arange(40), labels] = 1.0
+    wrong = np.arange(0, 40, 10)
+    sharp[wrong] = 1e-6
+    sharp[wrong, (labels[wrong] + 1) % 4] = 1.0
+    # `soft`: right on 34 of 40 with 0.6, and never sure of the wrong answers
+    soft = np.full((40, 4), 0.4 / 3)
+    soft[np.arange(40), labels] = 0.6
+    missed = np.arange(0, 40, 7)[:6]
+    soft[missed] = 0.3
+    soft[missed, labels[missed]] = 0.1
+    chosen = choose(labels, {"sharp": sharp, "soft": soft})
+    cands = chosen["candidates"]
+    assert cands["sharp"]["macro_f1"] > cands["soft"]["macro_f1"]  # macro-F1 alone would pick `sharp`
+    assert cands["soft"]["log_loss"] < cands["sharp"]["log_loss"]
+    assert chosen["classifier"] != "sharp" and chosen["metric"].startswith("validation log-loss")
