@@ -616,6 +616,24 @@ def parse_args(argv=None):
         "finished folds, score it (fold JSON result-tta.json) and aggregate like --collect into "
         "bench_real_<tag>_tta.json; with --resume, folds already re-scored are read back",
     )
+    p.add_argument(
+        "--reuse-runs",
+        type=Path,
+        metavar="OLD_WORKDIR",
+        help="copy each fold's run kept (--keep-runs) in OLD_WORKDIR (same recipe label, data, folds and seed), "
+        "delete the --retrain models and everything computed from them (ensembles, recommendation, "
+        "evaluations, report), apply --set-config, and finish it with `virion train --resume`: the other models "
+        "are not trained again (training is deterministic for a seed, so this equals a rerun when their code "
+        "and settings did not change: say so when quoting)",
+    )
+    p.add_argument("--retrain", nargs="+", default=[], metavar="MODEL", help="models --reuse-runs trains again")
+    p.add_argument(
+        "--set-config",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="with --reuse-runs: set this config.json value in the copied run, e.g. eval_tta=true (repeatable)",
+    )
     p.add_argument("--keep-runs", action="store_true", help="keep the trained models (default: deleted)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/bench_real_<tag>.json)")
     p.add_argument("--tag", default="latest", help="name of the default results file")
@@ -635,9 +653,66 @@ def parse_args(argv=None):
         p.error("--folds must be 2 or more")
     if not 0 < args.val_fraction < 0.5:
         p.error("--val-fraction must be within (0, 0.5)")
+    if args.reuse_runs and not args.retrain:
+        p.error("--reuse-runs needs --retrain MODEL... (the models to train again)")
+    try:
+        args.set_config = dict(_config_item(x) for x in args.set_config)
+    except ValueError as exc:
+        p.error(f"--set-config: {exc}")
     if args.rescore_tta and (args.collect or args.dry_run):
         p.error("--rescore-tta trains nothing and writes its own results: drop --collect / --dry-run")
     return args
+
+
+def _config_item(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"'{text}' is not KEY=JSON (e.g. eval_tta=true)")
+    return key, json.loads(value)
+
+
+def reuse_fold(cmd: list[str], old_run: Path, run_dir: Path, args) -> tuple[float, list[str]]:
+    """Copy a kept run, drop the models to retrain and what was computed from them, `virion train --resume`."""
+    import shutil
+
+    if not (old_run / "config.json").is_file():
+        raise BenchError(f"--reuse-runs: {old_run} holds no kept run (train it with --keep-runs first)")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(old_run, run_dir)
+    derived = [*args.retrain, "ensemble", "ensemble-weighted", "recommended.json"]
+    for name in derived:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in run_dir.iterdir():  # the other models' evaluations and the run's comparison/report
+        if path.name.startswith(("comparison", "report")):
+            path.unlink()
+        elif path.is_dir():
+            for sub in path.glob("evaluation*"):
+                shutil.rmtree(sub)
+    config_file = run_dir / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    unknown = set(args.retrain) - set(config.get("models", []))
+    if unknown:
+        raise BenchError(f"--retrain {' '.join(sorted(unknown))}: not a model of {old_run}")
+    config.update(args.set_config)
+    config["out"] = str(run_dir)
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    argv = cmd + ["train", "--resume", str(run_dir)]
+    log = run_dir.parent / "train.log"
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write(f"reused {old_run} (retrain {' '.join(args.retrain)}, set {args.set_config})\n")
+        fh.write(shlex.join(argv) + "\n")
+        fh.flush()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if args.src:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.src), env.get("PYTHONPATH")]))
+        proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise BenchError(f"`virion train --resume` failed for {run_dir}; log {log}: " + " | ".join(tail))
+    return time.perf_counter() - start, argv
 
 
 def main(argv=None) -> int:
@@ -719,13 +794,22 @@ def run(args) -> int:
                 continue
             run_dir = fold_dir / "run"
             load_before = load_average()
-            wall, argv = train_fold(cmd, manifest, run_dir, recipe, args)
+            if args.reuse_runs:
+                old_run = args.reuse_runs / recipe.label / f"fold{k}" / "run"
+                wall, argv = reuse_fold(cmd, old_run, run_dir, args)
+            else:
+                wall, argv = train_fold(cmd, manifest, run_dir, recipe, args)
             scored = score_run(run_dir, args.models)
             res = {
                 "recipe": recipe.label,
                 "fold": k,
                 "tta": run_tta(scored),  # whether the evaluations scored used test-time augmentation
                 "command": shlex.join(argv),
+                "reused": (
+                    {"from": str(args.reuse_runs), "retrained": args.retrain, "set_config": args.set_config}
+                    if args.reuse_runs
+                    else None
+                ),
                 "wall_s": wall,
                 "counts": counts,
                 "groups": groups,
