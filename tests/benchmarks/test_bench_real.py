@@ -359,3 +359,54 @@ def test_one_tiny_fold_end_to_end(bench, tmp_path):
         ]
     )
     assert rc == 0 and json.loads(out.read_text())["per_fold"]["reference"]["0"]["wall_s"] == fold["wall_s"]
+
+
+FAKE_RESUME = r"""
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+assert args[:2] == ["train", "--resume"], args
+run = Path(args[2])
+config = json.loads((run / "config.json").read_text())
+assert config["eval_tta"] is True and config["out"] == str(run)
+assert not (run / "m2").exists() and not (run / "recommended.json").exists()  # dropped for retraining
+assert (run / "m1" / "model.keras").read_text() == "kept" and not (run / "m1" / "evaluation").exists()
+for name, second in (("m1", 0.2), ("m2", 0.9)):
+    d = run / name / "evaluation"
+    d.mkdir(parents=True)
+    (run / name / "metadata.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    (d / "summary.json").write_text(json.dumps({"tta": True}))
+    (d / "predictions.csv").write_text(
+        "file,true_class,predicted_class,confidence,top3,p_a,p_b\n"
+        f"f0.png,a,a,0.9,a:0.9;b:0.1,0.9,0.1\nf1.png,b,x,0,x,{1 - second},{second}\n"
+    )
+"""
+
+
+def test_reuse_runs_retrains_only_the_named_models(bench, tmp_path, monkeypatch, capsys):
+    data = _dataset(tmp_path / "data")
+    script = tmp_path / "fake_virion.py"
+    script.write_text(FAKE_RESUME)
+    monkeypatch.setattr(bench, "virion_command", lambda: [sys.executable, str(script)])
+    monkeypatch.setattr(bench, "presets_supported", lambda *a: True)
+    old = tmp_path / "old"
+    for k in (0, 1):
+        run = old / "reference" / f"fold{k}" / "run"
+        for name in ("m1", "m2"):
+            _fake_run(run, name, np.array([[0.9, 0.1], [0.8, 0.2]]), ["a", "b"], ["a", "b"], True)
+        (run / "m1" / "model.keras").write_text("kept")
+        (run / "recommended.json").write_text("{}")
+        (run / "comparison.csv").write_text("")
+        (run / "config.json").write_text(json.dumps({"models": ["m1", "m2"], "eval_tta": False, "out": str(run)}))
+    out = tmp_path / "res.json"
+    argv = [str(data), "--folds", "2", "--workdir", str(tmp_path / "new"), "--out", str(out), "--models", "m1", "m2"]
+    assert bench.main([*argv, "--reuse-runs", str(old), "--retrain", "m2", "--set-config", "eval_tta=true"]) == 0
+    res = json.loads(out.read_text())
+    fold = res["per_fold"]["reference"]["0"]
+    assert fold["reused"] == {"from": str(old), "retrained": ["m2"], "set_config": {"eval_tta": True}}
+    assert fold["scores"]["m2"]["accuracy"] == 1.0 and fold["scores"]["m1"]["accuracy"] == 0.5
+    assert (old / "reference" / "fold0" / "run" / "m2").is_dir()  # the old workdir is left as it was
+    assert bench.main([*argv, "--reuse-runs", str(old), "--retrain", "m3"]) == 2
+    assert "--retrain m3: not a model of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args([str(data), "--reuse-runs", str(old)])  # nothing to retrain
