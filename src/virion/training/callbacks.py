@@ -82,8 +82,12 @@ class ValidationMacroF1(keras.callbacks.Callback):
         return float(np.mean(value))
 
 
+LAST_EPOCH = "last"  # checkpoint_metric that keeps the final epoch
+
+
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the weights of the best epoch so far on `monitor` (higher is better).
+    """Keep the weights of the best epoch so far on `monitor` (higher is better); monitor "last"
+    keeps every epoch's, so the final one is the "best".
 
     Each new best goes to its own file (`state/best-eNNNN.weights.h5`); the epoch's commit names
     it in progress.json, so a kill before the commit leaves the previous best in force.
@@ -109,7 +113,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best_file = best_file
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = float(epoch + 1) if self.monitor == LAST_EPOCH else (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return
         if value > self.best:

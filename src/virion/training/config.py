@@ -31,7 +31,7 @@ else:  # Python 3.10: the same parser as the back-port package (declared in pypr
 
 LR_SCHEDULES = ("none", "cosine", "plateau")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
-CHECKPOINT_METRICS = ("val_accuracy", "val_macro_f1")
+CHECKPOINT_METRICS = ("val_accuracy", "val_macro_f1", "last")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUTO_FLAGS = ("auto", True, False)
 DEFAULT_PRESET = "reference"
@@ -174,7 +174,11 @@ class TrainConfig:
         help="balanced: weight classes by inverse frequency; sqrt: by its square root (milder, mean weight 1)",
     )
     checkpoint_metric: str = setting(
-        "val_accuracy", kind="choice", choices=CHECKPOINT_METRICS, help="validation metric that picks the best epoch"
+        "val_accuracy",
+        kind="choice",
+        choices=CHECKPOINT_METRICS,
+        help="validation metric that picks the best epoch; last: keep the final epoch (nothing is chosen on "
+        "the validation split, so it stays a fair judge of ensembles and the recommended classifier)",
     )
     early_stopping: int | None = setting(
         None,
@@ -383,6 +387,11 @@ class TrainConfig:
                     f"--input-size (input_size) {self.input_size} is too small for {name}; use "
                     f"{MIN_INPUT_SIZE[name]} or more, or leave {name} out of --models"
                 )
+        if self.checkpoint_metric == "last" and (self.early_stopping or self.lr_schedule == "plateau"):
+            raise VirionError(
+                "--checkpoint-metric last: early stopping and --lr-schedule plateau watch a validation metric; "
+                "use --checkpoint-metric val_accuracy or val_macro_f1 with them, or turn them off"
+            )
         if self.feature_cache is not None and self.mix_config().enabled:
             raise VirionError(
                 "--feature-cache with --mixup/--cutmix: cached features cannot be mixed; "
