@@ -322,6 +322,22 @@ def test_pooled_validation_trains_on_it_and_keeps_its_out_of_fold_probabilities(
     assert ungrouped.search_ == {} and "(not grouped)" in ungrouped.calibration_["fitted_on"]
 
 
+def test_pooled_out_of_fold_marks_images_whose_class_its_split_never_saw():
+    """A class whose images all sit in one micrograph: its out-of-fold classifier never saw it, so those
+    validation rows are not fair predictions and are marked, not scored."""
+    rng = np.random.default_rng(11)
+    x, y = _dataset(rng, 8)
+    vx, vy = _dataset(rng, 4)
+    groups = np.where(y == 2, 0, 1 + np.arange(len(y)) % 3)  # every "ring" image in micrograph 0
+    val_groups = np.where(vy == 2, 0, 10 + np.arange(len(vy)) % 3)
+    model = TextureModel(input_size=SIZE, cache=False, C=0.1, shrinkage=0.2)
+    model.fit(
+        x, y, class_names=["small", "large", "ring"], val_images=vx, val_labels=vy, groups=groups, val_groups=val_groups
+    )
+    assert model.pooled_
+    np.testing.assert_array_equal(model.validation_oof_fair_, vy != 2)
+
+
 def test_load_refuses_mismatched_or_stale_files(tmp_path, monkeypatch):
     rng = np.random.default_rng(8)
     x, y = _dataset(rng, 5)

@@ -102,6 +102,17 @@ def test_the_recommendation_sees_the_texture_models_out_of_fold_validation_proba
     # Validation data that the out-of-fold file does not cover: a clear error, not optimistic probabilities.
     saved = (run / "texture" / VALIDATION_OOF_FILE).read_text()
     try:
+        # An image its out-of-fold split could not predict fairly (class unseen there) is left out for every model.
+        data = json.loads(saved)
+        gone = data["files"].pop(0)
+        data["probabilities"].pop(0)
+        data["left_out"] = [*data.get("left_out", []), gone]
+        (run / "texture" / VALIDATION_OOF_FILE).write_text(json.dumps(data))
+        assert read_validation_oof(run / "texture")[gone] is None
+        _, fewer, _, fewer_probs = split_probabilities(run, "validation", progress=False)
+        fewer_keys = [Path(f).resolve().relative_to((root / "data").resolve()).as_posix() for f in fewer]
+        assert len(fewer) == len(files) - 1 and gone not in fewer_keys
+        assert all(len(p) == len(fewer) for p in fewer_probs.values())
         data = json.loads(saved)
         data["files"] = [f + ".other" for f in data["files"]]
         (run / "texture" / VALIDATION_OOF_FILE).write_text(json.dumps(data))

@@ -162,16 +162,23 @@ def split_probabilities(
             decoded[settings] = load_split_arrays(part, settings, progress=progress)
         arrays = decoded[settings]
         probs = predict_proba(loaded.model, arrays.images, batch_size=batch_size, tta=tta)
+        files, labels = [str(f) for f in arrays.files], np.asarray(arrays.labels)
         if split == "validation":
-            probs = _unseen_validation(loaded, arrays.files, dataset.root, probs)
-        per_model[loaded.name] = ([str(f) for f in arrays.files], arrays.labels, probs)
+            probs, fair = _unseen_validation(loaded, arrays.files, dataset.root, probs)
+            files, labels, probs = [f for f, ok in zip(files, fair) if ok], labels[fair], probs[fair]
+        per_model[loaded.name] = (files, labels, probs)
     files, labels, probs = aligned(per_model)
     return class_names, files, labels, probs
 
 
-def _unseen_validation(loaded, files, root, probs: np.ndarray) -> np.ndarray:
+def _unseen_validation(loaded, files, root, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A model that trained on the validation images (the texture model, `pool_validation`) answers
-    for them with its out-of-fold probabilities, written beside it at training time; others as they are."""
+    for them with its out-of-fold probabilities, written beside it at training time; others as they are.
+
+    Returns (probabilities, fair): fair is False for images the out-of-fold split could not predict
+    fairly (their class was missing from its training side); `aligned` then leaves them out for every
+    model, so all candidates are compared on the same images.
+    """
     from virion.models.texture.model import read_validation_oof
     from virion.training.texture_fit import relative_paths
 
@@ -182,7 +189,7 @@ def _unseen_validation(loaded, files, root, probs: np.ndarray) -> np.ndarray:
                 f"{loaded.source.parent}: {loaded.name} trained on the validation images but its out-of-fold "
                 "probabilities of them are missing; train the run again"
             )
-        return probs
+        return probs, np.ones(len(probs), bool)
     keys = relative_paths(files, root)
     missing = [f for f in keys if f not in oof]
     if missing:
@@ -190,7 +197,9 @@ def _unseen_validation(loaded, files, root, probs: np.ndarray) -> np.ndarray:
             f"{loaded.source.parent}: {len(missing)} validation images (e.g. {missing[0]}) have no out-of-fold "
             f"probabilities of {loaded.name}, which trained on them; train the run again on this data"
         )
-    return np.stack([oof[f] for f in keys])
+    fair = np.array([oof[f] is not None for f in keys], bool)
+    rows = [oof[f] if ok else np.full(probs.shape[1], np.nan) for f, ok in zip(keys, fair)]
+    return np.stack(rows), fair
 
 
 # --------------------------------------------------------------------------- the recommendation

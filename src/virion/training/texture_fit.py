@@ -119,13 +119,16 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
     seconds = time.perf_counter() - start
     for stale in (folder / layout.HISTORY_FILE, folder / VALIDATION_OOF_FILE):
         stale.unlink(missing_ok=True)
+    labels = np.asarray(validation.labels)
     if model.validation_oof_ is not None:
-        oof = model.validation_oof_
-        write_validation_oof(folder, relative_paths(validation.files, data.dataset.root), oof, model.class_names)
+        oof, fair = model.validation_oof_, model.validation_oof_fair_
+        write_validation_oof(
+            folder, relative_paths(validation.files, data.dataset.root), oof, model.class_names, fair=fair
+        )
+        oof, labels = oof[fair], labels[fair]  # the validation scores below: fair predictions only
     else:
         oof = model.predict_proba(validation.images, batch_size=config.batch_size)
     pred = np.asarray(oof).argmax(axis=1)
-    labels = np.asarray(validation.labels)
     val_accuracy = float((pred == labels).mean()) if len(labels) else None
     val_f1 = (
         float(f1_score(labels, pred, average="macro", labels=np.unique(labels), zero_division=0))

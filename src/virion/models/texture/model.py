@@ -246,6 +246,7 @@ class TextureModel:
         # Calibration: one temperature, on scores of images the classifier did not train on.
         self.calibration_ = {}
         self.validation_oof_ = None
+        self.validation_oof_fair_ = None
         if vx is not None and not self.pooled_:
             keep = np.isin(vy, self.trained_classes)
             vz = (vx[keep] - self.mean_) / self.scale_
@@ -283,6 +284,9 @@ class TextureModel:
         if self.pooled_:
             self.validation_oof_ = np.zeros((len(y) - n_train, len(self.class_names)))
             self.validation_oof_[:, self.trained_classes] = softmax(oof, self.temperature_)
+            # False where the image's out-of-fold classifier never saw its class: no fair prediction
+            # (its true class scores ~0), so it is left out of the run's validation comparisons.
+            self.validation_oof_fair_ = seen[n_train:].copy()
         self.refitted_ = False
         if self.refit and vx is not None and not self.pooled_:
             x, labels = np.vstack([x, vx]), np.concatenate([labels, vy])
@@ -564,22 +568,32 @@ class TextureModel:
         return model
 
 
-def write_validation_oof(folder, files: list[str], probabilities: np.ndarray, class_names: list[str]) -> None:
-    """Write VALIDATION_OOF_FILE: the validation images' out-of-fold probabilities, one row per file."""
+def write_validation_oof(
+    folder, files: list[str], probabilities: np.ndarray, class_names: list[str], fair: np.ndarray | None = None
+) -> None:
+    """Write VALIDATION_OOF_FILE: the validation images' out-of-fold probabilities, one row per file.
+
+    fair: False for images whose out-of-fold classifier never saw their class; they are listed under
+    "left_out" instead (a prediction that could not be right says nothing about the model).
+    """
     probabilities = np.asarray(probabilities, np.float64)
     if len(files) != len(probabilities):
         raise ValueError(f"{len(files)} files but {len(probabilities)} rows of probabilities")
+    fair = np.ones(len(files), bool) if fair is None else np.asarray(fair, bool)
     payload = {
         "what": "out-of-fold probabilities of the validation images (the model itself trained on them)",
         "class_names": [str(c) for c in class_names],
-        "files": [str(f) for f in files],
-        "probabilities": probabilities.tolist(),
+        "files": [str(f) for f, ok in zip(files, fair) if ok],
+        "probabilities": probabilities[fair].tolist(),
+        "left_out": [str(f) for f, ok in zip(files, fair) if not ok],
+        "left_out_why": "their class was missing from the training side of their out-of-fold split",
     }
     atomic_write_text(Path(folder) / VALIDATION_OOF_FILE, json.dumps(payload) + "\n")
 
 
-def read_validation_oof(folder) -> dict[str, np.ndarray] | None:
-    """{file: probabilities} from VALIDATION_OOF_FILE in `folder`, or None when there is none."""
+def read_validation_oof(folder) -> dict[str, np.ndarray | None] | None:
+    """{file: probabilities} from VALIDATION_OOF_FILE in `folder` (None for a file left out: no fair
+    prediction), or None when there is no such file."""
     path = Path(folder) / VALIDATION_OOF_FILE
     if not path.is_file():
         return None
@@ -591,4 +605,5 @@ def read_validation_oof(folder) -> dict[str, np.ndarray] | None:
         raise VirionError(f"{path}: cannot read the out-of-fold validation probabilities ({exc}); retrain") from None
     if probs.ndim != 2 or len(files) != len(probs):
         raise VirionError(f"{path}: files and probabilities do not match; retrain the texture model")
-    return dict(zip(files, probs))
+    left_out = [str(f) for f in data.get("left_out", [])]
+    return {**dict.fromkeys(left_out), **dict(zip(files, probs))}
