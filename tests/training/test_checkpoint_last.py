@@ -3,7 +3,6 @@
 import keras
 import pytest
 
-from virion.errors import VirionError
 from virion.training.callbacks import BestCheckpoint
 from virion.training.config import TrainConfig
 
@@ -24,9 +23,24 @@ def test_last_keeps_the_final_epoch_even_when_validation_got_worse(tmp_path, mon
     assert checkpoint.best_logs["val_accuracy"] == [0.9, 0.5, 0.4][kept - 1]
 
 
-def test_last_refuses_settings_that_watch_a_validation_metric():
-    TrainConfig(checkpoint_metric="last", lr_schedule="cosine").validate()
-    with pytest.raises(VirionError, match="--checkpoint-metric last"):
-        TrainConfig(checkpoint_metric="last", early_stopping=3).validate()
-    with pytest.raises(VirionError, match="--checkpoint-metric last"):
-        TrainConfig(checkpoint_metric="last", lr_schedule="plateau").validate()
+def test_last_with_early_stopping_and_plateau_watches_validation_macro_f1(tmp_path):
+    from virion.training.callbacks import EpochTimer, make_callbacks
+    from virion.training.progress import Progress
+
+    TrainConfig(checkpoint_metric="last", early_stopping=3, lr_schedule="plateau").validate()
+    callbacks, _ = make_callbacks(
+        tmp_path,
+        phase="train",
+        progress=Progress(monitor="last"),
+        val_x=None,
+        val_y=None,
+        timer=EpochTimer(),
+        checkpoint_metric="last",
+        early_stopping=3,
+        lr_schedule="plateau",
+    )
+    watchers = [
+        cb for cb in callbacks if isinstance(cb, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))
+    ]
+    assert len(watchers) == 2 and {cb.monitor for cb in watchers} == {"val_macro_f1"}
+    assert [cb.monitor for cb in callbacks if isinstance(cb, BestCheckpoint)] == ["last"]

@@ -35,7 +35,7 @@ def test_tem_preset_is_the_measured_recipe_and_differs():
     assert tem.preset == "tem" and tem.models == ["tem_cnn", "texture"] and "texture" in cfg.preset_summary("tem")
     assert tem.augment["vertical_flip"] and tem.augment["fill_mode"] == "reflect" and tem.augment["rotation"] == 180.0
     assert tem.class_weight == "sqrt" and tem.lr_schedule == "cosine" and tem.optimizer == "adamw"
-    assert tem.checkpoint_metric == "val_macro_f1" and tem.label_smoothing == 0.1 and tem.batch_size == 32
+    assert tem.checkpoint_metric == "last" and tem.eval_tta and tem.label_smoothing == 0.1 and tem.batch_size == 32
     assert cfg.preset_names()[0] == "reference" and "tem" in cfg.preset_names()
 
 

@@ -355,13 +355,14 @@ def make_callbacks(
         target=checkpoint_model,
     )
     nan_guard = StopOnNaN()
+    watched = "val_macro_f1" if checkpoint_metric == LAST_EPOCH else checkpoint_metric  # early stopping, plateau
     counters: dict[str, Any] = {}
     callbacks: list[keras.callbacks.Callback] = [timer, nan_guard, ValidationMacroF1(val_x, val_y, batch_size)]
     if lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine_schedule(base_lr, total_epochs, first_epoch)))
     elif lr_schedule == "plateau":
         counters["plateau"] = ResumablePlateau(
-            monitor=checkpoint_metric,
+            monitor=watched,
             mode="max",
             factor=0.5,
             patience=2,
@@ -374,7 +375,7 @@ def make_callbacks(
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard" / phase)))
     if early_stopping:
         counters["early_stopping"] = ResumableEarlyStopping(
-            monitor=checkpoint_metric,
+            monitor=watched,
             mode="max",
             patience=int(early_stopping),
             state=progress.callbacks.get("early_stopping"),

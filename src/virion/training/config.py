@@ -178,7 +178,8 @@ class TrainConfig:
         kind="choice",
         choices=CHECKPOINT_METRICS,
         help="validation metric that picks the best epoch; last: keep the final epoch (nothing is chosen on "
-        "the validation split, so it stays a fair judge of ensembles and the recommended classifier)",
+        "the validation split, so it stays a fair judge of ensembles and the recommended classifier; early "
+        "stopping and the plateau schedule then watch val_macro_f1)",
     )
     early_stopping: int | None = setting(
         None,
@@ -387,11 +388,6 @@ class TrainConfig:
                     f"--input-size (input_size) {self.input_size} is too small for {name}; use "
                     f"{MIN_INPUT_SIZE[name]} or more, or leave {name} out of --models"
                 )
-        if self.checkpoint_metric == "last" and (self.early_stopping or self.lr_schedule == "plateau"):
-            raise VirionError(
-                "--checkpoint-metric last: early stopping and --lr-schedule plateau watch a validation metric; "
-                "use --checkpoint-metric val_accuracy or val_macro_f1 with them, or turn them off"
-            )
         if self.feature_cache is not None and self.mix_config().enabled:
             raise VirionError(
                 "--feature-cache with --mixup/--cutmix: cached features cannot be mixed; "
