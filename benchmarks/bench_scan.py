@@ -105,6 +105,10 @@ def prepare(root: Path, mics, boxes, cache: Path, *, threshold, max_candidates, 
         "ratio": detection.SCALE_RATIO,
         "v": 3,
     }
+    if features:  # features of another version must not be read back as this version's
+        from virion.models.texture.features import FEATURE_VERSION
+
+        settings["features"] = FEATURE_VERSION
     folder = cache / f"det-{_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
     decode = DecodeSettings(size=WINDOW_PX, stretch=(0.5, 99.5))
