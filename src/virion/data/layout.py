@@ -158,7 +158,8 @@ class Dataset:
     def _base_dir(self) -> Path:
         return self.root.parent if self.root.is_file() else self.root
 
-    def _rel(self, path: Path) -> str:
+    def relative_path(self, path: Path) -> str:
+        """`path` relative to the dataset's folder (a manifest's own folder), as given when not under it."""
         try:
             return Path(path).relative_to(self._base_dir()).as_posix()
         except ValueError:
@@ -182,7 +183,7 @@ class Dataset:
                     size, mtime = st.st_size, st.st_mtime_ns
                 except OSError:
                     size, mtime = -1, -1
-                h.update(f"\n{self._rel(f)}\t{size}\t{mtime}\t{int(label)}".encode())
+                h.update(f"\n{self.relative_path(f)}\t{size}\t{mtime}\t{int(label)}".encode())
             if split.groups is not None:
                 h.update(("\n[groups]\n" + "\n".join(split.groups)).encode())
         return h.hexdigest()
@@ -215,7 +216,7 @@ class Dataset:
         if self.ignored:
             lines.append(f"Ignored {len(self.ignored)} entries:")
             for reason, n in self.ignored_counts().items():
-                examples = [self._rel(p) for p, r in self.ignored if r == reason][:3]
+                examples = [self.relative_path(p) for p, r in self.ignored if r == reason][:3]
                 more = ", ..." if n > len(examples) else ""
                 lines.append(f"  {n:>6}  {reason}: {', '.join(examples)}{more}")
         else:
@@ -231,7 +232,7 @@ class Dataset:
             "counts": self.counts(),
             "sizes": {s: len(self.splits[s]) for s in SPLIT_NAMES if s in self.splits},
             "ignored_counts": self.ignored_counts(),
-            "ignored": [{"path": self._rel(p), "reason": r} for p, r in self.ignored],
+            "ignored": [{"path": self.relative_path(p), "reason": r} for p, r in self.ignored],
             "fingerprint": self.fingerprint(),
             "group_by": self.group_by,
             "group_counts": self.group_counts(),

@@ -164,23 +164,22 @@ def split_probabilities(
         probs = predict_proba(loaded.model, arrays.images, batch_size=batch_size, tta=tta)
         files, labels = [str(f) for f in arrays.files], np.asarray(arrays.labels)
         if split == "validation":
-            probs, fair = _unseen_validation(loaded, arrays.files, dataset.root, probs)
-            files, labels, probs = [f for f, ok in zip(files, fair) if ok], labels[fair], probs[fair]
+            probs, fair = _unseen_validation(loaded, arrays.files, dataset, probs)
+            files, labels = [f for f, ok in zip(files, fair) if ok], labels[fair]
         per_model[loaded.name] = (files, labels, probs)
     files, labels, probs = aligned(per_model)
     return class_names, files, labels, probs
 
 
-def _unseen_validation(loaded, files, root, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unseen_validation(loaded, files, dataset, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A model that trained on the validation images (the texture model, `pool_validation`) answers
     for them with its out-of-fold probabilities, written beside it at training time; others as they are.
 
-    Returns (probabilities, fair): fair is False for images the out-of-fold split could not predict
-    fairly (their class was missing from its training side); `aligned` then leaves them out for every
-    model, so all candidates are compared on the same images.
+    Returns (the probabilities of the fair images, fair): fair is False for images the out-of-fold
+    split could not predict fairly (their class was missing from its training side); `aligned` then
+    leaves them out for every model, so all candidates are compared on the same images.
     """
     from virion.models.texture.model import read_validation_oof
-    from virion.training.texture_fit import relative_paths
 
     oof = read_validation_oof(loaded.source.parent)
     if oof is None:
@@ -190,7 +189,7 @@ def _unseen_validation(loaded, files, root, probs: np.ndarray) -> tuple[np.ndarr
                 "probabilities of them are missing; train the run again"
             )
         return probs, np.ones(len(probs), bool)
-    keys = relative_paths(files, root)
+    keys = [dataset.relative_path(f) for f in files]
     missing = [f for f in keys if f not in oof]
     if missing:
         raise VirionError(
@@ -198,8 +197,8 @@ def _unseen_validation(loaded, files, root, probs: np.ndarray) -> tuple[np.ndarr
             f"probabilities of {loaded.name}, which trained on them; train the run again on this data"
         )
     fair = np.array([oof[f] is not None for f in keys], bool)
-    rows = [oof[f] if ok else np.full(probs.shape[1], np.nan) for f, ok in zip(keys, fair)]
-    return np.stack(rows), fair
+    rows = [oof[f] for f in keys if oof[f] is not None]
+    return (np.stack(rows) if rows else np.zeros((0, probs.shape[1]))), fair
 
 
 # --------------------------------------------------------------------------- the recommendation

@@ -64,19 +64,6 @@ def _groups(split, files) -> list[str] | None:
     return None if any(g is None for g in groups) else groups
 
 
-def relative_paths(files, root) -> list[str]:
-    """Each file's path relative to the dataset root (its folder for a manifest; as given when not under it)."""
-    base = Path(root).resolve()
-    base = base.parent if base.is_file() else base  # a CSV manifest: paths are relative to its folder
-    out = []
-    for f in files:
-        try:
-            out.append(Path(f).resolve().relative_to(base).as_posix())
-        except ValueError:
-            out.append(str(f))
-    return out
-
-
 def _hyperparameters(model) -> dict:
     """The chosen settings by name (the second one is the SVM's gamma or the LDA head's shrinkage)."""
     second = {"svm": "gamma", "logistic+lda": "shrinkage"}.get(model.classifier)
@@ -123,7 +110,7 @@ def fit_texture(name: str, config, data, folder: Path, *, progress: bool = True)
     if model.validation_oof_ is not None:
         oof, fair = model.validation_oof_, model.validation_oof_fair_
         write_validation_oof(
-            folder, relative_paths(validation.files, data.dataset.root), oof, model.class_names, fair=fair
+            folder, [data.dataset.relative_path(f) for f in validation.files], oof, model.class_names, fair=fair
         )
         oof, labels = oof[fair], labels[fair]  # the validation scores below: fair predictions only
     else:
