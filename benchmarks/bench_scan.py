@@ -15,13 +15,18 @@ Recall = matched boxes / boxes; precision = matched detections / detections.
    `--negatives` `_background` windows per micrograph, taken from the detector's candidates that
    match no box there (hard negatives: what the scanner will actually be shown). The held-out
    micrographs are then scanned exactly as `virion scan` does (`scan_pixels`' rule: not
-   `_background`, probability >= --min-confidence; the verdict rule of `micrograph.verdict`):
+   `_background`, probability >= --min-confidence; the filament merge; the size prior of
+   `micrograph.sizes` with the training boxes' class sizes, as a run trained on `virion crops` output
+   carries them, unless --no-size-prior; the verdict rule of `micrograph.verdict`, weighted as
+   --weight-by, and the verdict accuracy under every weighting for paired comparisons):
    detection recall/precision after classification, crop accuracy of the matched particles,
    micrograph verdict accuracy and macro-F1, and the oracle verdict (the same classifier and rule on
    windows centred on the annotated boxes). Mean +- sd over folds.
    Each window's texture features are computed once (cached under --cache) and reused by all folds
    and thresholds; the classifier is `TextureModel` (its default classifier and hyper-parameters, no
-   search, to keep the compute small) fitted on those features.
+   search, to keep the compute small) fitted on those features. `--detected-positives`: also train
+   on the window of every detector candidate inside a box, as that box's class (what
+   `crops.cut_crops(detected=True)` adds; its `_background` windows are the hard negatives above).
 3. `--run RUN`: the same scan with a trained run's recommended classifier (`Classifier.predict`)
    on all micrographs: grouped only if the run was trained on other sessions (say so when quoting).
 
@@ -65,17 +70,9 @@ def load_data(root: Path):
 
 def match(boxes, x, y) -> list[tuple[int, int]]:
     """One-to-one (box index, detection index) pairs: centre within half the box's shorter side."""
-    from scipy.optimize import linear_sum_assignment
+    from virion.micrograph.detect import match_boxes
 
-    if not len(boxes) or not len(x):
-        return []
-    b = np.asarray(boxes, float)
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    radius = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2
-    dist = np.hypot(cx[:, None] - np.asarray(x)[None], cy[:, None] - np.asarray(y)[None])
-    cost = np.where(dist <= radius[:, None], dist, 1e9)
-    rows, cols = linear_sum_assignment(cost)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] < 1e9]
+    return match_boxes(boxes, x, y)
 
 
 # ----------------------------------------------------------------------------- per-micrograph cache
@@ -222,15 +219,22 @@ def run_folds(mics, boxes, prepared, args) -> dict:
                 xs.append(p["box_feat"])
                 ys += [index[m["label"]]] * len(p["box_feat"])
                 gs += [m["session"]] * len(p["box_feat"])
-            matched = {c for _, c in match(boxes[m["path"]], p["x"], p["y"])}
+            pairs = match(boxes[m["path"]], p["x"], p["y"])
+            matched = {c for _, c in pairs}
             near = _near_any_box(boxes[m["path"]], p["x"], p["y"])
             free = [j for j in range(len(p["x"])) if j not in matched and not near[j]]
             pick = rng.permutation(free)[: args.negatives] if free else []
+            if args.detected_positives and near.any():  # as `crops.cut_crops(detected=True)`: candidates in a box
+                xs.append(p["cand_feat"][near])
+                ys += [index[m["label"]]] * int(near.sum())
+                gs += [m["session"]] * int(near.sum())
             if len(pick):
                 xs.append(p["cand_feat"][np.asarray(pick, int)])
                 ys += [index[BACKGROUND_CLASS]] * len(pick)
                 gs += [m["session"]] * len(pick)
         model = FeatureTexture().fit(np.concatenate(xs), np.asarray(ys), class_names, np.asarray(gs))
+        # The size prior a run trained on these micrographs' crops carries (`crops` writes class_sizes.json).
+        args.class_sizes = None if args.no_size_prior else fold_class_sizes([mics[i] for i in train], boxes)
         fit_s = time.perf_counter() - t0
         result = {"fold": k, "train_micrographs": len(train), "test_micrographs": len(test), "fit_s": fit_s}
         test_mics = [mics[i] for i in test]
@@ -252,21 +256,26 @@ def run_folds(mics, boxes, prepared, args) -> dict:
     return {"folds": folds, "class_names": class_names}
 
 
+def fold_class_sizes(train_mics, boxes) -> dict[str, float]:
+    """`crops`' class_sizes.json for these micrographs (1 nm/px: box pixels are nm)."""
+    from virion.micrograph.sizes import class_sizes_from_boxes
+
+    rows = [(m["label"], b[2] - b[0], b[3] - b[1]) for m in train_mics for b in boxes[m["path"]]]
+    return class_sizes_from_boxes(*zip(*rows)) if rows else {}
+
+
 def _near_any_box(boxes, x, y) -> np.ndarray:
     """Candidates within a box (a hard negative must not be an annotated particle seen off-centre)."""
-    if not len(boxes) or not len(x):
-        return np.zeros(len(x), bool)
-    b = np.asarray(boxes, float)
-    inside = (x[:, None] >= b[None, :, 0]) & (x[:, None] <= b[None, :, 2])
-    inside &= (y[:, None] >= b[None, :, 1]) & (y[:, None] <= b[None, :, 3])
-    return inside.any(axis=1)
+    from virion.micrograph.detect import inside_any_box
+
+    return inside_any_box(boxes, x, y)
 
 
 _IMAGES: dict = {}
 
 
 def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray, args):
-    """Accepted candidates after `virion scan`'s filament merge (`scan.merge_filaments`): x, y, d, probs."""
+    """Accepted candidates after `virion scan`'s filament merge (`scan.merge_filaments`): x, y, d, probs, scores."""
     from virion.data.padding import padding_mask
     from virion.micrograph import detect as detection
     from virion.micrograph.io import read_micrograph
@@ -274,7 +283,7 @@ def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray,
 
     x, y, d, score = p["x"][keep], p["y"][keep], p["d"][keep], p["score"][keep]
     if len(x) < detection.FILAMENT_MIN_MEMBERS:
-        return x, y, d, kept_p
+        return x, y, d, kept_p, score
     if path not in _IMAGES:
         pixels = read_micrograph(root / path).pixels
         valid = ~padding_mask(pixels)
@@ -288,26 +297,32 @@ def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray,
     sign = int(np.sign(np.sum(polarity[keep]))) or 1
     contrast = detection.particle_contrast(filled, valid, sign, float(np.median(d)) / 4)
     boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1)
-    x, y, d, _, kept_p, _ = merge_filaments(x, y, d, boxes, kept_p, score, contrast)
-    return x, y, d, kept_p
+    x, y, d, _, kept_p, score = merge_filaments(x, y, d, boxes, kept_p, score, contrast)
+    return x, y, d, kept_p, score
 
 
 def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> dict:
     from sklearn.metrics import f1_score
 
     from virion.data.layout import BACKGROUND_CLASS
-    from virion.micrograph.verdict import decide
+    from virion.micrograph.sizes import suppress_by_class_size
+    from virion.micrograph.verdict import WEIGHT_BY, decide, particle_weights
 
     bg = class_names.index(BACKGROUND_CLASS)
     det_rows, crop_hits, crop_total, oracle_hit, oracle_total = [], 0, 0, 0, 0
     truth, said, said_oracle, per_mic = [], [], [], []
+    said_by = {w: [] for w in WEIGHT_BY}  # the verdict under each weighting (paired comparisons)
     for m in test_mics:
         p = prepared[m["path"]]
         cand_p, box_p = probs[m["path"]]
         best = cand_p.argmax(1) if len(cand_p) else np.zeros(0, int)
         keep = (best != bg) & (cand_p.max(1) >= conf) if len(cand_p) else np.zeros(0, bool)
         keep &= p["score"] >= args.min_score
-        x, y, d, kept_p = merged(args.data, m["path"], p, keep, cand_p[keep], args)
+        x, y, d, kept_p, kept_score = merged(args.data, m["path"], p, keep, cand_p[keep], args)
+        if args.class_sizes and len(x) > 1:  # as `scan_pixels`: after the filament merge
+            labels = [class_names[i] for i in kept_p.argmax(1)]
+            one = suppress_by_class_size(x, y, labels, kept_score, args.class_sizes)
+            x, y, d, kept_p, kept_score = x[one], y[one], d[one], kept_p[one], kept_score[one]
         pairs = match(boxes[m["path"]], x, y)
         det_rows.append((m["label"], len(pairs), len(boxes[m["path"]]), len(x)))
         for _, j in pairs:
@@ -317,7 +332,11 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         if len(box_p):
             oracle_total += len(box_p)
             oracle_hit += int((np.array(virus)[box_p[:, virus].argmax(1)] == class_names.index(m["label"])).sum())
-        v = decide(kept_p, class_names, min_particles=args.min_particles, margin=args.margin)
+        for w in WEIGHT_BY:
+            said_by[w].append(decide(kept_p, class_names, weights=particle_weights(kept_score, w),
+                                     min_particles=args.min_particles, margin=args.margin).verdict)  # fmt: skip
+        weights = particle_weights(kept_score, args.weight_by)  # as `scan_pixels` weighs them
+        v = decide(kept_p, class_names, weights=weights, min_particles=args.min_particles, margin=args.margin)
         vo = decide(box_p, class_names, min_particles=args.min_particles, margin=args.margin)
         truth.append(m["label"])
         said.append(v.verdict)
@@ -331,6 +350,9 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         "oracle_crop_accuracy": oracle_hit / oracle_total if oracle_total else float("nan"),
         "verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said)])),
         "verdict_macro_f1": float(f1_score(truth, said, labels=labels, average="macro", zero_division=0)),
+        "verdict_accuracy_by_weight": {
+            w: float(np.mean([a == b for a, b in zip(truth, v)])) for w, v in said_by.items()
+        },
         "oracle_verdict_accuracy": float(np.mean([a == b for a, b in zip(truth, said_oracle)])),
         "oracle_verdict_macro_f1": float(f1_score(truth, said_oracle, labels=labels, average="macro", zero_division=0)),
         "none": int(sum(s == "none" for s in said)),
@@ -366,8 +388,16 @@ def summarise(folds: list[dict], key: str, class_names) -> list[str]:
         f"{mean_sd([r['verdict_accuracy'] - r['oracle_verdict_accuracy'] for r in res])}",
         f"- micrographs with verdict none / uncertain: {sum(r['none'] for r in res)} / "
         f"{sum(r['uncertain'] for r in res)}",
-        "",
     ]
+    by = [r["verdict_accuracy_by_weight"] for r in res]
+    for w in by[0]:
+        gain = [b[w] - b["none"] for b in by]
+        lines.append(
+            f"- verdict accuracy with particles weighted by `{w}`: {mean_sd([b[w] for b in by])}"
+            + (f" (paired gain over `none` {mean_sd(gain)}, per fold {' '.join(f'{g:+.3f}' for g in gain)})"
+               if w != "none" else "")
+        )  # fmt: skip
+    lines.append("")
     return lines
 
 
@@ -379,12 +409,17 @@ def run_classifier(root, mics, boxes, prepared, args) -> dict:
     from virion.inference.classifier import Classifier
     from virion.micrograph.io import read_micrograph
     from virion.micrograph.scan import scan_pixels
+    from virion.micrograph.sizes import find_class_sizes
 
     clf = Classifier.load(args.run)
+    sizes = None if args.no_size_prior else find_class_sizes(args.run)  # as `virion scan RUN` finds them
     rows, truth, said = [], [], []
     for m in mics:
         mic = read_micrograph(root / m["path"])
-        one = scan_pixels(clf, mic.pixels, 1.0, name=m["path"], min_confidence=args.min_confidence[0])
+        one = scan_pixels(
+            clf, mic.pixels, 1.0, name=m["path"], min_confidence=args.min_confidence[0],
+            weight_by=args.weight_by, class_sizes=sizes,
+        )  # fmt: skip
         x = np.array([p["x"] for p in one.particles])
         y = np.array([p["y"] for p in one.particles])
         rows.append((m["label"], len(match(boxes[m["path"]], x, y)), len(boxes[m["path"]]), len(x)))
@@ -466,10 +501,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=None, help="detector threshold (default: detect's)")
     parser.add_argument("--max-candidates", type=int, default=None)
     parser.add_argument("--negatives", type=int, default=8, help="_background windows per training micrograph")
+    parser.add_argument(
+        "--detected-positives", action="store_true",
+        help="also train on the windows of the detector's candidates inside each box, as its class "
+        "(crops.cut_crops(detected=True))",
+    )  # fmt: skip
     parser.add_argument("--min-confidence", type=float, nargs="+", default=[0.5, 0.3, 0.7])
     parser.add_argument("--min-score", type=float, default=-1e9, help="also require this detector score")
     parser.add_argument("--min-particles", type=int, default=1)
     parser.add_argument("--margin", type=float, default=None)
+    parser.add_argument("--weight-by", default=None, help="particle weights in the verdict (default: scan's)")
+    parser.add_argument(
+        "--no-size-prior", action="store_true",
+        help="scan without class sizes (as a run without class_sizes.json); default: the training boxes' sizes",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="results JSON/markdown and overlays go here")
@@ -479,9 +524,10 @@ def main(argv=None) -> int:
         print(f"bench_scan: no development micrographs at {args.data} (micrographs.csv, boxes.csv); nothing measured")
         return 0
     from virion.micrograph import detect as detection
-    from virion.micrograph.verdict import DEFAULT_MARGIN
+    from virion.micrograph.verdict import DEFAULT_MARGIN, DEFAULT_WEIGHT_BY
 
     args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    args.weight_by = DEFAULT_WEIGHT_BY if args.weight_by is None else args.weight_by
     threshold = detection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     max_c = detection.DEFAULT_MAX_CANDIDATES if args.max_candidates is None else args.max_candidates
     args.threshold, args.max_candidates = threshold, max_c

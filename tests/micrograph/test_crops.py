@@ -409,3 +409,86 @@ def test_cli_end_to_end_and_overwrite_rules(tmp_path, capsys):
     capsys.readouterr()
     assert main(["crops", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- detector windows
+
+
+def _discs(shape, centres, diameter, seed=0):
+    """Stain texture with bright discs of `diameter` px at `centres` (particles the detector can find)."""
+    values = texture(shape, seed=seed).astype(float)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for x, y in centres:
+        values += 80 / (1 + np.exp((np.hypot(xx - x, yy - y) - diameter / 2) / 2))
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("nm_per_px", [1.0, 0.5])
+def test_detected_windows_sit_on_the_detectors_candidates(tmp_path, nm_per_px):
+    from virion.micrograph.detect import detect
+    from virion.micrograph.scan import resample
+
+    k = 1 / nm_per_px  # source px per target px
+    centres = [(90 * k, 80 * k), (230 * k, 110 * k), (150 * k, 240 * k)]
+    planted = [(x + 3 * k, y - 2 * k) for x, y in centres]  # the particles sit a few px off the box centres
+    debris = [(50 * k, 270 * k), (270 * k, 260 * k), (280 * k, 40 * k)]  # not annotated: hard negatives
+    pixels = _discs((int(320 * k), int(320 * k)), planted + debris, 40 * k, seed=3)
+    Image.fromarray(pixels).save(tmp_path / "m.png")
+    half = 24 * k
+    rows = [
+        {"path": "m.png", "label": label, "xmin": x - half, "ymin": y - half, "xmax": x + half, "ymax": y + half}
+        for label, (x, y) in zip("ABA", centres)
+    ]
+    write_csv(tmp_path / "b.csv", rows)
+    common = dict(size=64, nm_per_px=nm_per_px, progress=False)
+    plain = cut_crops(tmp_path / "b.csv", tmp_path / "plain", **common)
+    assert plain.detected == 0 and sum(plain.counts.values()) == 3
+    result = cut_crops(tmp_path / "b.csv", tmp_path / "out", detected=True, background=2, **common)
+    manifest = read_manifest(tmp_path / "out")
+    assert [r["x"] for r in manifest[:3]] == [r["x"] for r in read_manifest(tmp_path / "plain")]  # the box windows
+    # Every candidate (the detector run at the target scale) inside a box gives a window of that box's class.
+    cands = detect(resample(pixels, nm_per_px), 1.0)
+    cx, cy = cands.x / nm_per_px, cands.y / nm_per_px
+    owner = [
+        next((b["label"] for b in rows if b["xmin"] <= x <= b["xmax"] and b["ymin"] <= y <= b["ymax"]), None)
+        for x, y in zip(cx, cy)
+    ]
+    extra = manifest[3 : 3 + result.detected]
+    assert result.detected == sum(o is not None for o in owner) >= 3
+    assert sorted((float(r["x"]), r["label"]) for r in extra) == sorted(
+        (round(float(x), 1), o) for x, o in zip(cx, owner) if o is not None
+    )
+    for (bx, by), label in zip(centres, "ABA"):  # each particle's own candidate, off its box centre
+        near = [r for r in extra if np.hypot(float(r["x"]) - bx, float(r["y"]) - by) <= half / 2]
+        assert near and all(r["label"] == label and (float(r["x"]), float(r["y"])) != (bx, by) for r in near)
+    assert all(crop_of(tmp_path / "out", r).shape == (64, 64) for r in extra)
+    # Background windows are candidates whose centre is in no box.
+    bg = [r for r in manifest if r["label"] == BACKGROUND_CLASS]
+    assert len(bg) == result.background == 2 == result.counts[BACKGROUND_CLASS]
+    for r in bg:
+        x, y = float(r["x"]), float(r["y"])
+        j = int(np.argmin(np.hypot(cx - x, cy - y)))
+        assert np.hypot(cx[j] - x, cy[j] - y) < 0.1 and owner[j] is None
+    assert f"Detector windows: {result.detected}" in result.summary()
+    # Without background windows asked for, none.
+    none = cut_crops(tmp_path / "b.csv", tmp_path / "nobg", detected=True, **common)
+    assert none.background == 0 and none.detected == result.detected
+
+
+def test_crops_write_the_class_sizes_in_nm(tmp_path):
+    import json
+
+    Image.fromarray(texture((300, 300), seed=4)).save(tmp_path / "m.png")
+    rows = [
+        {"path": "m.png", "label": "A", "xmin": 20, "ymin": 20, "xmax": 60, "ymax": 100},  # shorter side 40
+        {"path": "m.png", "label": "A", "xmin": 100, "ymin": 100, "xmax": 160, "ymax": 160},  # 60
+        {"path": "m.png", "label": "A", "xmin": 200, "ymin": 200, "xmax": 250, "ymax": 250},  # 50
+        {"path": "m.png", "label": "B", "xmin": 200, "ymin": 20, "xmax": 220, "ymax": 40},  # 20
+    ]
+    write_csv(tmp_path / "b.csv", rows)
+    cut_crops(tmp_path / "b.csv", tmp_path / "out", size=32, progress=False)
+    sizes = json.loads((tmp_path / "out" / "class_sizes.json").read_text())
+    assert sizes["unit"] == "nm" and sizes["classes"] == {"A": 50.0, "B": 20.0}  # medians of the shorter sides
+    # At 0.5 nm/px the same boxes are half as many nm.
+    cut_crops(tmp_path / "b.csv", tmp_path / "half", size=32, nm_per_px=0.5, progress=False)
+    assert json.loads((tmp_path / "half" / "class_sizes.json").read_text())["classes"] == {"A": 25.0, "B": 10.0}

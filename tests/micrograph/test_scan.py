@@ -21,7 +21,7 @@ from virion.data.layout import BACKGROUND_CLASS
 from virion.errors import VirionError
 from virion.micrograph.detect import detect
 from virion.micrograph.scan import PARTICLE_COLUMNS, scan
-from virion.micrograph.verdict import NONE, UNCERTAIN, decide
+from virion.micrograph.verdict import NONE, UNCERTAIN, decide, particle_weights
 
 # (x, y) centres of the planted particles, diameter 40 px (= 40 nm at 1 nm/px).
 PLANTED = [(140, 110), (300, 150), (220, 300), (330, 330)]
@@ -81,6 +81,20 @@ def test_detector_on_padding_only_and_on_flat_image():
     assert len(detect(flat)) == 0 or detect(flat).score.max() < 1e3  # no NaN/inf from a zero spread
 
 
+def test_candidates_in_boxes_and_one_to_one_matching():
+    from virion.micrograph.detect import box_containing, inside_any_box, match_boxes
+
+    boxes = [(0, 0, 40, 40), (30, 0, 70, 40), (100, 100, 120, 160)]
+    x, y = np.array([15.0, 36.0, 40.0, 110.0, 200.0, 110.0]), np.array([15.0, 20.0, 40.0, 130.0, 5.0, 99.0])
+    # (36, 20) and (40, 40) (on both boxes' edges) are in the first two boxes, nearer the second's centre.
+    np.testing.assert_array_equal(box_containing(boxes, x, y), [0, 1, 1, 2, -1, -1])
+    np.testing.assert_array_equal(inside_any_box(boxes, x, y), [True, True, True, True, False, False])
+    assert box_containing([], x, y).tolist() == [-1] * 6
+    # One-to-one, within half the shorter side: the thin box's radius is 10, so (110, 130) matches it.
+    assert sorted(match_boxes(boxes, x, y)) == [(0, 0), (1, 1), (2, 3)]
+    assert match_boxes(boxes, [21.0, 20.0], [20.0, 20.0]) == [(0, 1)]  # two on one box: only the nearest matches
+
+
 def test_verdict_rule():
     names = ["A", "B", BACKGROUND_CLASS]
     assert decide(np.zeros((0, 3)), names).verdict == NONE
@@ -92,6 +106,131 @@ def test_verdict_rule():
     assert close.verdict == UNCERTAIN and close.leading == "A"
     few = decide(np.array([[0.9, 0.1, 0.0]]), names, min_particles=2)
     assert few.verdict == UNCERTAIN
+
+
+def test_verdict_weights():
+    names = ["A", "B", BACKGROUND_CLASS]
+    probs = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0]])
+    assert decide(probs, names).verdict == "B"  # two B particles outvote one A
+    heavy = decide(probs, names, weights=[10.0, 1.0, 1.0])  # ... unless the A particle weighs more
+    assert (heavy.verdict, heavy.runner_up, heavy.counts) == ("A", "B", {"A": 1, "B": 2})  # counts stay counts
+    assert heavy.probability == pytest.approx(9.2 / 12.0)
+    assert decide(probs, names, weights=[0.0, 0.0, 0.0]).verdict == "B"  # no weight at all: unweighted
+    with pytest.raises(ValueError, match="weights"):
+        decide(probs, names, weights=[1.0, 1.0])
+    np.testing.assert_array_equal(particle_weights([4.0, 7.5], "score"), [4.0, 7.5])
+    assert particle_weights([4.0, 7.5], "none") is None
+    with pytest.raises(ValueError, match="weight_by"):
+        particle_weights([4.0], "area")
+
+
+def two_brightness_micrograph(seed=0, size=420) -> np.ndarray:
+    """Two strong bright discs (class A for `TwoLevel`) and three faint ones (class B): the faint
+    ones are more numerous, the strong ones have much higher detector scores."""
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(size, size)), 4)
+    values = 110 + 40 * smooth / smooth.std() * 0.3 + rng.normal(0, 6, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    strong = [((100, 100), 90), ((300, 120), 90)]
+    faint = [((110, 300), 35), ((210, 210), 35), ((320, 320), 35)]
+    for (x, y), amplitude in strong + faint:
+        values += amplitude / (1 + np.exp((np.hypot(xx - x, yy - y) - DIAMETER / 2) / 2))
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+class TwoLevel(CentreBrightness):
+    """A stand-in classifier: a very bright centre is A, a slightly bright one B, else `_background`."""
+
+    def predict(self, windows, *, model=None, tta=False, batch_size=32, progress=False):
+        windows = np.asarray(windows, float)
+        lift = windows[:, 123:133, 123:133].mean(axis=(1, 2)) - windows[:, 60:196, 60:196].mean(axis=(1, 2))
+        probs = np.where(
+            (lift > 60)[:, None],
+            [0.8, 0.15, 0.05],
+            np.where((lift > 12)[:, None], [0.15, 0.8, 0.05], [0.05, 0.05, 0.9]),
+        )
+
+        class Out:
+            probabilities = probs
+            class_names = self.class_names
+
+        return Out()
+
+
+def test_scan_weighs_particles_by_detector_score(tmp_path):
+    folder = tmp_path / "specimen"
+    folder.mkdir()
+    Image.fromarray(two_brightness_micrograph()).save(folder / "m.png")
+    plain = scan(TwoLevel(), [folder], specimen_by="folder", weight_by="none", overlays=False, progress=False)
+    (m,) = plain.micrographs
+    assert m.weights is None and m.verdict.counts == {"A": 2, "B": 3}
+    assert m.verdict.verdict == "B" and plain.specimens["specimen"].verdict == "B"  # three faint B outvote two A
+    weighted = scan(TwoLevel(), [folder], specimen_by="folder", weight_by="score", overlays=False, progress=False)
+    (w,) = weighted.micrographs
+    np.testing.assert_allclose(w.weights, [p["score"] for p in w.particles], atol=1e-3)  # the score column
+    assert w.verdict.counts == {"A": 2, "B": 3}
+    assert w.verdict.verdict == "A" and weighted.specimens["specimen"].verdict == "A"  # the strong blobs decide
+    expected = decide(w.probabilities, weighted.class_names, weights=w.weights)
+    assert w.verdict.probability == pytest.approx(expected.probability)
+
+
+def test_size_prior_keeps_one_particle_per_class_size():
+    from virion.micrograph.sizes import suppress_by_class_size
+
+    x, y = np.array([0.0, 10.0, 30.0, 12.0, 100.0]), np.zeros(5)
+    labels = ["A", "A", "A", "B", "A"]
+    score = np.array([5.0, 9.0, 4.0, 3.0, 6.0])
+    # A is 40 px: within 20 px of the strongest A (at 10) go 0 and 30 (20 px: kept, not closer); B has its own.
+    np.testing.assert_array_equal(suppress_by_class_size(x, y, labels, score, {"A": 40.0}), [1, 2, 3, 4])
+    np.testing.assert_array_equal(suppress_by_class_size(x, y, labels, score, {"A": 41.0}), [1, 3, 4])
+    np.testing.assert_array_equal(suppress_by_class_size(x, y, labels, score, {}), [0, 1, 2, 3, 4])  # no sizes
+
+
+def test_scan_with_class_sizes_merges_particles_closer_than_half_the_class_size(tmp_path):
+    path = tmp_path / "m.png"
+    Image.fromarray(micrograph()).save(path)
+    plain = scan(CentreBrightness(), [path], overlays=False, progress=False)
+    assert len(plain.particles) == len(PLANTED) and plain.class_sizes is None
+    sized = scan(CentreBrightness(), [path], class_sizes={"A": 400.0}, overlays=False, progress=False)
+    rows = sized.particles
+    assert 1 <= len(rows) < len(PLANTED) and sized.class_sizes == {"A": 400.0}
+    for i, p in enumerate(rows):  # what stays: the strongest, each at least half of A's size from another
+        assert all(np.hypot(p["x"] - q["x"], p["y"] - q["y"]) >= 200 for q in rows[i + 1 :])
+    strongest = max(plain.particles, key=lambda p: p["score"])
+    assert any((p["x"], p["y"]) == (strongest["x"], strongest["y"]) for p in rows)
+    assert sized.micrographs[0].verdict.particles == len(rows)  # the verdict counts what is kept
+    off = scan(CentreBrightness(), [path], class_sizes={"A": 400.0}, size_prior=False, overlays=False, progress=False)
+    assert len(off.particles) == len(PLANTED)
+    # In nm: at 2 nm/px the same 400 nm is 200 px of the run (1 nm/px), i.e. 100 px of the input.
+    small = np.asarray(Image.fromarray(micrograph()).resize((210, 210), Image.Resampling.LANCZOS))
+    Image.fromarray(small).save(tmp_path / "half.png")
+    half = scan(CentreBrightness(), [tmp_path / "half.png"], nm_per_px=2.0, class_sizes={"A": 400.0},
+                overlays=False, progress=False).particles  # fmt: skip
+    assert len(half) == len(rows)
+
+
+def test_class_sizes_are_found_for_a_run_and_absent_for_an_old_one(tmp_path):
+    from virion.micrograph.sizes import CLASS_SIZES_FILE, find_class_sizes, read_class_sizes
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"data": str(tmp_path / "gone")}))
+    assert find_class_sizes(old) is None  # an older run: no sizes, scanned as before
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    (crops / CLASS_SIZES_FILE).write_text(json.dumps({"unit": "nm", "classes": {"A": 80, "B": 30.5}}))
+    (crops / "manifest.csv").write_text("path,label\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(crops / "manifest.csv")}))
+    assert find_class_sizes(run) == {"A": 80.0, "B": 30.5}  # the training data's (a manifest path)
+    (run / "config.json").write_text(json.dumps({"data": str(crops)}))
+    assert find_class_sizes(run) == {"A": 80.0, "B": 30.5}  # ... or its folder
+    (run / CLASS_SIZES_FILE).write_text(json.dumps({"classes": {"A": 90}}))
+    assert find_class_sizes(run) == {"A": 90.0}  # the run's own wins
+    (run / CLASS_SIZES_FILE).write_text("[1, 2]")
+    with pytest.raises(VirionError, match="class sizes"):
+        read_class_sizes(run / CLASS_SIZES_FILE)
 
 
 def _read(path: Path) -> list[dict]:

@@ -21,9 +21,21 @@ padding pixel, not within `background_margin` target px of any box (a point coun
 half the window), and not overlapping each other; chosen at random, seeded by the micrograph's
 name, so runs repeat. Labelled `_background`.
 
+Detector windows (`detected=True`): the windows `virion scan` shows the classifier are centred on
+the detector's candidates (`micrograph.detect`, run as the scanner runs it, at the target scale),
+not on box centres: off-centre, and for large particles often on their textured interior or rim
+(the LoG answers those at small scales). With `detected`, every candidate whose centre lies inside
+an annotated box also gives a window of that box's class (the box whose centre is nearest when it is
+in several), besides the box-centred window, and the `_background` windows (`background=N`) are up to
+N candidates whose centre is inside no box (hard negatives: the stain, debris and edges the scanner
+actually proposes; their windows may show particles off-centre, as the scanner's do), chosen at
+random with the same seed. This is how `benchmarks/bench_scan.py --detected-positives` trains
+(measured in docs/micrographs.md).
+
 Output: `out/<Class>/<group>__<micrograph>_<i>.png` (uint8 or uint16 as the micrograph) and
-`out/manifest.csv` (`path,label,group,micrograph,x,y,filled`), written in a temporary folder beside
-`out` and renamed into place when complete.
+`out/manifest.csv` (`path,label,group,micrograph,x,y,filled`), `out/class_sizes.json` (per class,
+the median shorter side of its boxes in nm at the target scale: `micrograph.sizes`, the size prior
+`virion scan` uses), written in a temporary folder beside `out` and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from virion.data.padding import padding_mask
 from virion.errors import VirionError
 from virion.micrograph.boxes import Annotation, Annotations, read_boxes_csv, read_class_list, read_yolo
 from virion.micrograph.io import plausible_nm_per_px, read_micrograph
+from virion.micrograph.sizes import CLASS_SIZES_FILE, class_sizes_from_boxes, class_sizes_json
 
 MANIFEST = "manifest.csv"
 BAD_ROWS = "bad_rows.txt"
@@ -74,6 +87,7 @@ class CropsResult:
     filled_border: int = 0  # of those, reaching past the image edge
     filled_padding: int = 0  # of those, reaching into black padding
     background: int = 0
+    detected: int = 0  # windows on the detector's candidates inside an annotated box (its class)
     bad: list[str] = field(default_factory=list)
     micrographs: int = 0
     groups: int = 0
@@ -105,8 +119,11 @@ class CropsResult:
             f"Filled windows: {n_filled:,} ({self.filled_border:,} past the image edge, {self.filled_padding:,} into "
             f"black padding), filled by mirroring the valid pixels (see docs/micrographs.md)."
         )
+        if self.detected:
+            lines.append(f"Detector windows: {self.detected:,} (on candidates inside a box, of its class).")
         if self.background:
-            lines.append(f"Background windows: {self.background:,} (class {BACKGROUND_CLASS}, never filled).")
+            how = "detector candidates on no box" if self.detected else "never filled"
+            lines.append(f"Background windows: {self.background:,} (class {BACKGROUND_CLASS}, {how}).")
         scale = ", ".join(f"{n} {src}" for src, n in sorted(self.scale_sources.items()))
         lines.append(
             f"Pixel size: {scale}; {self.resampled} micrograph(s) resampled to {self.target_nm_per_px:g} nm/px."
@@ -378,6 +395,7 @@ def cut_crops(
     background: int = 0,
     background_margin: float = 16.0,
     group_by: str | None = None,
+    detected: bool = False,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -389,7 +407,9 @@ def cut_crops(
     nm_per_px: the pixel size of micrographs whose file states none. background: windows per
     micrograph away from every box (margin in target px), class `_background`. group_by: a regular
     expression on the micrograph's file name, as `virion train --group-by` (only without a
-    session/group column). Returns a CropsResult; bad rows are listed in it and in out/bad_rows.txt.
+    session/group column). detected: also a window on every detector candidate inside a box (of the
+    box's class), and background windows from candidates in no box (module docstring). Returns a CropsResult; bad
+    rows are listed in it and in out/bad_rows.txt.
     """
     start = time.perf_counter()
     if out is None:
@@ -410,7 +430,7 @@ def cut_crops(
     try:
         result = _cut_all(
             annotations, tmp, out, size, float(target_nm_per_px), nm_per_px, int(background),
-            float(background_margin), regex, seed, progress,
+            float(background_margin), regex, seed, progress, bool(detected),
         )  # fmt: skip
         result.seconds = time.perf_counter() - start
         _publish(tmp, out)
@@ -447,7 +467,7 @@ def _group_regex(annotations: Annotations, group_by: str | None):
     return group_by
 
 
-def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin, regex, seed, progress):
+def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin, regex, seed, progress, detected):
     from tqdm import tqdm
 
     result = CropsResult(out, size, target, bad=list(annotations.bad))
@@ -463,6 +483,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
     else:
         result.group_source = "the micrograph (one group each)"
     rows: list[tuple] = []
+    box_sides: list[tuple[str, float, float]] = []  # (label, width, height) in nm at the target scale
     groups: set[str] = set()
     made_dirs: set[str] = set()
     todo = [p for p, items in by_micrograph.items() if items or background > 0]
@@ -493,6 +514,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
         shown = _shown_path(path, base)
         prefix = f"{_safe(group)}__{ids[path]}"
         index = 0
+        kept: list[Annotation] = []  # this micrograph's particles that were cut, in its pixels
         for a in items:
             a = a.in_pixels(W, H)
             if not (0 <= a.x < W and 0 <= a.y < H):
@@ -510,11 +532,34 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             _save(tmp, name, window, made_dirs)
             rows.append((name, a.label, group, shown, f"{a.x:.1f}", f"{a.y:.1f}", f"{filled:.4f}"))
             result.counts[a.label] += 1
+            kept.append(a)
+            if a.box is not None:
+                nm = target / scale  # nm per source px
+                box_sides.append((a.label, (a.box[2] - a.box[0]) * nm, (a.box[3] - a.box[1]) * nm))
             if filled > 0:
                 result.filled[a.label] += 1
                 result.filled_border += past_edge
                 result.filled_padding += into_padding
-        if background > 0:
+        if detected:
+            positives, negatives = detector_windows(pixels, valid, kept, scale, size)
+            rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
+            negatives = [negatives[i] for i in rng.permutation(len(negatives))[:background]]
+            for label, x, y in positives + [(BACKGROUND_CLASS, x, y) for x, y in negatives]:
+                window, filled, past_edge, into_padding = cut_window(pixels, valid, x, y, size, scale)
+                name = f"{label}/{prefix}_{index}.png"
+                index += 1
+                _save(tmp, name, window, made_dirs)
+                rows.append((name, label, group, shown, f"{x:.1f}", f"{y:.1f}", f"{filled:.4f}"))
+                result.counts[label] += 1
+                if label == BACKGROUND_CLASS:
+                    result.background += 1
+                    continue
+                result.detected += 1
+                if filled > 0:
+                    result.filled[label] += 1
+                    result.filled_border += past_edge
+                    result.filled_padding += into_padding
+        elif background > 0:
             rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
             blocking = [_box_of(b.in_pixels(W, H), size * scale) for b in items]
             centres = background_centres(valid, blocking, background, size, scale, margin * scale, rng)
@@ -534,9 +579,37 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
     writer.writerow(MANIFEST_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(tmp / MANIFEST, text.getvalue())
+    sizes = class_sizes_from_boxes(*zip(*box_sides)) if box_sides else {}
+    if sizes:
+        atomic_write_text(tmp / CLASS_SIZES_FILE, class_sizes_json(sizes))
     if result.bad:
         atomic_write_text(tmp / BAD_ROWS, "\n".join(result.bad) + "\n")
     return result
+
+
+def detector_windows(pixels, valid, particles: list[Annotation], scale: float, size: int):
+    """The detector's view of one micrograph, in its own (source) pixels: ([(label, x, y)] of the
+    candidates whose centre lies in a particle's box, with that particle's label; [(x, y)] of the
+    candidates in no box)
+
+    The detector runs as `virion scan` runs it: on the micrograph resampled to the target scale
+    (`scale` source px per target px), padding mirror-filled, default threshold and candidate cap.
+    A particle given as a point counts as a square of half a window around it (as `_box_of`).
+    """
+    from virion.micrograph import detect as detection
+    from virion.micrograph.scan import resample
+
+    work = resample(pixels, 1.0 / scale)
+    factor = work.shape[1] / pixels.shape[1]  # target px per source px
+    work_valid = ~padding_mask(work) if work is not pixels else valid
+    filled = detection.fill_padding(work, work_valid)
+    cands = detection.detect(work, 1.0, mask=~work_valid, filled=filled)
+    x, y = cands.x / factor, cands.y / factor
+    boxes = [_box_of(a, size * scale) for a in particles]
+    owner = detection.box_containing(boxes, x, y)
+    positives = [(particles[i].label, float(x[j]), float(y[j])) for j, i in enumerate(owner) if i >= 0]
+    negatives = [(float(x[j]), float(y[j])) for j, i in enumerate(owner) if i < 0]
+    return positives, negatives
 
 
 def _box_of(a: Annotation, window: float) -> tuple[float, float, float, float]:

@@ -267,6 +267,50 @@ def _nms(x, y, d, score, limit: int) -> np.ndarray:
     return np.asarray(kept, dtype=int)
 
 
+def match_boxes(boxes, x, y) -> list[tuple[int, int]]:
+    """One-to-one (box index, candidate index) pairs: a candidate matches a box when its centre lies
+    within half the box's shorter side of the box centre (Hungarian assignment on the centre distance).
+
+    The rule `benchmarks/bench_scan.py` scores detections with. boxes: (N, 4) xmin, ymin, xmax, ymax.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if not len(boxes) or not len(x):
+        return []
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    radius = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2
+    dist = np.hypot(cx[:, None] - np.asarray(x, float)[None], cy[:, None] - np.asarray(y, float)[None])
+    cost = np.where(dist <= radius[:, None], dist, 1e9)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] < 1e9]
+
+
+def box_containing(boxes, x, y) -> np.ndarray:
+    """For each candidate, the index of the box its centre lies in (edges included; of several, the
+    one whose centre is nearest), -1 when none."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if not len(boxes) or not len(x):
+        return np.full(len(x), -1)
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    inside = (x[:, None] >= b[None, :, 0]) & (x[:, None] <= b[None, :, 2])
+    inside &= (y[:, None] >= b[None, :, 1]) & (y[:, None] <= b[None, :, 3])
+    dist = np.hypot(x[:, None] - (b[None, :, 0] + b[None, :, 2]) / 2, y[:, None] - (b[None, :, 1] + b[None, :, 3]) / 2)
+    nearest = np.argmin(np.where(inside, dist, np.inf), axis=1)
+    return np.where(inside.any(axis=1), nearest, -1)
+
+
+def inside_any_box(boxes, x, y) -> np.ndarray:
+    """True for each candidate whose centre lies inside an annotated box (edges included)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if not len(boxes) or not len(x):
+        return np.zeros(len(x), bool)
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    inside = (x[:, None] >= b[None, :, 0]) & (x[:, None] <= b[None, :, 2])
+    inside &= (y[:, None] >= b[None, :, 1]) & (y[:, None] <= b[None, :, 3])
+    return inside.any(axis=1)
+
+
 # A filament is at least this many linked candidates ...
 FILAMENT_MIN_MEMBERS = 3
 # ... whose centres spread at least this many times more along their main axis than across it.

@@ -41,7 +41,15 @@ from virion.errors import VirionError
 from virion.micrograph import detect as detection
 from virion.micrograph.crops import _to_dtype, cut_window, mirror_fill
 from virion.micrograph.io import read_micrograph
-from virion.micrograph.verdict import DEFAULT_MARGIN, DEFAULT_MIN_PARTICLES, Verdict, decide
+from virion.micrograph.sizes import find_class_sizes, read_class_sizes, suppress_by_class_size
+from virion.micrograph.verdict import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_PARTICLES,
+    DEFAULT_WEIGHT_BY,
+    Verdict,
+    decide,
+    particle_weights,
+)
 
 WINDOW_PX = 256  # the crops' window (virion crops --size default), in run pixels
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -78,6 +86,7 @@ class MicrographScan:
     probabilities: np.ndarray  # (n accepted, C)
     verdict: Verdict
     candidates: int = 0
+    weights: np.ndarray | None = None  # (n accepted,) each particle's weight in the verdict; None: 1 each
     nm_per_px: float = DEFAULT_NM_PER_PX
     overlay: Path | None = None
 
@@ -93,6 +102,7 @@ class ScanResult:
     specimen_members: dict[str, list[str]] = field(default_factory=dict)
     out: Path | None = None
     model: str = ""
+    class_sizes: dict[str, float] | None = None  # the size prior used (nm per class); None: none
 
     @property
     def particles(self) -> list[dict]:
@@ -111,6 +121,8 @@ class ScanResult:
 
     def summary(self) -> str:
         lines = [f"Scanned {len(self.micrographs)} micrograph(s) with {self.model}: {len(self.particles)} particles."]
+        if self.class_sizes:
+            lines.append(f"Size prior: one particle per {len(self.class_sizes)} classes' size (class_sizes.json).")
         for m in self.micrographs[:20]:
             v = m.verdict
             lines.append(
@@ -277,8 +289,15 @@ def scan_pixels(
     max_candidates: int = detection.DEFAULT_MAX_CANDIDATES,
     tta: bool = False,
     batch_size: int = 32,
+    weight_by: str = DEFAULT_WEIGHT_BY,
+    class_sizes: dict[str, float] | None = None,
 ) -> MicrographScan:
-    """Scan one micrograph given as a 2-D array at `nm_per_px`; particle rows are in its own pixels."""
+    """Scan one micrograph given as a 2-D array at `nm_per_px`; particle rows are in its own pixels.
+
+    weight_by: how particles weigh in the verdict (`verdict.particle_weights`: "score", the
+    detector's z-score, or "none"). class_sizes: nm per class (`micrograph.sizes`); accepted
+    particles of one class closer than half its size become one (the strongest); None: no size prior.
+    """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
         raise VirionError(f"{name}: a micrograph must be a 2-D grayscale image, got shape {pixels.shape}")
@@ -316,6 +335,10 @@ def scan_pixels(
         polarity = int(np.sign(np.sum(cands.polarity[index]))) or 1
         contrast = detection.particle_contrast(filled, valid, polarity, float(np.median(d)) / 4)
         x, y, d, boxes, kept, score = merge_filaments(x, y, d, boxes, kept, score, contrast)
+    if class_sizes and len(x) > 1:
+        sizes_px = {c: float(v) / run_nm for c, v in class_sizes.items()}
+        one = suppress_by_class_size(x, y, [names[i] for i in np.argmax(kept, axis=1)], score, sizes_px)
+        x, y, d, boxes, kept, score = x[one], y[one], d[one], boxes[one], kept[one], score[one]
     # back to the input micrograph's pixels
     x, y, d, boxes = x / factor, y / factor, d / factor, boxes / factor
     rows = []
@@ -335,8 +358,9 @@ def scan_pixels(
                 "score": round(float(score[i]), 3),
             }
         )
-    verdict = decide(kept, names, min_particles=min_particles, margin=margin)
-    return MicrographScan(name, rows, kept, verdict, candidates=len(cands), nm_per_px=float(nm_per_px))
+    weights = particle_weights(score, weight_by)
+    verdict = decide(kept, names, weights=weights, min_particles=min_particles, margin=margin)
+    return MicrographScan(name, rows, kept, verdict, candidates=len(cands), nm_per_px=float(nm_per_px), weights=weights)
 
 
 def scan(
@@ -353,6 +377,9 @@ def scan(
     threshold: float = detection.DEFAULT_THRESHOLD,
     tta: bool = False,
     batch_size: int = 32,
+    weight_by: str = DEFAULT_WEIGHT_BY,
+    class_sizes: dict[str, float] | str | Path | None = None,
+    size_prior: bool = True,
     overlays: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -362,6 +389,9 @@ def scan(
     nm_per_px: the pixel size of files whose metadata states none (default 1 nm/px). With `out`,
     writes particles.csv, verdicts.csv, specimens.csv (with `specimen_by`) and overlays/*.png;
     an existing non-empty `out` is refused unless `overwrite`. Unreadable files are listed, not fatal.
+    Size prior (`micrograph.sizes`): `class_sizes` (nm per class, or a class_sizes.json), else the
+    run folder's (or its training data's) class_sizes.json; none for a Classifier object or an older
+    run; `size_prior=False` turns it off.
     """
     from tqdm.auto import tqdm
 
@@ -379,8 +409,16 @@ def scan(
     if out_dir is not None:
         _prepare_out(out_dir, overwrite)
     classifier = _load_classifier(run_or_classifier)
+    sizes = None
+    if size_prior:
+        if isinstance(class_sizes, (str, Path)):
+            sizes = read_class_sizes(class_sizes)
+        elif class_sizes is not None:
+            sizes = {str(k): float(v) for k, v in class_sizes.items()}
+        elif isinstance(run_or_classifier, (str, Path)):
+            sizes = find_class_sizes(run_or_classifier)
     chosen = model or getattr(classifier, "default_model", None)
-    result = ScanResult([], list(classifier.class_names), model=str(chosen or ""))
+    result = ScanResult([], list(classifier.class_names), model=str(chosen or ""), class_sizes=sizes)
     names = _overlay_names([str(f) for f in files])
     for path in tqdm(files, desc="virion scan", unit="micrograph", disable=not progress):
         shown = str(path)
@@ -393,6 +431,7 @@ def scan(
         one = scan_pixels(
             classifier, mic.pixels, size, name=shown, model=model, min_confidence=min_confidence,
             min_particles=min_particles, margin=margin, threshold=threshold, tta=tta, batch_size=batch_size,
+            weight_by=weight_by, class_sizes=sizes,
         )  # fmt: skip
         if out_dir is not None and overlays:
             v = one.verdict
@@ -412,9 +451,10 @@ def scan(
             groups.setdefault(specimen_of(m.micrograph, specimen_by), []).append(m)
         for s, members in sorted(groups.items()):
             stacked = np.concatenate([m.probabilities for m in members]) if members else np.zeros((0, 0))
+            weights = [np.ones(len(m.probabilities)) if m.weights is None else m.weights for m in members]
             result.specimens[s] = decide(
                 stacked.reshape(-1, len(result.class_names)), result.class_names,
-                min_particles=min_particles, margin=margin,
+                weights=np.concatenate(weights) if weights else None, min_particles=min_particles, margin=margin,
             )  # fmt: skip
             result.specimen_members[s] = [m.micrograph for m in members]
     if out_dir is not None:
