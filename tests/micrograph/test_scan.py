@@ -194,6 +194,7 @@ def test_scan_with_class_sizes_merges_particles_closer_than_half_the_class_size(
     sized = scan(CentreBrightness(), [path], class_sizes={"A": 400.0}, overlays=False, progress=False)
     rows = sized.particles
     assert 1 <= len(rows) < len(PLANTED) and sized.class_sizes == {"A": 400.0}
+    assert "Size prior: sizes of 1 classes" in sized.summary() and "Size prior" not in plain.summary()
     for i, p in enumerate(rows):  # what stays: the strongest, each at least half of A's size from another
         assert all(np.hypot(p["x"] - q["x"], p["y"] - q["y"]) >= 200 for q in rows[i + 1 :])
     strongest = max(plain.particles, key=lambda p: p["score"])
@@ -347,3 +348,25 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert verdict["verdict"] == "A" and int(verdict["particles"]) == len(particles)
     assert (out / "overlays" / "m1.png").is_file()
     assert "A" in capsys.readouterr().out
+
+
+def test_cli_scan_finds_the_class_sizes_of_the_runs_training_data(tmp_path, capsys):
+    run = _tiny_run(tmp_path / "run")  # answers A everywhere: every candidate is a particle
+    data = tmp_path / "mics"
+    data.mkdir()
+    Image.fromarray(micrograph()).save(data / "m1.png")
+    argv = ["scan", str(run), str(data), "--no-progress", "--min-confidence", "0.8", "--no-overlays"]
+    assert main([*argv, "--out", str(tmp_path / "old")]) == 0  # an older run: no sizes anywhere
+    before = _read(tmp_path / "old" / "particles.csv")
+    assert len(before) > 1 and "Size prior" not in capsys.readouterr().out
+    crops = tmp_path / "crops"  # the dataset the run was trained on, as `virion crops` writes it
+    crops.mkdir()
+    (crops / "class_sizes.json").write_text(json.dumps({"unit": "nm", "classes": {"A": 1000.0}}))
+    (run / "config.json").write_text(json.dumps({"seed": 0, "data": str(crops / "manifest.csv")}))
+    assert main([*argv, "--out", str(tmp_path / "new")]) == 0
+    after = _read(tmp_path / "new" / "particles.csv")
+    (verdict,) = _read(tmp_path / "new" / "verdicts.csv")
+    assert len(after) == 1 and verdict["particles"] == "1"  # all within 500 px of the strongest: one particle
+    strongest = max(before, key=lambda p: float(p["score"]))
+    assert (after[0]["x"], after[0]["y"]) == (strongest["x"], strongest["y"])
+    assert "Size prior" in capsys.readouterr().out

@@ -122,7 +122,10 @@ class ScanResult:
     def summary(self) -> str:
         lines = [f"Scanned {len(self.micrographs)} micrograph(s) with {self.model}: {len(self.particles)} particles."]
         if self.class_sizes:
-            lines.append(f"Size prior: one particle per {len(self.class_sizes)} classes' size (class_sizes.json).")
+            lines.append(
+                f"Size prior: sizes of {len(self.class_sizes)} classes; particles of one class closer than half its "
+                "size are counted once."
+            )
         for m in self.micrographs[:20]:
             v = m.verdict
             lines.append(
