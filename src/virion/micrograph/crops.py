@@ -408,8 +408,8 @@ def cut_crops(
     micrograph away from every box (margin in target px), class `_background`. group_by: a regular
     expression on the micrograph's file name, as `virion train --group-by` (only without a
     session/group column). detected: also a window on every detector candidate inside a box (of the
-    box's class), and background windows from candidates in no box (module docstring). Returns a CropsResult; bad
-    rows are listed in it and in out/bad_rows.txt.
+    box's class), and background windows from candidates in no box (module docstring). Returns a
+    CropsResult; bad rows are listed in it and in out/bad_rows.txt.
     """
     start = time.perf_counter()
     if out is None:
@@ -590,7 +590,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
 def detector_windows(pixels, valid, particles: list[Annotation], scale: float, size: int):
     """The detector's view of one micrograph, in its own (source) pixels: ([(label, x, y)] of the
     candidates whose centre lies in a particle's box, with that particle's label; [(x, y)] of the
-    candidates in no box)
+    candidates in no box).
 
     The detector runs as `virion scan` runs it: on the micrograph resampled to the target scale
     (`scale` source px per target px), padding mirror-filled, default threshold and candidate cap.

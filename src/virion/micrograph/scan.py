@@ -86,9 +86,9 @@ class MicrographScan:
     probabilities: np.ndarray  # (n accepted, C)
     verdict: Verdict
     candidates: int = 0
-    weights: np.ndarray | None = None  # (n accepted,) each particle's weight in the verdict; None: 1 each
     nm_per_px: float = DEFAULT_NM_PER_PX
     overlay: Path | None = None
+    weights: np.ndarray | None = None  # (n accepted,) each particle's weight in the verdict; None: 1 each
 
 
 @dataclass
