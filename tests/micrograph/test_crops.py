@@ -473,6 +473,13 @@ def test_detected_windows_sit_on_the_detectors_candidates(tmp_path, nm_per_px):
     # Without background windows asked for, none.
     none = cut_crops(tmp_path / "b.csv", tmp_path / "nobg", detected=True, **common)
     assert none.background == 0 and none.detected == result.detected
+    # The CLI's --detected cuts the same windows as the library.
+    from virion.cli.main import main
+
+    cli_out = tmp_path / "cli"
+    argv = ["crops", str(tmp_path / "b.csv"), "--out", str(cli_out), "--size", "64", "--quiet"]
+    assert main([*argv, "--nm-per-px", str(nm_per_px), "--detected", "--background", "2"]) == 0
+    assert read_manifest(cli_out) == manifest
 
 
 def test_crops_write_the_class_sizes_in_nm(tmp_path):

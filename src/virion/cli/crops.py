@@ -90,6 +90,13 @@ def register(subparsers) -> None:
         "as class _background (default: none)",
     )
     parser.add_argument(
+        "--detected",
+        action="store_true",
+        help="also cut a window on every particle candidate `virion scan`'s detector finds inside a box, as "
+        "that box's class (the windows the scanner will show the classifier; with --background, the "
+        "background windows are then detector candidates on no box); default off",
+    )
+    parser.add_argument(
         "--group-by",
         metavar="REGEX",
         help="group = this regular expression on the micrograph's file name (as `virion train --group-by`), "
@@ -113,6 +120,7 @@ def run(args) -> int:
         target_nm_per_px=args.target_nm_per_px,
         nm_per_px=args.nm_per_px,
         background=args.background or 0,
+        detected=args.detected,
         group_by=args.group_by,
         overwrite=args.overwrite,
         progress=not args.quiet,
