@@ -8,6 +8,7 @@ discs (the tiny model's Adenovirus) on noisy stain, black padding on the left.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import threading
@@ -69,6 +70,34 @@ def test_api_scan_answers_particles_verdict_and_counts(app):
     assert bad.status_code == 400 and "x.png" in bad.json()["error"]
     wrong = client.post("/api/scan", files=files, data={"min_confidence": "2"})
     assert wrong.status_code == 400 and "min_confidence" in wrong.json()["error"]
+
+
+def test_api_scan_uses_the_served_runs_class_sizes(classifier, tiny_run, tmp_path):
+    """A run with class_sizes.json (as `virion train` keeps from `virion crops`) scans with the size prior."""
+    try:
+        import httpx2  # noqa: F401
+    except ImportError:
+        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
+    from starlette.testclient import TestClient
+
+    from virion.app.server import create_app
+    from virion.micrograph.sizes import CLASS_SIZES_FILE
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    sizes = {name: 1000.0 for name in classifier.class_names}  # every particle within half a size of another
+    (run / CLASS_SIZES_FILE).write_text(json.dumps({"unit": "nm", "classes": sizes}))
+    files = {"file": ("mic.png", micrograph_png(), "image/png")}
+    plain = TestClient(create_app(classifier, tiny_run, top_k=3)).post(
+        "/api/scan", files=files, data={"min_confidence": "0"}
+    )
+    sized = TestClient(create_app(classifier, run, top_k=3)).post(
+        "/api/scan", files=files, data={"min_confidence": "0"}
+    )
+    assert plain.status_code == sized.status_code == 200
+    n_plain, n_sized = len(plain.json()["particles"]), len(sized.json()["particles"])
+    classes = {p["class"] for p in plain.json()["particles"]}
+    assert n_plain >= len(PLANTED) and n_sized == len(classes) < n_plain  # one particle per class is left
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

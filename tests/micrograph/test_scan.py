@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,31 @@ def test_class_sizes_are_found_for_a_run_and_absent_for_an_old_one(tmp_path):
     (run / CLASS_SIZES_FILE).write_text("[1, 2]")
     with pytest.raises(VirionError, match="class sizes"):
         read_class_sizes(run / CLASS_SIZES_FILE)
+
+
+def test_training_keeps_the_datas_class_sizes_in_the_run(tmp_path):
+    from virion.micrograph.sizes import CLASS_SIZES_FILE, find_class_sizes, keep_class_sizes
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    (crops / CLASS_SIZES_FILE).write_text(json.dumps({"unit": "nm", "classes": {"A": 80, "B": 30.5}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(crops / "manifest.csv")}))
+    assert keep_class_sizes(crops / "manifest.csv", run) == run / CLASS_SIZES_FILE
+    shutil.rmtree(crops)  # the crops folder moved away: the run still has its sizes
+    assert find_class_sizes(run) == {"A": 80.0, "B": 30.5}
+    assert keep_class_sizes(tmp_path / "elsewhere", run) is None  # no sizes there: nothing copied
+    (run / CLASS_SIZES_FILE).write_text(json.dumps({"classes": {"A": 90}}))
+    crops.mkdir()
+    (crops / CLASS_SIZES_FILE).write_text(json.dumps({"classes": {"A": 10}}))
+    assert keep_class_sizes(crops, run) is None and find_class_sizes(run) == {"A": 90.0}  # never overwritten
+    (crops / CLASS_SIZES_FILE).write_text("[1]")
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(VirionError, match="class sizes"):  # a broken file is reported, not copied
+        keep_class_sizes(crops, other)
+    assert not (other / CLASS_SIZES_FILE).exists()
 
 
 def _read(path: Path) -> list[dict]:

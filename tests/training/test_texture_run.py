@@ -206,3 +206,20 @@ def test_a_texture_only_run(trained, tmp_path, monkeypatch):
     assert [p.name for p in run.iterdir() if p.name.startswith("ensemble")] == []  # one model: no ensemble row
     with (run / "comparison.csv").open(newline="") as fh:
         assert [r["model"] for r in csv.DictReader(fh)] == ["texture"]
+
+
+def test_a_run_keeps_its_datas_class_sizes_for_scanning(trained, tmp_path):
+    """`virion crops` writes class_sizes.json beside its manifest; the run keeps a copy (scan's size prior)."""
+    import shutil
+
+    from virion.cli.main import main
+    from virion.micrograph.sizes import CLASS_SIZES_FILE, find_class_sizes
+
+    root, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    (data / CLASS_SIZES_FILE).write_text(json.dumps({"unit": "nm", "classes": {"dots": 40, "stripes": 120}}))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--models", "texture", "--input-size", "32"]) == 0
+    shutil.rmtree(data)
+    assert find_class_sizes(run) == {"dots": 40.0, "stripes": 120.0}

@@ -59,7 +59,15 @@ def scan_upload(state, name: str, data: bytes, *, nm_per_px=None, min_confidence
             raise VirionError(f"{safe}: not a readable micrograph ({str(exc).splitlines()[0]})") from None
     size = mic.nm_per_px or stated or DEFAULT_NM_PER_PX
     with state.lock:
-        result = scan_pixels(state.classifier, mic.pixels, size, name=safe, model=model, min_confidence=min_confidence)
+        result = scan_pixels(
+            state.classifier,
+            mic.pixels,
+            size,
+            name=safe,
+            model=model,
+            min_confidence=min_confidence,
+            class_sizes=getattr(state, "class_sizes", None),
+        )
     h, w = mic.pixels.shape
     step = max(1, int(np.ceil(max(h, w) / DISPLAY_MAX_SIDE)))
     buffer = io.BytesIO()

@@ -27,6 +27,7 @@ from PIL import Image
 
 from virion.app.card import build_card
 from virion.errors import VirionError
+from virion.micrograph.sizes import find_class_sizes
 
 ENSEMBLE = "ensemble"
 DEFAULT_TOP_K = 5
@@ -84,6 +85,7 @@ class ServeState:
         self.default_model = classifier.default_model  # the run's recommended classifier
         self.combinations = classifier.combinations()
         self.networks = [n for n in self.model_names if classifier.get(n).is_network]
+        self.class_sizes = find_class_sizes(self.source)  # the scan's size prior (None: a model file, old run)
 
     def gradcam_model(self, model: str) -> str | None:
         """The network whose Grad-CAM the page shows for `model` (an ensemble: its first network), or None."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virion.atomic import atomic_write_text
 from virion.errors import VirionError
 
 CLASS_SIZES_FILE = "class_sizes.json"
@@ -60,23 +61,39 @@ def read_class_sizes(path: str | Path) -> dict[str, float]:
     return {k: v for k, v in sizes.items() if v > 0}
 
 
+def _data_sizes_file(data: str | Path | None) -> Path | None:
+    """The class_sizes.json beside a dataset (its folder, or a manifest's folder), if any."""
+    if not data:
+        return None
+    data = Path(str(data)).expanduser()
+    f = (data if data.is_dir() else data.parent) / CLASS_SIZES_FILE
+    return f if f.is_file() else None
+
+
 def find_class_sizes(run: str | Path) -> dict[str, float] | None:
     """A run's class sizes: RUN/class_sizes.json, else its training data folder's; None when neither exists."""
     run = Path(run)
     if not run.is_dir():
         return None
-    candidates = [run / CLASS_SIZES_FILE]
+    if (run / CLASS_SIZES_FILE).is_file():
+        return read_class_sizes(run / CLASS_SIZES_FILE)
     try:
         data = json.loads((run / "config.json").read_text()).get("data")
     except (OSError, ValueError, AttributeError):
         data = None
-    if data:
-        data = Path(str(data)).expanduser()
-        candidates.append((data if data.is_dir() else data.parent) / CLASS_SIZES_FILE)
-    for f in candidates:
-        if f.is_file():
-            return read_class_sizes(f)
-    return None
+    found = _data_sizes_file(data)
+    return read_class_sizes(found) if found else None
+
+
+def keep_class_sizes(data: str | Path | None, run_dir: str | Path) -> Path | None:
+    """Copy the training data's class_sizes.json into the run folder (if it has none), so the run keeps
+    its size prior when the crops folder moves or is deleted; returns the run's copy, or None."""
+    source = _data_sizes_file(data)
+    target = Path(run_dir) / CLASS_SIZES_FILE
+    if source is None or target.exists() or not Path(run_dir).is_dir():
+        return None
+    sizes = read_class_sizes(source)  # checked: a broken file is reported, not copied
+    return atomic_write_text(target, class_sizes_json(sizes))
 
 
 def suppress_by_class_size(x, y, labels, score, sizes_px: dict[str, float], fraction: float = SIZE_NMS_FRACTION):
