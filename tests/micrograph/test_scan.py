@@ -396,3 +396,24 @@ def test_cli_scan_finds_the_class_sizes_of_the_runs_training_data(tmp_path, caps
     strongest = max(before, key=lambda p: float(p["score"]))
     assert (after[0]["x"], after[0]["y"]) == (strongest["x"], strongest["y"])
     assert "Size prior" in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "off"), "--no-size-prior"]) == 0  # turned off: as before
+    assert _read(tmp_path / "off" / "particles.csv") == before
+
+
+def test_cli_scan_passes_the_verdict_weights_and_size_prior_switch(tmp_path, monkeypatch, capsys):
+    import virion.micrograph.scan as scan_module
+
+    seen = {}
+
+    def fake_scan(*args, **kwargs):
+        seen.update(kwargs)
+        return scan_module.ScanResult([], ["A"])
+
+    monkeypatch.setattr(scan_module, "scan", fake_scan)
+    argv = ["scan", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 0 and (seen["weight_by"], seen["size_prior"]) == ("none", True)
+    assert main([*argv, "--weight-by", "score", "--no-size-prior"]) == 0
+    assert (seen["weight_by"], seen["size_prior"]) == ("score", False)
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--weight-by", "votes"])
+    assert exc.value.code == 2 and "--weight-by" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from virion.cli import argtypes
+from virion.micrograph.verdict import DEFAULT_WEIGHT_BY, WEIGHT_BY
 
 
 def _fraction(text: str) -> float:
@@ -95,6 +96,20 @@ def register(subparsers) -> None:
         help="also a verdict per specimen: micrographs in one folder, or sharing the REGEX match (group 1 "
         "if any) in their path; writes OUT/specimens.csv",
     )
+    parser.add_argument(
+        "--weight-by",
+        choices=WEIGHT_BY,
+        default=DEFAULT_WEIGHT_BY,
+        help="each particle's weight in the verdict: none (every particle counts 1, the default) or score "
+        "(its detector z-score; measured in docs/micrographs.md, not a clear gain)",
+    )
+    parser.add_argument(
+        "--no-size-prior",
+        dest="size_prior",
+        action="store_false",
+        help="ignore the run's class_sizes.json (by default, accepted particles of one class closer than half "
+        "its typical size count once)",
+    )
     parser.add_argument("--tta", action="store_true", help="average each window over 8 flips/turns (8x slower)")
     parser.add_argument("--no-overlays", dest="overlays", action="store_false", help="write no overlay PNGs")
     parser.add_argument(
@@ -120,6 +135,8 @@ def run(args) -> int:
         specimen_by=args.specimen_by,
         tta=args.tta,
         batch_size=args.batch_size,
+        weight_by=args.weight_by,
+        size_prior=args.size_prior,
         overlays=args.overlays,
         overwrite=args.overwrite,
         progress=args.progress,
