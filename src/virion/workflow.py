@@ -59,12 +59,12 @@ def train(
             except VirionError as exc:
                 _say(progress, f"warning: {exc}")
         raise
-    if _is_writer():
+    if _is_writer():  # multi-machine runs: process 0 writes the run folder, evaluates and reports
         from virion.micrograph.sizes import keep_class_sizes
 
         keep_class_sizes(config.data, result.run_dir)  # `virion scan`'s size prior travels with the run
-    if evaluate_after and _is_writer():  # multi-machine runs: process 0 evaluates and reports
-        finish_run(result.run_dir, progress=progress)
+        if evaluate_after:
+            finish_run(result.run_dir, progress=progress)
     return result
 
 

@@ -66,7 +66,7 @@ def scan_upload(state, name: str, data: bytes, *, nm_per_px=None, min_confidence
             name=safe,
             model=model,
             min_confidence=min_confidence,
-            class_sizes=getattr(state, "class_sizes", None),
+            class_sizes=state.class_sizes,
         )
     h, w = mic.pixels.shape
     step = max(1, int(np.ceil(max(h, w) / DISPLAY_MAX_SIDE)))

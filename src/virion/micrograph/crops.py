@@ -513,7 +513,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             group = group_of(path, regex) if regex is not None else ids[path]
         shown = _shown_path(path, base)
         prefix = f"{_safe(group)}__{ids[path]}"
-        index = 0
+        out_window = _WindowWriter(tmp, result, rows, made_dirs, prefix, group, shown).add
         kept: list[Annotation] = []  # this micrograph's particles that were cut, in its pixels
         for a in items:
             a = a.in_pixels(W, H)
@@ -527,49 +527,27 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             except ValueError as exc:
                 result.bad.append(f"{a.where}: {exc}")
                 continue
-            name = f"{a.label}/{prefix}_{index}.png"
-            index += 1
-            _save(tmp, name, window, made_dirs)
-            rows.append((name, a.label, group, shown, f"{a.x:.1f}", f"{a.y:.1f}", f"{filled:.4f}"))
-            result.counts[a.label] += 1
+            out_window(a.label, a.x, a.y, window, filled, past_edge, into_padding)
             kept.append(a)
             if a.box is not None:
                 nm = target / scale  # nm per source px
                 box_sides.append((a.label, (a.box[2] - a.box[0]) * nm, (a.box[3] - a.box[1]) * nm))
-            if filled > 0:
-                result.filled[a.label] += 1
-                result.filled_border += past_edge
-                result.filled_padding += into_padding
         if detected:
             positives, negatives = detector_windows(pixels, valid, kept, scale, size)
             rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
             negatives = [negatives[i] for i in rng.permutation(len(negatives))[:background]]
-            for label, x, y in positives + [(BACKGROUND_CLASS, x, y) for x, y in negatives]:
-                window, filled, past_edge, into_padding = cut_window(pixels, valid, x, y, size, scale)
-                name = f"{label}/{prefix}_{index}.png"
-                index += 1
-                _save(tmp, name, window, made_dirs)
-                rows.append((name, label, group, shown, f"{x:.1f}", f"{y:.1f}", f"{filled:.4f}"))
-                result.counts[label] += 1
-                if label == BACKGROUND_CLASS:
-                    result.background += 1
-                    continue
+            for label, x, y in positives:
+                out_window(label, x, y, *cut_window(pixels, valid, x, y, size, scale))
                 result.detected += 1
-                if filled > 0:
-                    result.filled[label] += 1
-                    result.filled_border += past_edge
-                    result.filled_padding += into_padding
+            for x, y in negatives:
+                out_window(BACKGROUND_CLASS, x, y, *cut_window(pixels, valid, x, y, size, scale))
+                result.background += 1
         elif background > 0:
             rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
             blocking = [_box_of(b.in_pixels(W, H), size * scale) for b in items]
             centres = background_centres(valid, blocking, background, size, scale, margin * scale, rng)
             for x, y in centres:
-                window, _, _, _ = cut_window(pixels, valid, x, y, size, scale)
-                name = f"{BACKGROUND_CLASS}/{prefix}_{index}.png"
-                index += 1
-                _save(tmp, name, window, made_dirs)
-                rows.append((name, BACKGROUND_CLASS, group, shown, f"{x:.1f}", f"{y:.1f}", "0.0000"))
-                result.counts[BACKGROUND_CLASS] += 1
+                out_window(BACKGROUND_CLASS, x, y, *cut_window(pixels, valid, x, y, size, scale))
                 result.background += 1
         result.micrographs += 1
         groups.add(group)
@@ -610,6 +588,32 @@ def detector_windows(pixels, valid, particles: list[Annotation], scale: float, s
     positives = [(particles[i].label, float(x[j]), float(y[j])) for j, i in enumerate(owner) if i >= 0]
     negatives = [(float(x[j]), float(y[j])) for j, i in enumerate(owner) if i < 0]
     return positives, negatives
+
+
+@dataclass
+class _WindowWriter:
+    """Writes the windows of one micrograph: the PNG, its manifest row, the counts."""
+
+    tmp: Path
+    result: CropsResult
+    rows: list
+    made_dirs: set
+    prefix: str
+    group: str
+    shown: str
+    index: int = 0
+
+    def add(self, label, x, y, window, filled, past_edge, into_padding) -> None:
+        """Background windows are never counted as filled: they lie inside the image, away from padding."""
+        name = f"{label}/{self.prefix}_{self.index}.png"
+        self.index += 1
+        _save(self.tmp, name, window, self.made_dirs)
+        self.rows.append((name, label, self.group, self.shown, f"{x:.1f}", f"{y:.1f}", f"{filled:.4f}"))
+        self.result.counts[label] += 1
+        if filled > 0 and label != BACKGROUND_CLASS:
+            self.result.filled[label] += 1
+            self.result.filled_border += past_edge
+            self.result.filled_padding += into_padding
 
 
 def _box_of(a: Annotation, window: float) -> tuple[float, float, float, float]:

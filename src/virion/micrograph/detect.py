@@ -302,13 +302,7 @@ def box_containing(boxes, x, y) -> np.ndarray:
 
 def inside_any_box(boxes, x, y) -> np.ndarray:
     """True for each candidate whose centre lies inside an annotated box (edges included)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if not len(boxes) or not len(x):
-        return np.zeros(len(x), bool)
-    b = np.asarray(boxes, float).reshape(-1, 4)
-    inside = (x[:, None] >= b[None, :, 0]) & (x[:, None] <= b[None, :, 2])
-    inside &= (y[:, None] >= b[None, :, 1]) & (y[:, None] <= b[None, :, 3])
-    return inside.any(axis=1)
+    return box_containing(boxes, x, y) >= 0
 
 
 # A filament is at least this many linked candidates ...
