@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -102,3 +103,37 @@ def describe_os_error(exc: OSError, context: str | None = None) -> str:
 def _filename_in(text: str) -> str | None:
     found = re.search(r"(?:file)?name = '([^']+)'", text)  # h5py: "Unable to create file (... name = 'x.h5', ...)"
     return found.group(1) if found else None
+
+
+def start_output_dir(out: Path, overwrite: bool, marker: str, command: str) -> Path:
+    """A fresh temporary folder beside `out` for a command that publishes a whole folder at once
+    (`publish_output_dir`), so an interrupted run never leaves half an output where `out` should be.
+
+    `out` must be new or empty; with `overwrite`, it may hold an earlier output of the same command
+    (recognised by its `marker` file), never anything else.
+    """
+    check_output_dir(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise VirionError(f"--out {out}: already exists and is not empty; choose a new folder or add --overwrite")
+        if not (out / marker).is_file():
+            raise VirionError(
+                f"--out {out}: is not a `{command}` output (no {marker}); --overwrite replaces only those; "
+                f"choose another --out"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_output_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place; an earlier output is removed only after that."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -60,9 +60,11 @@ def train(
                 _say(progress, f"warning: {exc}")
         raise
     if _is_writer():  # multi-machine runs: process 0 writes the run folder, evaluates and reports
+        from virion.micrograph.detector_files import keep_detector
         from virion.micrograph.sizes import keep_class_sizes
 
         keep_class_sizes(config.data, result.run_dir)  # `virion scan`'s size prior travels with the run
+        keep_detector(config.data, result.run_dir)  # ... and its learned detector
         if evaluate_after:
             finish_run(result.run_dir, progress=progress)
     return result

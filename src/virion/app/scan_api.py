@@ -67,6 +67,7 @@ def scan_upload(state, name: str, data: bytes, *, nm_per_px=None, min_confidence
             model=model,
             min_confidence=min_confidence,
             class_sizes=state.class_sizes,
+            detector=state.detector,
         )
     h, w = mic.pixels.shape
     step = max(1, int(np.ceil(max(h, w) / DISPLAY_MAX_SIDE)))
@@ -85,6 +86,7 @@ def scan_upload(state, name: str, data: bytes, *, nm_per_px=None, min_confidence
         "model": model,
         "min_confidence": min_confidence,
         "candidates": result.candidates,
+        "detector": state.detector_text,
         "particles": result.particles,
         "verdict": {**v.row(), "description": v.describe(), "counts": v.counts},
         "colours": colours,

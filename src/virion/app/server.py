@@ -27,6 +27,7 @@ from PIL import Image
 
 from virion.app.card import build_card
 from virion.errors import VirionError
+from virion.micrograph.detector_files import choose_detector
 from virion.micrograph.sizes import find_class_sizes
 
 ENSEMBLE = "ensemble"
@@ -86,6 +87,7 @@ class ServeState:
         self.combinations = classifier.combinations()
         self.networks = [n for n in self.model_names if classifier.get(n).is_network]
         self.class_sizes = find_class_sizes(self.source)  # the scan's size prior (None: a model file, old run)
+        self.detector, self.detector_text = choose_detector(None, self.source)  # the run's, else LoG
 
     def gradcam_model(self, model: str) -> str | None:
         """The network whose Grad-CAM the page shows for `model` (an ensemble: its first network), or None."""

@@ -30,7 +30,10 @@ in several), besides the box-centred window, and the `_background` windows (`bac
 N candidates whose centre is inside no box (hard negatives: the stain, debris and edges the scanner
 actually proposes; their windows may show particles off-centre, as the scanner's do), chosen at
 random with the same seed. This is how `benchmarks/bench_scan.py --detected-positives` trains
-(measured in docs/micrographs.md).
+(measured in docs/micrographs.md). `detector` (a folder from `virion detector`, or a loaded one):
+the learned detector proposes those candidates instead of the LoG blobs, and is copied to
+`out/detector/` (with or without `detected`), so that a run trained on these crops keeps it and
+`virion scan` uses it (`micrograph.detector_files`).
 
 Output: `out/<Class>/<group>__<micrograph>_<i>.png` (uint8 or uint16 as the micrograph) and
 `out/manifest.csv` (`path,label,group,micrograph,x,y,filled`), `out/class_sizes.json` (per class,
@@ -43,7 +46,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 import shutil
 import time
@@ -61,8 +63,11 @@ from virion.data.decode import DecodeError
 from virion.data.layout import BACKGROUND_CLASS, group_of
 from virion.data.padding import padding_mask
 from virion.errors import VirionError
+from virion.fs import publish_output_dir, start_output_dir
 from virion.micrograph.boxes import Annotation, Annotations, read_boxes_csv, read_class_list, read_yolo
-from virion.micrograph.io import plausible_nm_per_px, read_micrograph
+from virion.micrograph.detector_files import LogDetector, choose_detector
+from virion.micrograph.heatmap import DETECTOR_DIR
+from virion.micrograph.io import pixel_size, plausible_nm_per_px, read_micrograph
 from virion.micrograph.sizes import CLASS_SIZES_FILE, class_sizes_from_boxes, class_sizes_json
 
 MANIFEST = "manifest.csv"
@@ -88,6 +93,7 @@ class CropsResult:
     filled_padding: int = 0  # of those, reaching into black padding
     background: int = 0
     detected: int = 0  # windows on the detector's candidates inside an annotated box (its class)
+    detector: str = ""  # the learned detector copied to out/detector/ ("": none)
     bad: list[str] = field(default_factory=list)
     micrographs: int = 0
     groups: int = 0
@@ -121,6 +127,10 @@ class CropsResult:
         )
         if self.detected:
             lines.append(f"Detector windows: {self.detected:,} (on candidates inside a box, of its class).")
+        if self.detector:
+            lines.append(
+                f"Detector: {self.detector}, copied to {self.out / DETECTOR_DIR} (runs trained here scan with it)."
+            )
         if self.background:
             how = "detector candidates on no box" if self.detected else "never filled"
             lines.append(f"Background windows: {self.background:,} (class {BACKGROUND_CLASS}, {how}).")
@@ -345,37 +355,6 @@ def _shown_path(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty `out` unless overwrite (and then only an earlier crops output)."""
-    from virion.fs import check_output_dir
-
-    check_output_dir(out, "--out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise VirionError(f"--out {out}: already exists and is not empty; choose a new folder or add --overwrite")
-        if not (out / MANIFEST).is_file():
-            raise VirionError(
-                f"--out {out}: is not a `virion crops` output (no {MANIFEST}); --overwrite replaces only those; "
-                f"choose another --out"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an earlier output is removed only after that."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_png(path: Path, window: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(window).save(buffer, format="PNG")
@@ -396,6 +375,7 @@ def cut_crops(
     background_margin: float = 16.0,
     group_by: str | None = None,
     detected: bool = False,
+    detector=None,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -408,8 +388,9 @@ def cut_crops(
     micrograph away from every box (margin in target px), class `_background`. group_by: a regular
     expression on the micrograph's file name, as `virion train --group-by` (only without a
     session/group column). detected: also a window on every detector candidate inside a box (of the
-    box's class), and background windows from candidates in no box (module docstring). Returns a
-    CropsResult; bad rows are listed in it and in out/bad_rows.txt.
+    box's class), and background windows from candidates in no box (module docstring). detector: a
+    learned detector (folder or loaded) that proposes those candidates instead of LoG, copied to
+    out/detector/ in any case. Returns a CropsResult; bad rows are listed in it and in out/bad_rows.txt.
     """
     start = time.perf_counter()
     if out is None:
@@ -424,23 +405,29 @@ def cut_crops(
         raise VirionError(f"--nm-per-px {nm_per_px}: give a pixel size from 0.005 to 500 nm")
     if int(background) < 0:
         raise VirionError(f"--background {background}: give a number of windows per micrograph (0 = none)")
-    annotations = _read_annotations(boxes, yolo, images, classes)
+    annotations = read_annotations(boxes, yolo, images, classes)
     regex = _group_regex(annotations, group_by)
-    tmp = _prepare_out(out, overwrite)
+    finder, finder_text = choose_detector("log" if detector is None else detector)
+    tmp = start_output_dir(out, overwrite, MANIFEST, "virion crops")
     try:
         result = _cut_all(
             annotations, tmp, out, size, float(target_nm_per_px), nm_per_px, int(background),
-            float(background_margin), regex, seed, progress, bool(detected),
+            float(background_margin), regex, seed, progress, finder if detected else None,
         )  # fmt: skip
+        if not isinstance(finder, LogDetector):
+            finder.save(tmp / DETECTOR_DIR)
+            result.detector = finder_text
         result.seconds = time.perf_counter() - start
-        _publish(tmp, out)
+        publish_output_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
 
 
-def _read_annotations(boxes, yolo, images, classes) -> Annotations:
+def read_annotations(boxes, yolo, images, classes) -> Annotations:
+    """The annotations of a boxes CSV, or of YOLO labels + images + class list (one of the two): what
+    `virion crops` and `virion detector` both read."""
     if (boxes is None) == (yolo is None):
         raise VirionError("give either a boxes CSV or --yolo LABELS_DIR (with --classes and --images), not both")
     if yolo is not None:
@@ -467,7 +454,8 @@ def _group_regex(annotations: Annotations, group_by: str | None):
     return group_by
 
 
-def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin, regex, seed, progress, detected):
+def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin, regex, seed, progress, detector):
+    """Cut every micrograph's windows into `tmp`; `detector`: the one proposing detector windows (None: none)."""
     from tqdm import tqdm
 
     result = CropsResult(out, size, target, bad=list(annotations.bad))
@@ -495,12 +483,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             reason = f"cannot read the micrograph ({exc.reason})"
             result.bad += [f"{a.where}: {reason}" for a in items] or [f"{_shown_path(path, base)}: {reason}"]
             continue
-        if micrograph.nm_per_px is not None:
-            source_nm, how = micrograph.nm_per_px, "metadata"
-        elif nm_per_px is not None:
-            source_nm, how = float(nm_per_px), "--nm-per-px"
-        else:
-            source_nm, how = target, "assumed"
+        source_nm, how = pixel_size(micrograph, nm_per_px, target)
         result.scale_sources[how] += 1
         scale = target / source_nm
         if abs(scale - 1.0) >= 1e-9:
@@ -532,8 +515,8 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             if a.box is not None:
                 nm = target / scale  # nm per source px
                 box_sides.append((a.label, (a.box[2] - a.box[0]) * nm, (a.box[3] - a.box[1]) * nm))
-        if detected:
-            positives, negatives = detector_windows(pixels, valid, kept, scale, size)
+        if detector is not None:
+            positives, negatives = detector_windows(pixels, valid, kept, scale, size, detector)
             rng = np.random.default_rng([seed, zlib.crc32(shown.encode())])
             negatives = [negatives[i] for i in rng.permutation(len(negatives))[:background]]
             for label, x, y in positives:
@@ -565,14 +548,15 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
     return result
 
 
-def detector_windows(pixels, valid, particles: list[Annotation], scale: float, size: int):
+def detector_windows(pixels, valid, particles: list[Annotation], scale: float, size: int, detector=None):
     """The detector's view of one micrograph, in its own (source) pixels: ([(label, x, y)] of the
     candidates whose centre lies in a particle's box, with that particle's label; [(x, y)] of the
     candidates in no box).
 
-    The detector runs as `virion scan` runs it: on the micrograph resampled to the target scale
-    (`scale` source px per target px), padding mirror-filled, default threshold and candidate cap.
-    A particle given as a point counts as a square of half a window around it (as `_box_of`).
+    The detector (default: the LoG blobs; or a loaded learned one) runs as `virion scan` runs it: on
+    the micrograph resampled to the target scale (`scale` source px per target px), padding
+    mirror-filled, its default threshold and the candidate cap. A particle given as a point counts as
+    a square of half a window around it (as `_box_of`).
     """
     from virion.micrograph import detect as detection
     from virion.micrograph.scan import resample
@@ -581,7 +565,8 @@ def detector_windows(pixels, valid, particles: list[Annotation], scale: float, s
     factor = work.shape[1] / pixels.shape[1]  # target px per source px
     work_valid = ~padding_mask(work) if work is not pixels else valid
     filled = detection.fill_padding(work, work_valid)
-    cands = detection.detect(work, 1.0, mask=~work_valid, filled=filled)
+    detector = LogDetector() if detector is None else detector
+    cands = detector.detect(work, 1.0, mask=~work_valid, filled=filled, max_candidates=detection.DEFAULT_MAX_CANDIDATES)
     x, y = cands.x / factor, cands.y / factor
     boxes = [_box_of(a, size * scale) for a in particles]
     owner = detection.box_containing(boxes, x, y)

@@ -116,6 +116,16 @@ def read_micrograph(path, *, max_pixels: int = DecodeSettings().max_pixels) -> M
     return Micrograph(np.ascontiguousarray(pixels), nm, path)
 
 
+def pixel_size(micrograph: Micrograph, given: float | None, assumed: float) -> tuple[float, str]:
+    """A micrograph's nm per pixel and where it came from: "metadata" (the file states it), else
+    "--nm-per-px" (`given`, for files that state none), else "assumed"."""
+    if micrograph.nm_per_px is not None:
+        return micrograph.nm_per_px, "metadata"
+    if given is not None:
+        return float(given), "--nm-per-px"
+    return float(assumed), "assumed"
+
+
 def plausible_nm_per_px(value) -> float | None:
     """`value` as a float when it is a believable microscope pixel size, else None."""
     try:

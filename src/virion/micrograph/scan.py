@@ -1,13 +1,15 @@
 """`virion scan`: find the particles in whole micrographs, classify each, give a verdict per micrograph.
 
 Per micrograph: read it at full resolution (`micrograph.io`), resample it to the run's pixel size
-(the crops' scale, 1 nm/px unless the models' metadata says `nm_per_px`), find blob candidates
-(`micrograph.detect`), cut a 256-px window around each exactly as `virion crops` cut the training
-crops (`micrograph.crops.cut_window`: mirror-filled at edges and padding), classify the windows
-with the run's recommended classifier (`Classifier.predict`, no TTA by default), and keep a
-candidate only when its best class is not `_background` and its probability is at least
-`min_confidence`. Runs without a `_background` class rely on the detector's score instead: their
-candidates must also reach `NO_BACKGROUND_MIN_SCORE`. The verdict rule is `micrograph.verdict`'s.
+(the crops' scale, 1 nm/px unless the models' metadata says `nm_per_px`), find particle candidates
+with the run's learned heat-map detector when it has one, else the Laplacian-of-Gaussian blobs
+(`micrograph.detector_files.choose_detector`; `detector="log"` forces LoG), cut a 256-px window
+around each exactly as `virion crops` cut the training crops (`micrograph.crops.cut_window`:
+mirror-filled at edges and padding), classify the windows with the run's recommended classifier
+(`Classifier.predict`, no TTA by default), and keep a candidate only when its best class is not
+`_background` and its probability is at least `min_confidence`. Runs without a `_background` class
+rely on the detector's score instead: their candidates must also reach the detector's
+`no_background_min_score`. The verdict rule is `micrograph.verdict`'s.
 
 What a particle is for filaments (Ebola, Marburg): one filament, as the annotations box it. The
 blob detector answers a filament's ridge at its width all along it; accepted candidates of one
@@ -40,6 +42,7 @@ from virion.data.padding import padding_mask
 from virion.errors import VirionError
 from virion.micrograph import detect as detection
 from virion.micrograph.crops import _to_dtype, cut_window, mirror_fill
+from virion.micrograph.detector_files import choose_detector
 from virion.micrograph.io import read_micrograph
 from virion.micrograph.sizes import find_class_sizes, read_class_sizes, suppress_by_class_size
 from virion.micrograph.verdict import (
@@ -54,8 +57,6 @@ from virion.micrograph.verdict import (
 WINDOW_PX = 256  # the crops' window (virion crops --size default), in run pixels
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_NM_PER_PX = 1.0
-# Runs with no `_background` class cannot say "not a particle": the detector's score must (z-score).
-NO_BACKGROUND_MIN_SCORE = 6.0
 # A run's pixel size when its metadata does not state one: the public crops' 1 nm/px.
 RUN_NM_PER_PX = 1.0
 
@@ -103,6 +104,7 @@ class ScanResult:
     out: Path | None = None
     model: str = ""
     class_sizes: dict[str, float] | None = None  # the size prior used (nm per class); None: none
+    detector: str = ""  # which detector proposed the candidates (`detector_files.choose_detector`)
 
     @property
     def particles(self) -> list[dict]:
@@ -121,6 +123,8 @@ class ScanResult:
 
     def summary(self) -> str:
         lines = [f"Scanned {len(self.micrographs)} micrograph(s) with {self.model}: {len(self.particles)} particles."]
+        if self.detector:
+            lines.append(f"Detector: {self.detector}.")
         if self.class_sizes:
             lines.append(
                 f"Size prior: sizes of {len(self.class_sizes)} classes; particles of one class closer than half its "
@@ -288,18 +292,22 @@ def scan_pixels(
     min_particles: int = DEFAULT_MIN_PARTICLES,
     margin: float = DEFAULT_MARGIN,
     min_score: float | None = None,
-    threshold: float = detection.DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     max_candidates: int = detection.DEFAULT_MAX_CANDIDATES,
     tta: bool = False,
     batch_size: int = 32,
     weight_by: str = DEFAULT_WEIGHT_BY,
     class_sizes: dict[str, float] | None = None,
+    detector=None,
 ) -> MicrographScan:
     """Scan one micrograph given as a 2-D array at `nm_per_px`; particle rows are in its own pixels.
 
-    weight_by: how particles weigh in the verdict (`verdict.particle_weights`: "score", the
-    detector's z-score, or "none"). class_sizes: nm per class (`micrograph.sizes`); accepted
-    particles of one class closer than half its size become one (the strongest); None: no size prior.
+    detector: a loaded detector (`detector_files.choose_detector`; load it once for many micrographs),
+    a detector folder, or None / "log" for the LoG blobs. threshold (candidates) and min_score (runs
+    without `_background`) default to the detector's own. weight_by: how particles weigh in the
+    verdict (`verdict.particle_weights`: "score", the detector's score, or "none"). class_sizes: nm
+    per class (`micrograph.sizes`); accepted particles of one class closer than half its size become
+    one (the strongest); None: no size prior.
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
@@ -312,13 +320,15 @@ def scan_pixels(
     factor = work.shape[1] / pixels.shape[1] if work is not pixels else 1.0
     valid = ~padding_mask(work)
     filled = detection.fill_padding(work, valid)
-    cands = detection.detect(
+    detector = choose_detector(detector)[0]
+    threshold = detector.threshold if threshold is None else float(threshold)
+    cands = detector.detect(
         work, run_nm, mask=~valid, filled=filled, threshold=threshold, max_candidates=max_candidates
     )
     names = list(classifier.class_names)
     has_background = BACKGROUND_CLASS in names
     if min_score is None:
-        min_score = threshold if has_background else max(threshold, NO_BACKGROUND_MIN_SCORE)
+        min_score = threshold if has_background else max(threshold, detector.no_background_min_score)
     cands = cands.take(cands.score >= min_score)
     probs = np.zeros((0, len(names)))
     if len(cands):
@@ -377,7 +387,8 @@ def scan(
     min_particles: int = DEFAULT_MIN_PARTICLES,
     margin: float = DEFAULT_MARGIN,
     specimen_by: str | None = None,
-    threshold: float = detection.DEFAULT_THRESHOLD,
+    threshold: float | None = None,
+    detector=None,
     tta: bool = False,
     batch_size: int = 32,
     weight_by: str = DEFAULT_WEIGHT_BY,
@@ -394,7 +405,9 @@ def scan(
     an existing non-empty `out` is refused unless `overwrite`. Unreadable files are listed, not fatal.
     Size prior (`micrograph.sizes`): `class_sizes` (nm per class, or a class_sizes.json), else the
     run folder's (or its training data's) class_sizes.json; none for a Classifier object or an older
-    run; `size_prior=False` turns it off.
+    run; `size_prior=False` turns it off. Detector (`micrograph.detector_files`): None = the run
+    folder's learned detector (RUN/detector, else its training data's), else LoG; "log"; a detector
+    folder; or a loaded detector. `threshold`: the detector's candidate threshold (default its own).
     """
     from tqdm.auto import tqdm
 
@@ -412,6 +425,7 @@ def scan(
     if out_dir is not None:
         _prepare_out(out_dir, overwrite)
     classifier = _load_classifier(run_or_classifier)
+    detector, detector_text = choose_detector(detector, run_or_classifier)
     sizes = None
     if size_prior:
         if isinstance(class_sizes, (str, Path)):
@@ -421,7 +435,9 @@ def scan(
         elif isinstance(run_or_classifier, (str, Path)):
             sizes = find_class_sizes(run_or_classifier)
     chosen = model or getattr(classifier, "default_model", None)
-    result = ScanResult([], list(classifier.class_names), model=str(chosen or ""), class_sizes=sizes)
+    result = ScanResult(
+        [], list(classifier.class_names), model=str(chosen or ""), class_sizes=sizes, detector=detector_text
+    )
     names = _overlay_names([str(f) for f in files])
     for path in tqdm(files, desc="virion scan", unit="micrograph", disable=not progress):
         shown = str(path)
@@ -434,7 +450,7 @@ def scan(
         one = scan_pixels(
             classifier, mic.pixels, size, name=shown, model=model, min_confidence=min_confidence,
             min_particles=min_particles, margin=margin, threshold=threshold, tta=tta, batch_size=batch_size,
-            weight_by=weight_by, class_sizes=sizes,
+            weight_by=weight_by, class_sizes=sizes, detector=detector,
         )  # fmt: skip
         if out_dir is not None and overlays:
             v = one.verdict

@@ -61,13 +61,28 @@ def read_class_sizes(path: str | Path) -> dict[str, float]:
     return {k: v for k, v in sizes.items() if v > 0}
 
 
-def _data_sizes_file(data: str | Path | None) -> Path | None:
-    """The class_sizes.json beside a dataset (its folder, or a manifest's folder), if any."""
+def dataset_folder(data: str | Path | None) -> Path | None:
+    """The folder of a dataset (the folder itself, or a manifest's folder): where `virion crops` puts
+    what travels with its crops (class_sizes.json, detector/); None when no dataset is named."""
     if not data:
         return None
     data = Path(str(data)).expanduser()
-    f = (data if data.is_dir() else data.parent) / CLASS_SIZES_FILE
-    return f if f.is_file() else None
+    return data if data.is_dir() else data.parent
+
+
+def training_data(run: str | Path) -> str | None:
+    """The dataset a run was trained on (RUN/config.json's `data`), or None."""
+    try:
+        return json.loads((Path(run) / "config.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _data_sizes_file(data: str | Path | None) -> Path | None:
+    """The class_sizes.json beside a dataset, if any."""
+    folder = dataset_folder(data)
+    f = folder / CLASS_SIZES_FILE if folder is not None else None
+    return f if f is not None and f.is_file() else None
 
 
 def find_class_sizes(run: str | Path) -> dict[str, float] | None:
@@ -77,11 +92,7 @@ def find_class_sizes(run: str | Path) -> dict[str, float] | None:
         return None
     if (run / CLASS_SIZES_FILE).is_file():
         return read_class_sizes(run / CLASS_SIZES_FILE)
-    try:
-        data = json.loads((run / "config.json").read_text()).get("data")
-    except (OSError, ValueError, AttributeError):
-        data = None
-    found = _data_sizes_file(data)
+    found = _data_sizes_file(training_data(run))
     return read_class_sizes(found) if found else None
 
 
