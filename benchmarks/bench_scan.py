@@ -87,11 +87,9 @@ def prepare(root: Path, mics, boxes, cache: Path, *, threshold, max_candidates, 
     256-px window on every candidate and on every annotated box centre. Cached as .npz per micrograph."""
     from tqdm import tqdm
 
-    from virion.data.decode import DecodeSettings, decode_array
     from virion.data.padding import padding_mask
     from virion.micrograph import detect as detection
     from virion.micrograph.io import read_micrograph
-    from virion.micrograph.scan import WINDOW_PX, cut_windows
 
     settings = {
         "threshold": threshold,
@@ -108,7 +106,6 @@ def prepare(root: Path, mics, boxes, cache: Path, *, threshold, max_candidates, 
         settings["features"] = FEATURE_VERSION
     folder = cache / f"det-{_key(settings)}"
     folder.mkdir(parents=True, exist_ok=True)
-    decode = DecodeSettings(size=WINDOW_PX, stretch=(0.5, 99.5))
     out = {}
     seconds = []
     for m in tqdm(mics, desc="micrographs", unit="mg", disable=not progress):
@@ -127,20 +124,94 @@ def prepare(root: Path, mics, boxes, cache: Path, *, threshold, max_candidates, 
             mic.pixels, 1.0, mask=~valid, filled=filled, threshold=threshold, max_candidates=max_candidates
         )
         seconds.append(time.perf_counter() - t0)
-        got = {"x": c.x, "y": c.y, "d": c.diameter, "score": c.score}
+        got = {"x": c.x, "y": c.y, "d": c.diameter, "score": c.score, "pol": c.polarity}
         if features:
-            from virion.models.texture.features import texture_features
-
             b = np.asarray(boxes[m["path"]], float).reshape(-1, 4)
             bx, by = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-            wins = cut_windows(mic.pixels, valid, np.concatenate([c.x, bx]), np.concatenate([c.y, by]))
-            dec = np.stack([decode_array(w, decode, "window") for w in wins]) if len(wins) else np.zeros((0, 256, 256))
-            feats = texture_features(dec.astype(np.uint8), workers=1) if len(dec) else np.zeros((0, 1), np.float32)
+            feats = window_features(mic.pixels, valid, np.concatenate([c.x, bx]), np.concatenate([c.y, by]))
             got["cand_feat"], got["box_feat"] = feats[: len(c)], feats[len(c) :]
         np.savez(f, **got)
         out[m["path"]] = got
     if seconds:
         print(f"detector: {statistics.mean(seconds):.2f} s per micrograph ({len(seconds)} computed now)")
+    return out
+
+
+def window_features(pixels, valid, xs, ys) -> np.ndarray:
+    """Texture features of the 256-px windows `virion scan` cuts at (xs, ys) (`scan.cut_windows`)."""
+    from virion.data.decode import DecodeSettings, decode_array
+    from virion.micrograph.scan import WINDOW_PX, cut_windows
+    from virion.models.texture.features import texture_features
+
+    if not len(xs):
+        return np.zeros((0, 0), np.float32)
+    decode = DecodeSettings(size=WINDOW_PX, stretch=(0.5, 99.5))
+    wins = cut_windows(pixels, valid, np.asarray(xs, float), np.asarray(ys, float))
+    dec = np.stack([decode_array(w, decode, "window") for w in wins])
+    return texture_features(dec.astype(np.uint8), workers=1)
+
+
+# ------------------------------------------------------------------------------- heat-map detector
+
+
+def fold_detector(root: Path, train_mics, boxes, cache: Path, fold: int, args):
+    """The heat-map detector `virion detector` would train on these micrographs (cached per fold)."""
+    from virion.micrograph.heatmap import TrainingMicrograph, is_detector, load_detector, train_detector
+    from virion.micrograph.io import read_micrograph
+
+    key = _key({"paths": sorted(m["path"] for m in train_mics), "epochs": args.detector_epochs, "seed": args.seed,
+                "v": 1})  # fmt: skip
+    folder = cache / f"heatmap-{key}"
+    if is_detector(folder):
+        return load_detector(folder), 0.0
+    t0 = time.perf_counter()
+    data = [TrainingMicrograph(read_micrograph(root / m["path"]).pixels, 1.0, np.asarray(boxes[m["path"]], float))
+            for m in train_mics]  # fmt: skip
+    det = train_detector(data, epochs=args.detector_epochs, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    det.save(folder)
+    print(f"fold {fold}: heat-map detector trained on {len(train_mics)} micrographs in {seconds:.0f} s", flush=True)
+    return det, seconds
+
+
+def heatmap_prepare(root: Path, mics, boxes, prepared, det, cache: Path, args) -> dict:
+    """`prepare`'s dict for the heat-map detector's candidates: box features reused from `prepared`,
+    candidate features cached per micrograph and window centre (the detector's grid repeats across folds)."""
+    from tqdm import tqdm
+
+    from virion.data.padding import padding_mask
+    from virion.micrograph import detect as detection
+    from virion.micrograph.io import read_micrograph
+    from virion.models.texture.features import FEATURE_VERSION
+
+    folder = cache / f"points-{FEATURE_VERSION}"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for m in tqdm(mics, desc="heat-map candidates", unit="mg"):
+        mic = read_micrograph(root / m["path"])
+        valid = ~padding_mask(mic.pixels)
+        filled = detection.fill_padding(mic.pixels, valid)
+        c = det.detect(mic.pixels, 1.0, mask=~valid, filled=filled, threshold=args.heat_threshold,
+                       max_candidates=args.max_candidates)  # fmt: skip
+        f = folder / (hashlib.sha1(m["path"].encode()).hexdigest()[:16] + ".npz")
+        known_xy, known_feat = np.zeros((0, 2)), None
+        if f.is_file():
+            with np.load(f, allow_pickle=False) as z:
+                known_xy, known_feat = z["xy"], z["feat"]
+        xy = np.stack([c.x, c.y], axis=1) if len(c) else np.zeros((0, 2))
+        lookup = {tuple(np.round(p, 2)): i for i, p in enumerate(known_xy)}
+        missing = [i for i, p in enumerate(xy) if tuple(np.round(p, 2)) not in lookup]
+        if missing:
+            new = window_features(mic.pixels, valid, xy[missing, 0], xy[missing, 1])
+            known_feat = new if known_feat is None or not len(known_xy) else np.concatenate([known_feat, new])
+            known_xy = np.concatenate([known_xy, xy[missing]])
+            np.savez(f, xy=known_xy, feat=known_feat)
+            lookup = {tuple(np.round(p, 2)): i for i, p in enumerate(known_xy)}
+        rows = [lookup[tuple(np.round(p, 2))] for p in xy]
+        base = prepared[m["path"]]
+        feat = known_feat[rows] if rows else np.zeros((0, base["box_feat"].shape[1]), np.float32)
+        out[m["path"]] = {"x": c.x, "y": c.y, "d": c.diameter, "score": c.score, "pol": c.polarity,
+                          "cand_feat": feat, "box_feat": base["box_feat"]}  # fmt: skip
     return out
 
 
@@ -207,8 +278,13 @@ def run_folds(mics, boxes, prepared, args) -> dict:
     groups = np.array([m["session"] for m in mics])
     splitter = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     folds = []
+    base = prepared
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(mics)), y_mic, groups)):
         assert not set(groups[train]) & set(groups[test])
+        detector_s = None
+        if args.detector == "heatmap":  # candidates of the detector trained on this fold's training micrographs
+            det, detector_s = fold_detector(args.data, [mics[i] for i in train], boxes, args.cache, k, args)
+            prepared = heatmap_prepare(args.data, mics, boxes, base, det, args.cache, args)
         t0 = time.perf_counter()
         rng = np.random.default_rng([args.seed, k])
         xs, ys, gs = [], [], []
@@ -238,6 +314,9 @@ def run_folds(mics, boxes, prepared, args) -> dict:
         fit_s = time.perf_counter() - t0
         result = {"fold": k, "train_micrographs": len(train), "test_micrographs": len(test), "fit_s": fit_s}
         test_mics = [mics[i] for i in test]
+        result["detector_only"] = detector_only(test_mics, boxes, prepared)  # held-out micrographs
+        if detector_s is not None:
+            result["detector_train_s"] = detector_s
         probs = {}
         for m in test_mics:
             p = prepared[m["path"]]
@@ -287,14 +366,10 @@ def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray,
     if path not in _IMAGES:
         pixels = read_micrograph(root / path).pixels
         valid = ~padding_mask(pixels)
-        filled = detection.fill_padding(pixels, valid)
-        c = detection.detect(
-            pixels, 1.0, mask=~valid, filled=filled, threshold=args.threshold, max_candidates=args.max_candidates
-        )
-        assert len(c) == len(p["x"]) and np.allclose(c.x, p["x"]), "cached candidates differ from detect's"
-        _IMAGES[path] = (filled, valid, c.polarity)
-    filled, valid, polarity = _IMAGES[path]
-    sign = int(np.sign(np.sum(polarity[keep]))) or 1
+        _IMAGES.clear()  # one micrograph at a time: folds visit each once
+        _IMAGES[path] = (detection.fill_padding(pixels, valid), valid)
+    filled, valid = _IMAGES[path]
+    sign = int(np.sign(np.sum(p["pol"][keep]))) or 1
     contrast = detection.particle_contrast(filled, valid, sign, float(np.median(d)) / 4)
     boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1)
     x, y, d, _, kept_p, score = merge_filaments(x, y, d, boxes, kept_p, score, contrast)
@@ -506,6 +581,12 @@ def main(argv=None) -> int:
         help="also train on the windows of the detector's candidates inside each box, as its class "
         "(crops.cut_crops(detected=True))",
     )  # fmt: skip
+    parser.add_argument(
+        "--detector", choices=("log", "heatmap"), default="log",
+        help="candidates from the LoG blob detector, or from a heat-map detector trained per fold on the "
+        "fold's training micrographs (`virion detector`)",
+    )  # fmt: skip
+    parser.add_argument("--detector-epochs", type=int, default=None, help="heat-map detector epochs (default: its)")
     parser.add_argument("--min-confidence", type=float, nargs="+", default=[0.5, 0.3, 0.7])
     parser.add_argument("--min-score", type=float, default=-1e9, help="also require this detector score")
     parser.add_argument("--min-particles", type=int, default=1)
@@ -528,7 +609,17 @@ def main(argv=None) -> int:
 
     args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
     args.weight_by = DEFAULT_WEIGHT_BY if args.weight_by is None else args.weight_by
-    threshold = detection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    from virion.micrograph import heatmap
+
+    if args.detector_epochs is None:
+        args.detector_epochs = heatmap.DEFAULT_EPOCHS
+    # --threshold is the chosen detector's: a z-score for LoG, a heat for the heat-map detector (the
+    # LoG still runs at its default for the cached box-window features).
+    args.heat_threshold = None
+    if args.detector == "heatmap":
+        args.heat_threshold = heatmap.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    use_given = args.threshold is not None and args.detector == "log"
+    threshold = args.threshold if use_given else detection.DEFAULT_THRESHOLD
     max_c = detection.DEFAULT_MAX_CANDIDATES if args.max_candidates is None else args.max_candidates
     args.threshold, args.max_candidates = threshold, max_c
     mics, boxes = load_data(args.data)
@@ -551,7 +642,8 @@ def main(argv=None) -> int:
     prepared = prepare(
         args.data, mics, boxes, args.cache, threshold=threshold, max_candidates=max_c, features=args.folds > 0
     )
-    report = {"micrographs": len(mics), "threshold": threshold, "max_candidates": max_c, "cpu_flags": cpu}
+    report = {"micrographs": len(mics), "threshold": threshold, "max_candidates": max_c, "cpu_flags": cpu,
+              "detector_kind": args.detector, "heat_threshold": args.heat_threshold}  # fmt: skip
     report["detector"] = detector_only(mics, boxes, prepared)
     lines = ["## Detector alone (every candidate)", "", "| class | recall | precision | boxes |", "|---|---|---|---|"]
     lines += [
