@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 
 # The notebook API. Imported lazily (PEP 562) so that `import virion` stays fast and loads no
 # TensorFlow/Keras: each name is looked up on first use.
-__all__ = ["train", "evaluate", "load", "synth", "crops", "scan", "compare", "report", "TrainConfig", "Classifier"]
+__all__ = [
+    "train", "evaluate", "load", "synth", "crops", "train_detector", "scan", "compare", "report", "TrainConfig",
+    "Classifier",
+]  # fmt: skip
 
 _LAZY = {
     "train": ("virion.workflow", "train"),  # train(config=None, **settings) -> RunResult
@@ -24,6 +27,8 @@ _LAZY = {
     "load": ("virion.inference.classifier", "load"),  # load(path, models=None) -> Classifier
     "synth": ("virion.data.synth", "generate_dataset"),  # synth(out, per_class=..., size=...) -> Path
     "crops": ("virion.micrograph.crops", "cut_crops"),  # crops(boxes_csv, out, size=256, ...) -> CropsResult
+    # train_detector(boxes_csv, out, epochs=30, ...) -> DetectorTrainingResult (the detector saved in out)
+    "train_detector": ("virion.micrograph.heatmap_training", "train_from_boxes"),
     "scan": ("virion.micrograph.scan", "scan"),  # scan(run_or_classifier, paths, out=None, ...) -> ScanResult
     "TrainConfig": ("virion.training.config", "TrainConfig"),
     "Classifier": ("virion.inference.classifier", "Classifier"),

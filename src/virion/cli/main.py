@@ -24,6 +24,7 @@ from virion.errors import VirionError
 # Order is the order shown in `virion --help`; a module not written yet is skipped.
 COMMAND_MODULES = (
     "synth",
+    "detector",
     "crops",
     "train",
     "evaluate",

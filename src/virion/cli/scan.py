@@ -38,7 +38,8 @@ def register(subparsers) -> None:
         "scan",
         help="find and classify the particles in whole micrographs; a verdict per micrograph",
         description="Scan whole micrographs (files or folders, searched recursively; 8/16-bit, any size): "
-        "find blob-shaped particle candidates at 20-350 nm (black padding and borders excluded), classify a "
+        "find particle candidates (the run's learned detector if it has one, else blobs at 20-350 nm; black "
+        "padding and borders excluded), classify a "
         "256-px window around each with the run's recommended classifier, keep those whose class is not "
         "_background and whose probability reaches --min-confidence, and give each micrograph a verdict: "
         "the class with the largest summed probability over its particles ('none' without particles, "
@@ -101,7 +102,7 @@ def register(subparsers) -> None:
         choices=WEIGHT_BY,
         default=DEFAULT_WEIGHT_BY,
         help="each particle's weight in the verdict: none (every particle counts 1, the default) or score "
-        "(its detector z-score; measured in docs/micrographs.md, not a clear gain)",
+        "(its detector score; measured in docs/micrographs.md, not a clear gain)",
     )
     parser.add_argument(
         "--no-size-prior",
@@ -109,6 +110,13 @@ def register(subparsers) -> None:
         action="store_false",
         help="ignore the run's class_sizes.json (by default, accepted particles of one class closer than half "
         "its typical size count once)",
+    )
+    parser.add_argument(
+        "--detector",
+        default=None,
+        metavar="DIR|log",
+        help="the particle detector: a folder from `virion detector`, or log (the Laplacian-of-Gaussian blobs); "
+        "default: the run's learned detector (RUN/detector, else its training data's), else log",
     )
     parser.add_argument("--tta", action="store_true", help="average each window over 8 flips/turns (8x slower)")
     parser.add_argument("--no-overlays", dest="overlays", action="store_false", help="write no overlay PNGs")
@@ -137,6 +145,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         weight_by=args.weight_by,
         size_prior=args.size_prior,
+        detector=args.detector,
         overlays=args.overlays,
         overwrite=args.overwrite,
         progress=args.progress,

@@ -348,7 +348,7 @@ def _micrograph_ids(paths: list[Path]) -> dict[Path, str]:
     return out
 
 
-def _shown_path(path: Path, base: Path) -> str:
+def shown_path(path: Path, base: Path) -> str:
     try:
         return path.relative_to(base).as_posix()
     except ValueError:
@@ -481,7 +481,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
             micrograph = read_micrograph(path)
         except DecodeError as exc:
             reason = f"cannot read the micrograph ({exc.reason})"
-            result.bad += [f"{a.where}: {reason}" for a in items] or [f"{_shown_path(path, base)}: {reason}"]
+            result.bad += [f"{a.where}: {reason}" for a in items] or [f"{shown_path(path, base)}: {reason}"]
             continue
         source_nm, how = pixel_size(micrograph, nm_per_px, target)
         result.scale_sources[how] += 1
@@ -494,7 +494,7 @@ def _cut_all(annotations, tmp, out, size, target, nm_per_px, background, margin,
         group = annotations.micrographs[path]
         if group is None:
             group = group_of(path, regex) if regex is not None else ids[path]
-        shown = _shown_path(path, base)
+        shown = shown_path(path, base)
         prefix = f"{_safe(group)}__{ids[path]}"
         out_window = _WindowWriter(tmp, result, rows, made_dirs, prefix, group, shown).add
         kept: list[Annotation] = []  # this micrograph's particles that were cut, in its pixels

@@ -77,8 +77,8 @@ class Verdict:
 
 
 def particle_weights(scores, weight_by: str = DEFAULT_WEIGHT_BY) -> np.ndarray | None:
-    """Each particle's weight in the verdict: its detector score (z-score, > 0 for any accepted
-    candidate) for "score", None (every particle 1) for "none"."""
+    """Each particle's weight in the verdict: its detector score (a LoG z-score or a heat-map
+    probability, > 0 for any accepted candidate) for "score", None (every particle 1) for "none"."""
     if weight_by not in WEIGHT_BY:
         raise ValueError(f"weight_by must be one of {', '.join(WEIGHT_BY)}, not {weight_by!r}")
     if weight_by == "none":
