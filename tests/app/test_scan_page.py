@@ -100,6 +100,28 @@ def test_api_scan_uses_the_served_runs_class_sizes(classifier, tiny_run, tmp_pat
     assert n_plain >= len(PLANTED) and n_sized == len(classes) < n_plain  # one particle per class is left
 
 
+def test_api_scan_uses_the_served_runs_detector(classifier, tiny_run, tmp_path):
+    """A run with detector/ (as `virion train` keeps from `virion crops --detector`) scans with it."""
+    try:
+        import httpx2  # noqa: F401
+    except ImportError:
+        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
+    from starlette.testclient import TestClient
+
+    from virion.app.server import create_app
+    from virion.micrograph.heatmap import DETECTOR_DIR, HeatmapDetector, build_network
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    HeatmapDetector(build_network()).save(run / DETECTOR_DIR)  # untrained: only which detector runs is checked
+    files = {"file": ("mic.png", micrograph_png(), "image/png")}
+    plain = TestClient(create_app(classifier, tiny_run, top_k=3)).post("/api/scan", files=files)
+    learned = TestClient(create_app(classifier, run, top_k=3)).post("/api/scan", files=files)
+    assert plain.status_code == learned.status_code == 200
+    assert plain.json()["detector"].startswith("LoG blobs")
+    assert learned.json()["detector"] == f"learned heat map ({run / DETECTOR_DIR})"
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored: for a person to look at
 
