@@ -38,6 +38,17 @@ def micrograph_png() -> bytes:
     return buffer.getvalue()
 
 
+def starlette_test_client():
+    """Starlette's TestClient, or skip the test when its HTTP library is missing."""
+    try:
+        import httpx2  # noqa: F401 - what Starlette's TestClient uses from Starlette 1.0 on
+    except ImportError:
+        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
+    from starlette.testclient import TestClient
+
+    return TestClient
+
+
 @pytest.fixture(scope="module")
 def app(classifier, tiny_run):
     from virion.app.server import create_app
@@ -46,11 +57,7 @@ def app(classifier, tiny_run):
 
 
 def test_api_scan_answers_particles_verdict_and_counts(app):
-    try:
-        import httpx2  # noqa: F401 - what Starlette's TestClient uses from Starlette 1.0 on
-    except ImportError:
-        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
-    from starlette.testclient import TestClient
+    TestClient = starlette_test_client()
 
     client = TestClient(app)
     files = {"file": ("mic.png", micrograph_png(), "image/png")}
@@ -74,11 +81,7 @@ def test_api_scan_answers_particles_verdict_and_counts(app):
 
 def test_api_scan_uses_the_served_runs_class_sizes(classifier, tiny_run, tmp_path):
     """A run with class_sizes.json (as `virion train` keeps from `virion crops`) scans with the size prior."""
-    try:
-        import httpx2  # noqa: F401
-    except ImportError:
-        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
-    from starlette.testclient import TestClient
+    TestClient = starlette_test_client()
 
     from virion.app.server import create_app
     from virion.micrograph.sizes import CLASS_SIZES_FILE
@@ -102,11 +105,7 @@ def test_api_scan_uses_the_served_runs_class_sizes(classifier, tiny_run, tmp_pat
 
 def test_api_scan_uses_the_served_runs_detector(classifier, tiny_run, tmp_path):
     """A run with detector/ (as `virion train` keeps from `virion crops --detector`) scans with it."""
-    try:
-        import httpx2  # noqa: F401
-    except ImportError:
-        pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
-    from starlette.testclient import TestClient
+    TestClient = starlette_test_client()
 
     from virion.app.server import create_app
     from virion.micrograph.heatmap import DETECTOR_DIR, HeatmapDetector, build_network

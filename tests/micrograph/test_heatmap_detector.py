@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scan_helpers import CentreBrightness
 
 from virion.cli.main import main
 from virion.data.layout import BACKGROUND_CLASS
@@ -200,20 +201,6 @@ def test_training_keeps_the_datas_detector_in_the_run(saved, tmp_path, monkeypat
     with pytest.raises(VirionError, match="not a detector"):  # a broken detector is reported, not copied
         keep_detector(broken, other)
     assert not (other / DETECTOR_DIR).exists()
-
-
-class CentreBrightness:
-    """A stand-in classifier: a window whose centre is bright is class A, else `_background`."""
-
-    class_names = ["A", "B", BACKGROUND_CLASS]
-    metadata: dict = {}
-    default_model = "centre-brightness"
-
-    def predict(self, windows, *, model=None, tta=False, batch_size=32, progress=False):
-        windows = np.asarray(windows, float)
-        particle = windows[:, 118:138, 118:138].mean(axis=(1, 2)) > windows.mean(axis=(1, 2)) + 20
-        probs = np.where(particle[:, None], [0.8, 0.15, 0.05], [0.05, 0.05, 0.9])
-        return types.SimpleNamespace(probabilities=probs, class_names=self.class_names)
 
 
 def test_scan_uses_the_runs_detector_and_log_on_request(saved, tmp_path, monkeypatch, capsys):

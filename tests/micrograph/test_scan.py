@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scan_helpers import CentreBrightness
 from scipy import ndimage
 
 from virion.cli.main import main
@@ -41,27 +42,6 @@ def micrograph(particles=PLANTED, seed=0, pad=PAD_COLUMNS, size=420) -> np.ndarr
         values += 70 / (1 + np.exp((r - DIAMETER / 2) / 2))
     values[:, :pad] = 0
     return np.clip(values, 0, 255).astype(np.uint8)
-
-
-class CentreBrightness:
-    """A stand-in classifier: a window whose centre is bright is class A, else `_background`."""
-
-    class_names = ["A", "B", BACKGROUND_CLASS]
-    metadata: dict = {}
-    default_model = "centre-brightness"
-
-    def predict(self, windows, *, model=None, tta=False, batch_size=32, progress=False):
-        windows = np.asarray(windows, float)
-        centre = windows[:, 118:138, 118:138].mean(axis=(1, 2))
-        ring = windows[:, 60:196, 60:196].mean(axis=(1, 2))
-        particle = centre > ring + 25
-        probs = np.where(particle[:, None], [0.8, 0.15, 0.05], [0.05, 0.05, 0.9])
-
-        class Out:
-            probabilities = probs
-            class_names = self.class_names
-
-        return Out()
 
 
 def test_detector_finds_planted_particles_and_nothing_in_padding():
