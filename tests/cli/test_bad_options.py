@@ -46,6 +46,7 @@ OTHER_ACCEPTED = {
     ("synth", "--seed"): {"0"},
     ("synth", "--difficulty"): {"0"},  # 0 = easy
     ("demo", "--seed"): {"0"},
+    ("detector", "--seed"): {"0"},
     ("evaluate", "--batch-size"): {HUGE},  # a batch larger than the data is one batch
     ("predict", "--batch-size"): {HUGE},
     ("predict", "--top-k"): {HUGE},  # more than the classes: all classes
@@ -306,6 +307,7 @@ def test_other_commands_numeric_sweep(places, tmp_path):
         "cache": ["cache", "info", "--cache-dir", str(places["file"])],
         "export": ["export", str(tmp_path / "no-run")],
         "scan": ["scan", str(tmp_path / "no-run"), str(places["image"]), "--out", blocked],
+        "detector": ["detector", str(tmp_path / "no-boxes.csv"), "--out", blocked],
     }
     tally, failures = Tally(), []
     cases = other_numeric_cases()

@@ -12,6 +12,10 @@ from virion.cli.crops import add_annotation_arguments
 DEFAULT_EPOCHS = 30
 
 
+def _epochs(text: str) -> int:
+    return argtypes.bounded_int(text, 1, 10_000, "a number of epochs from 1 to 10000")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "detector",
@@ -27,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the detector (new or empty)")
     parser.add_argument(
         "--epochs",
-        type=argtypes.positive_int,
+        type=_epochs,
         default=DEFAULT_EPOCHS,
         metavar="N",
         help=f"passes over the micrographs, one random 128-px crop of each per pass (default {DEFAULT_EPOCHS})",
