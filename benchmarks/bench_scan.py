@@ -482,18 +482,20 @@ def summarise(folds: list[dict], key: str, class_names) -> list[str]:
 def run_classifier(root, mics, boxes, prepared, args) -> dict:
     """Scan every micrograph with a trained run, as `virion scan` does (not grouped unless the run is)."""
     from virion.inference.classifier import Classifier
+    from virion.micrograph.detector_files import choose_detector
     from virion.micrograph.io import read_micrograph
     from virion.micrograph.scan import scan_pixels
     from virion.micrograph.sizes import find_class_sizes
 
     clf = Classifier.load(args.run)
     sizes = None if args.no_size_prior else find_class_sizes(args.run)  # as `virion scan RUN` finds them
+    detector = choose_detector(None, args.run)[0]  # and its learned detector, if it has one
     rows, truth, said = [], [], []
     for m in mics:
         mic = read_micrograph(root / m["path"])
         one = scan_pixels(
             clf, mic.pixels, 1.0, name=m["path"], min_confidence=args.min_confidence[0],
-            weight_by=args.weight_by, class_sizes=sizes,
+            weight_by=args.weight_by, class_sizes=sizes, detector=detector,
         )  # fmt: skip
         x = np.array([p["x"] for p in one.particles])
         y = np.array([p["y"] for p in one.particles])
@@ -512,9 +514,11 @@ def speed(root: Path, mics, run: str, count: int, out: Path) -> dict:
     import tempfile
 
     from virion.inference.classifier import Classifier
+    from virion.micrograph.detector_files import choose_detector
     from virion.micrograph.scan import scan
 
     clf = Classifier.load(run)
+    detector, detector_text = choose_detector(None, run)  # as `virion scan RUN`: its learned detector if any
     by_class = defaultdict(list)
     for m in mics:
         by_class[m["label"]].append(m)
@@ -524,11 +528,11 @@ def speed(root: Path, mics, run: str, count: int, out: Path) -> dict:
             if by_class[label] and len(chosen) < count:
                 chosen.append(by_class[label].pop(0))
     paths = [root / m["path"] for m in chosen]
-    scan(clf, paths[:1], progress=False, overlays=False)  # warm-up (first predict builds what it caches)
+    scan(clf, paths[:1], progress=False, overlays=False, detector=detector)  # warm-up (first predict builds caches)
     tmp = Path(tempfile.mkdtemp(dir=out))
     load_before = open("/proc/loadavg").read().split()[:3]
     t0, c0 = time.perf_counter(), os.times()
-    result = scan(clf, paths, tmp / "scan", progress=False)
+    result = scan(clf, paths, tmp / "scan", progress=False, detector=detector)
     seconds, c1 = time.perf_counter() - t0, os.times()
     load_after = open("/proc/loadavg").read().split()[:3]
     shutil.rmtree(tmp, ignore_errors=True)
@@ -538,6 +542,7 @@ def speed(root: Path, mics, run: str, count: int, out: Path) -> dict:
         # CPU time of this process (all threads): what the scan costs, whatever else loads the machine
         "cpu_seconds": (c1.user - c0.user) + (c1.system - c0.system),
         "classifier": result.model,
+        "detector": detector_text,
         "particles": len(result.particles),
         "candidates": sum(m.candidates for m in result.micrographs),
         "load_before": load_before,

@@ -111,6 +111,9 @@ def test_saved_detector_reloads_identically_in_a_fresh_process_from_plain_files(
     (tampered / META_FILE).write_text(json.dumps({**meta, "format": "keras-lambda-layer"}))
     with pytest.raises(VirionError, match="not a detector this virion can read"):
         load_detector(tampered)
+    (tampered / META_FILE).write_text("[1]")  # JSON, but not an object
+    with pytest.raises(VirionError, match="not a detector this virion can read"):
+        load_detector(tampered)
 
 
 def test_cli_detector_trains_from_a_boxes_csv_and_refuses_a_used_out(tmp_path, capsys):

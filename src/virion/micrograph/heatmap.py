@@ -241,6 +241,8 @@ def load_detector(folder: str | Path) -> HeatmapDetector:
         )
     try:
         meta = json.loads((folder / META_FILE).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
             raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
         if float(meta["nm_per_px"]) != NM_PER_PX:
