@@ -163,7 +163,7 @@ def fold_detector(root: Path, train_mics, boxes, cache: Path, fold: int, args):
                 "v": 1})  # fmt: skip
     folder = cache / f"heatmap-{key}"
     if is_detector(folder):
-        return load_detector(folder), 0.0
+        return load_detector(folder), 0.0, folder
     t0 = time.perf_counter()
     data = [TrainingMicrograph(read_micrograph(root / m["path"]).pixels, 1.0, np.asarray(boxes[m["path"]], float))
             for m in train_mics]  # fmt: skip
@@ -171,38 +171,68 @@ def fold_detector(root: Path, train_mics, boxes, cache: Path, fold: int, args):
     seconds = time.perf_counter() - t0
     det.save(folder)
     print(f"fold {fold}: heat-map detector trained on {len(train_mics)} micrographs in {seconds:.0f} s", flush=True)
-    return det, seconds
+    return det, seconds, folder
 
 
-def heatmap_prepare(root: Path, mics, boxes, prepared, det, cache: Path, args) -> dict:
-    """`prepare`'s dict for the heat-map detector's candidates: box features reused from `prepared`,
-    candidate features cached per micrograph and window centre (the detector's grid repeats across folds)."""
+# Candidates are cached at this low heat (and this many per micrograph); a run's --threshold and
+# --max-candidates take the prefix (candidates are sorted by heat).
+CACHED_HEAT, CACHED_MAX = 0.02, 200
+
+
+def heatmap_candidates(root: Path, mics, det, folder: Path) -> dict:
+    """Every micrograph's candidates from this fold's detector at CACHED_HEAT, cached beside it."""
     from tqdm import tqdm
 
     from virion.data.padding import padding_mask
     from virion.micrograph import detect as detection
     from virion.micrograph.io import read_micrograph
-    from virion.models.texture.features import FEATURE_VERSION
 
-    folder = cache / f"points-{FEATURE_VERSION}"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for m in tqdm(mics, desc="heat-map candidates", unit="mg"):
+    f = folder / f"candidates-{CACHED_HEAT}-{CACHED_MAX}.npz"
+    fields = ("x", "y", "d", "score", "pol")
+    if f.is_file():
+        with np.load(f, allow_pickle=False) as z:
+            return {m["path"]: {k: z[f"{i}_{k}"] for k in fields} for i, m in enumerate(mics)}
+    out, flat = {}, {}
+    for i, m in enumerate(tqdm(mics, desc="heat-map candidates", unit="mg")):
         mic = read_micrograph(root / m["path"])
         valid = ~padding_mask(mic.pixels)
         filled = detection.fill_padding(mic.pixels, valid)
-        c = det.detect(mic.pixels, 1.0, mask=~valid, filled=filled, threshold=args.heat_threshold,
-                       max_candidates=args.max_candidates)  # fmt: skip
-        f = folder / (hashlib.sha1(m["path"].encode()).hexdigest()[:16] + ".npz")
+        c = det.detect(mic.pixels, 1.0, mask=~valid, filled=filled, threshold=CACHED_HEAT, max_candidates=CACHED_MAX)
+        out[m["path"]] = dict(zip(fields, (c.x, c.y, c.diameter, c.score, c.polarity)))
+        flat.update({f"{i}_{k}": v for k, v in out[m["path"]].items()})
+    np.savez(f, **flat)
+    return out
+
+
+def heatmap_prepare(root: Path, mics, prepared, det, cache: Path, folder: Path, threshold: float, limit: int) -> dict:
+    """`prepare`'s dict for the heat-map detector's candidates: box features reused from `prepared`,
+    candidate features cached per micrograph and window centre (the detector's grid repeats across folds)."""
+    from tqdm import tqdm
+
+    from virion.data.padding import padding_mask
+    from virion.micrograph.io import read_micrograph
+    from virion.models.texture.features import FEATURE_VERSION
+
+    points = cache / f"points-{FEATURE_VERSION}"
+    points.mkdir(parents=True, exist_ok=True)
+    assert threshold >= CACHED_HEAT and limit <= CACHED_MAX, "below the cached candidates"
+    everything = heatmap_candidates(root, mics, det, folder)
+    out = {}
+    for m in tqdm(mics, desc="candidate features", unit="mg"):
+        c = everything[m["path"]]
+        n = min(int(np.sum(c["score"] > threshold)), limit)
+        c = {k: v[:n] for k, v in c.items()}
+        f = points / (hashlib.sha1(m["path"].encode()).hexdigest()[:16] + ".npz")
         known_xy, known_feat = np.zeros((0, 2)), None
         if f.is_file():
             with np.load(f, allow_pickle=False) as z:
                 known_xy, known_feat = z["xy"], z["feat"]
-        xy = np.stack([c.x, c.y], axis=1) if len(c) else np.zeros((0, 2))
+        xy = np.stack([c["x"], c["y"]], axis=1) if n else np.zeros((0, 2))
         lookup = {tuple(np.round(p, 2)): i for i, p in enumerate(known_xy)}
         missing = [i for i, p in enumerate(xy) if tuple(np.round(p, 2)) not in lookup]
         if missing:
-            new = window_features(mic.pixels, valid, xy[missing, 0], xy[missing, 1])
+            pixels = read_micrograph(root / m["path"]).pixels
+            new = window_features(pixels, ~padding_mask(pixels), xy[missing, 0], xy[missing, 1])
             known_feat = new if known_feat is None or not len(known_xy) else np.concatenate([known_feat, new])
             known_xy = np.concatenate([known_xy, xy[missing]])
             np.savez(f, xy=known_xy, feat=known_feat)
@@ -210,8 +240,7 @@ def heatmap_prepare(root: Path, mics, boxes, prepared, det, cache: Path, args) -
         rows = [lookup[tuple(np.round(p, 2))] for p in xy]
         base = prepared[m["path"]]
         feat = known_feat[rows] if rows else np.zeros((0, base["box_feat"].shape[1]), np.float32)
-        out[m["path"]] = {"x": c.x, "y": c.y, "d": c.diameter, "score": c.score, "pol": c.polarity,
-                          "cand_feat": feat, "box_feat": base["box_feat"]}  # fmt: skip
+        out[m["path"]] = {**c, "cand_feat": feat, "box_feat": base["box_feat"]}
     return out
 
 
@@ -281,10 +310,14 @@ def run_folds(mics, boxes, prepared, args) -> dict:
     base = prepared
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(mics)), y_mic, groups)):
         assert not set(groups[train]) & set(groups[test])
-        detector_s = None
+        detector_s, negatives_from = None, None
         if args.detector == "heatmap":  # candidates of the detector trained on this fold's training micrographs
-            det, detector_s = fold_detector(args.data, [mics[i] for i in train], boxes, args.cache, k, args)
-            prepared = heatmap_prepare(args.data, mics, boxes, base, det, args.cache, args)
+            det, detector_s, folder = fold_detector(args.data, [mics[i] for i in train], boxes, args.cache, k, args)
+            prepared = heatmap_prepare(args.data, mics, base, det, args.cache, folder, args.heat_threshold,
+                                       args.max_candidates)  # fmt: skip
+            if args.negative_heat is not None:  # hard negatives mined from weaker candidates
+                negatives_from = heatmap_prepare(args.data, mics, base, det, args.cache, folder, args.negative_heat,
+                                                 args.max_candidates)  # fmt: skip
         t0 = time.perf_counter()
         rng = np.random.default_rng([args.seed, k])
         xs, ys, gs = [], [], []
@@ -295,17 +328,18 @@ def run_folds(mics, boxes, prepared, args) -> dict:
                 xs.append(p["box_feat"])
                 ys += [index[m["label"]]] * len(p["box_feat"])
                 gs += [m["session"]] * len(p["box_feat"])
-            pairs = match(boxes[m["path"]], p["x"], p["y"])
-            matched = {c for _, c in pairs}
-            near = _near_any_box(boxes[m["path"]], p["x"], p["y"])
-            free = [j for j in range(len(p["x"])) if j not in matched and not near[j]]
+            q = negatives_from[m["path"]] if negatives_from else p
+            matched = {c for _, c in match(boxes[m["path"]], q["x"], q["y"])}
+            outside = ~_near_any_box(boxes[m["path"]], q["x"], q["y"])
+            free = [j for j in range(len(q["x"])) if j not in matched and outside[j]]
             pick = rng.permutation(free)[: args.negatives] if free else []
+            near = _near_any_box(boxes[m["path"]], p["x"], p["y"])
             if args.detected_positives and near.any():  # as `crops.cut_crops(detected=True)`: candidates in a box
                 xs.append(p["cand_feat"][near])
                 ys += [index[m["label"]]] * int(near.sum())
                 gs += [m["session"]] * int(near.sum())
             if len(pick):
-                xs.append(p["cand_feat"][np.asarray(pick, int)])
+                xs.append(q["cand_feat"][np.asarray(pick, int)])
                 ys += [index[BACKGROUND_CLASS]] * len(pick)
                 gs += [m["session"]] * len(pick)
         model = FeatureTexture().fit(np.concatenate(xs), np.asarray(ys), class_names, np.asarray(gs))
@@ -385,7 +419,7 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
 
     bg = class_names.index(BACKGROUND_CLASS)
     det_rows, crop_hits, crop_total, oracle_hit, oracle_total = [], 0, 0, 0, 0
-    truth, said, said_oracle, per_mic = [], [], [], []
+    truth, said, said_oracle, per_mic, particles = [], [], [], [], {}
     said_by = {w: [] for w in WEIGHT_BY}  # the verdict under each weighting (paired comparisons)
     for m in test_mics:
         p = prepared[m["path"]]
@@ -418,6 +452,9 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         said_oracle.append(vo.verdict)
         accepted = [np.round(a, 1).tolist() for a in (x, y, d)]
         per_mic.append((m["path"], m["label"], len(pairs), len(boxes[m["path"]]), len(x), v.verdict, accepted))
+        if args.dump_particles:  # for verdict rules studied offline: accepted and oracle probabilities
+            particles[m["path"]] = {"p": np.round(kept_p, 4).tolist(), "score": np.round(kept_score, 4).tolist(),
+                                    "oracle": np.round(box_p, 4).tolist()}  # fmt: skip
     labels = sorted(set(truth))
     return {
         "detection": pr_table(det_rows),
@@ -433,6 +470,7 @@ def score_fold(test_mics, boxes, prepared, probs, class_names, conf, args) -> di
         "none": int(sum(s == "none" for s in said)),
         "uncertain": int(sum(s == "uncertain" for s in said)),
         "micrographs": per_mic,
+        **({"particles": particles} if args.dump_particles else {}),
     }
 
 
@@ -592,7 +630,12 @@ def main(argv=None) -> int:
         "fold's training micrographs (`virion detector`)",
     )  # fmt: skip
     parser.add_argument("--detector-epochs", type=int, default=None, help="heat-map detector epochs (default: its)")
+    parser.add_argument(
+        "--negative-heat", type=float, default=None,
+        help="heat-map detector: mine the hard negatives from candidates above this heat (default: --threshold's)",
+    )  # fmt: skip
     parser.add_argument("--min-confidence", type=float, nargs="+", default=[0.5, 0.3, 0.7])
+    parser.add_argument("--dump-particles", action="store_true", help="keep accepted and oracle probabilities")
     parser.add_argument("--min-score", type=float, default=-1e9, help="also require this detector score")
     parser.add_argument("--min-particles", type=int, default=1)
     parser.add_argument("--margin", type=float, default=None)
