@@ -1,0 +1,69 @@
+"""Verdict rules re-applied to the particles a `bench_scan.py --dump-particles` run kept.
+
+Why: the verdict rule (`micrograph.verdict.decide`: summed probabilities, an `uncertain` margin,
+optional detector-score weights) costs nothing to vary once each held-out micrograph's accepted
+particles and its oracle windows are stored, so rules are compared on the very same particles,
+paired per fold. Rules picked this way are chosen after looking: quote them as optimistic.
+
+    .venv/bin/python benchmarks/bench_scan.py --step 1 --folds 5 --detector heatmap --detected-positives \\
+        --dump-particles --cache CACHE --out DIR
+    .venv/bin/python benchmarks/verdict_rules.py DIR/bench_scan.json --confidence 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import numpy as np
+
+
+def accuracy(fold: dict, key: str, names: list[str], margin: float, weight: str, oracle: bool = False) -> float:
+    """Verdict accuracy of one fold's micrographs under a rule (uncertain and none count as wrong)."""
+    from virion.micrograph.verdict import decide, particle_weights
+
+    hits = []
+    for path, label, *_ in fold[key]["micrographs"]:
+        kept = fold[key]["particles"][path]
+        probs = np.asarray(kept["oracle" if oracle else "p"], float).reshape(-1, len(names))
+        weights = None if oracle else particle_weights(np.asarray(kept["score"], float), weight)
+        hits.append(decide(probs, names, weights=weights, min_particles=1, margin=margin).verdict == label)
+    return float(np.mean(hits))
+
+
+def mean_sd(values) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", help="bench_scan.json of a --dump-particles run")
+    parser.add_argument("--confidence", default="0.5", help="which min-confidence rows (as run)")
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.10, 0.20])
+    args = parser.parse_args(argv)
+    report = json.load(open(args.results))
+    key = f"conf={args.confidence}"
+    folds = report["folds"]
+    if "particles" not in folds[0].get(key, {}):
+        print(f"{args.results}: no dumped particles for {key}; run bench_scan.py with --dump-particles")
+        return 1
+    from virion.data.layout import BACKGROUND_CLASS
+
+    names = sorted({m[1] for f in folds for m in f[key]["micrographs"]}) + [BACKGROUND_CLASS]
+    base = [accuracy(f, key, names, 0.10, "none") for f in folds]
+    print("| margin | weights | verdict acc. | paired gain over margin 0.10, unweighted | oracle | detected - oracle |")
+    print("|---|---|---|---|---|---|")
+    for margin in args.margins:
+        oracle = [accuracy(f, key, names, margin, "none", oracle=True) for f in folds]
+        for weight in ("none", "score"):
+            acc = [accuracy(f, key, names, margin, weight) for f in folds]
+            gain = [a - b for a, b in zip(acc, base)]
+            gap = [a - o for a, o in zip(acc, oracle)]
+            print(f"| {margin} | {weight} | {mean_sd(acc)} | {mean_sd(gain)} | {mean_sd(oracle)} | {mean_sd(gap)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
