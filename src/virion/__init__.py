@@ -2,8 +2,10 @@
 
 import os as _os
 
-# Quiet TensorFlow's C++ start-up chatter before any backend is imported; users can override.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quiet TensorFlow's C++ chatter before any backend is imported; users can override. Level 3: it
+# also logs benign notices at ERROR level ("oneDNN supports DT_INT32 only ..."); real failures still
+# reach the user as Python exceptions. The CLI keeps this unless --verbose (cli.main).
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Keras reads KERAS_BACKEND at its import: default to an installed backend (TensorFlow if present);
 # `virion.backend.select_backend` picks per machine (JAX on a GPU) before Keras loads.
 from virion.backend import set_default_env as _set_default_env  # noqa: E402

@@ -101,7 +101,7 @@ def test_bad_train_option_is_refused_without_backend(tmp_path):
 @pytest.mark.parametrize(
     "args, level",
     [
-        (["train", "--print-config"], "2"),
+        (["train", "--print-config"], "3"),
         (["--verbose", "train", "--print-config"], "0"),
         (["train", "--print-config", "--verbose"], "0"),
     ],

@@ -85,9 +85,10 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def _set_backend_logging(verbose: bool) -> None:
     """Silence TensorFlow's C++ start-up lines and absl/Python chatter, unless --verbose.
 
-    Must run before anything imports TensorFlow: the C++ level is read once, at import.
+    Must run before anything imports TensorFlow: the C++ level is read once, at import. Default 3
+    (set when `virion` is imported; why there).
     """
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
     level = logging.INFO if verbose else logging.ERROR
     # The standard loggers are enough: absl.logging keeps the level set here when TF imports it
     # later (importing absl.logging itself would cost 0.1-0.3 s of every start-up).
