@@ -405,7 +405,7 @@ def merged(root: Path, path: str, p: dict, keep: np.ndarray, kept_p: np.ndarray,
     filled, valid = _IMAGES[path]
     sign = int(np.sign(np.sum(p["pol"][keep]))) or 1
     contrast = detection.particle_contrast(filled, valid, sign, float(np.median(d)) / 4)
-    boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1)
+    boxes = detection.square_boxes(x, y, d)
     x, y, d, _, kept_p, score = merge_filaments(x, y, d, boxes, kept_p, score, contrast)
     return x, y, d, kept_p, score
 

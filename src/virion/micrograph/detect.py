@@ -69,7 +69,8 @@ class Candidates:
         )
 
 
-def _square_boxes(x, y, d) -> np.ndarray:
+def square_boxes(x, y, d) -> np.ndarray:
+    """(N, 4) xmin, ymin, xmax, ymax of squares of side d centred on (x, y)."""
     r = np.asarray(d) / 2.0
     return np.stack([x - r, y - r, x + r, y + r], axis=1) if len(r) else np.zeros((0, 4))
 
@@ -247,7 +248,7 @@ def detect(
     score, pol = np.concatenate(scores).astype(float), np.concatenate(pols)
     keep = _nms(x, y, d, score, max_candidates)
     x, y, d, score, pol = x[keep], y[keep], d[keep], score[keep], pol[keep]
-    return Candidates(x, y, d, score, pol, _square_boxes(x, y, d))
+    return Candidates(x, y, d, score, pol, square_boxes(x, y, d))
 
 
 def _nms(x, y, d, score, limit: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from PIL import Image
 
 from virion.atomic import atomic_write_text
 from virion.errors import VirionError
-from virion.micrograph.detect import Candidates, fill_padding, flatten
+from virion.micrograph.detect import DEFAULT_MAX_CANDIDATES, Candidates, fill_padding, flatten, square_boxes
 
 DETECTOR_DIR = "detector"  # the folder name a crops folder or run keeps its detector under
 META_FILE = "detector.json"
@@ -185,11 +185,10 @@ class HeatmapDetector:
         return heat, np.concatenate([x, out[..., 1:2]], axis=-1), scale
 
     def detect(self, image, nm_per_px: float = 1.0, *, threshold: float | None = None,
-               max_candidates: int = 60, mask=None, filled=None, polarity: str = "both") -> Candidates:  # fmt: skip
+               max_candidates: int = DEFAULT_MAX_CANDIDATES, mask=None, filled=None) -> Candidates:  # fmt: skip
         """Local maxima of the heat map (3 x 3 detector px) above `threshold`, strongest first, at most
         `max_candidates`; x, y, diameter in pixels of `image`; score = heat (0..1); diameter from the
-        size head. `polarity` is accepted for `detect.detect`'s signature; a candidate's polarity is
-        the sign of the flattened image at its centre."""
+        size head; a candidate's polarity is the sign of the flattened image at its centre."""
         from scipy import ndimage
 
         threshold = self.threshold if threshold is None else float(threshold)
@@ -204,8 +203,8 @@ class HeatmapDetector:
         d = np.exp(maps[iy, ix, 2]) * SIZE_REFERENCE_NM / float(nm_per_px)
         smooth = ndimage.uniform_filter(maps[..., 0], 3)
         pol = np.where(smooth[iy, ix] >= 0, 1, -1).astype(np.int8)
-        boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1)
-        return Candidates(x.astype(float), y.astype(float), d.astype(float), heat[iy, ix].astype(float), pol, boxes)
+        x, y, d = x.astype(float), y.astype(float), d.astype(float)
+        return Candidates(x, y, d, heat[iy, ix].astype(float), pol, square_boxes(x, y, d))
 
     # ------------------------------------------------------------------------------------- files
 

@@ -343,7 +343,7 @@ def scan_pixels(
     index = np.flatnonzero(accept)
     kept = probs[index]
     x, y, d, score = cands.x[index], cands.y[index], cands.diameter[index], cands.score[index]
-    boxes = np.stack([x - d / 2, y - d / 2, x + d / 2, y + d / 2], axis=1) if len(index) else np.zeros((0, 4))
+    boxes = detection.square_boxes(x, y, d)
     if len(index) >= detection.FILAMENT_MIN_MEMBERS:
         polarity = int(np.sign(np.sum(cands.polarity[index]))) or 1
         contrast = detection.particle_contrast(filled, valid, polarity, float(np.median(d)) / 4)
