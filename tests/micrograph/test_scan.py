@@ -83,8 +83,10 @@ def test_verdict_rule():
     assert (v.verdict, v.runner_up, v.particles, v.counts) == ("A", "B", 3, {"A": 2, "B": 1})
     assert v.probability == pytest.approx(1.5 / 2.7)
     assert v.counts_text() == "A:2;B:1"
-    close = decide(np.array([[0.5, 0.45, 0.05]]), names)  # leads by 0.05 of the share < margin 0.10
+    close = decide(np.array([[0.5, 0.49, 0.01]]), names)  # leads by 0.01 of the share < margin 0.02
     assert close.verdict == UNCERTAIN and close.leading == "A"
+    assert decide(np.array([[0.5, 0.45, 0.05]]), names).verdict == "A"  # 0.05 ahead: a verdict
+    assert decide(np.array([[0.5, 0.45, 0.05]]), names, margin=0.10).verdict == UNCERTAIN
     few = decide(np.array([[0.9, 0.1, 0.0]]), names, min_particles=2)
     assert few.verdict == UNCERTAIN
 
@@ -153,6 +155,33 @@ def test_scan_weighs_particles_by_detector_score(tmp_path):
     assert w.verdict.verdict == "A" and weighted.specimens["specimen"].verdict == "A"  # the strong blobs decide
     expected = decide(w.probabilities, weighted.class_names, weights=w.weights)
     assert w.verdict.probability == pytest.approx(expected.probability)
+
+
+class Doubtful(CentreBrightness):
+    """A stand-in classifier that calls every window A with probability 0.4 (B 0.35, background 0.25)."""
+
+    def predict(self, windows, *, model=None, tta=False, batch_size=32, progress=False):
+        probs = np.tile([0.4, 0.35, 0.25], (len(windows), 1))
+
+        class Out:
+            probabilities = probs
+            class_names = self.class_names
+
+        return Out()
+
+
+def test_scan_keeps_particles_at_the_detectors_own_min_confidence():
+    from dataclasses import replace
+
+    from virion.micrograph.detector_files import LogDetector
+    from virion.micrograph.scan import scan_pixels
+
+    pixels = micrograph()
+    strict = scan_pixels(Doubtful(), pixels, detector=LogDetector())  # LoG's own: 0.5 > 0.4
+    assert LogDetector().min_confidence == 0.5 and strict.particles == [] and strict.verdict.verdict == NONE
+    lenient = scan_pixels(Doubtful(), pixels, detector=replace(LogDetector(), min_confidence=0.3))
+    assert len(lenient.particles) >= len(PLANTED) and lenient.verdict.verdict == "A"
+    assert scan_pixels(Doubtful(), pixels, detector=LogDetector(), min_confidence=0.3).particles == lenient.particles
 
 
 def test_size_prior_keeps_one_particle_per_class_size():
@@ -391,9 +420,9 @@ def test_cli_scan_passes_the_verdict_weights_and_size_prior_switch(tmp_path, mon
 
     monkeypatch.setattr(scan_module, "scan", fake_scan)
     argv = ["scan", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
-    assert main(argv) == 0 and (seen["weight_by"], seen["size_prior"]) == ("none", True)
-    assert main([*argv, "--weight-by", "score", "--no-size-prior"]) == 0
-    assert (seen["weight_by"], seen["size_prior"]) == ("score", False)
+    assert main(argv) == 0 and (seen["weight_by"], seen["size_prior"], seen["min_confidence"]) == ("score", True, None)
+    assert main([*argv, "--weight-by", "none", "--no-size-prior", "--min-confidence", "0.7"]) == 0
+    assert (seen["weight_by"], seen["size_prior"], seen["min_confidence"]) == ("none", False, 0.7)
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--weight-by", "votes"])
     assert exc.value.code == 2 and "--weight-by" in capsys.readouterr().err

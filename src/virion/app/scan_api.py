@@ -21,7 +21,7 @@ from virion.data.decode import DecodeError
 from virion.errors import VirionError
 from virion.micrograph.io import read_micrograph
 from virion.micrograph.overlay import _display, class_colours, scale_bar_nm
-from virion.micrograph.scan import DEFAULT_MIN_CONFIDENCE, DEFAULT_NM_PER_PX, scan_pixels
+from virion.micrograph.scan import DEFAULT_NM_PER_PX, scan_pixels
 
 DISPLAY_MAX_SIDE = 1200  # the picture sent back is at most this many pixels on a side
 
@@ -46,7 +46,7 @@ def scan_upload(state, name: str, data: bytes, *, nm_per_px=None, min_confidence
     """Scan one uploaded micrograph with the served classifier; JSON-ready answer for the page."""
     if not data:
         raise VirionError("no file received; choose a micrograph file")
-    min_confidence = _number(min_confidence, "min_confidence", DEFAULT_MIN_CONFIDENCE, 0.0, 1.0)
+    min_confidence = _number(min_confidence, "min_confidence", state.detector.min_confidence, 0.0, 1.0)
     stated = _number(nm_per_px, "nm_per_px", 0.0, 0.0, 1e4) or None
     model = state.check_model(model)
     safe = Path(name or "micrograph").name or "micrograph"

@@ -72,8 +72,8 @@ def register(subparsers) -> None:
         type=_fraction,
         default=None,
         metavar="P",
-        help="keep a particle only when its class probability is at least P (default: 0.5, more than all "
-        "other classes together)",
+        help="keep a particle only when its class probability is at least P (default: the detector's own, "
+        "0.3 for a learned heat-map detector, 0.5 for log)",
     )
     parser.add_argument(
         "--min-particles",
@@ -88,7 +88,7 @@ def register(subparsers) -> None:
         default=None,
         metavar="M",
         help="'uncertain' when the verdict's share of the summed probability leads the runner-up's by "
-        "less than M (default: 0.10)",
+        "less than M (default: 0.02)",
     )
     parser.add_argument(
         "--specimen-by",
@@ -101,8 +101,8 @@ def register(subparsers) -> None:
         "--weight-by",
         choices=WEIGHT_BY,
         default=DEFAULT_WEIGHT_BY,
-        help="each particle's weight in the verdict: none (every particle counts 1, the default) or score "
-        "(its detector score; measured in docs/micrographs.md, not a clear gain)",
+        help="each particle's weight in the verdict: score (its detector score, the default: a clear "
+        "particle counts more than a faint one) or none (every particle counts 1)",
     )
     parser.add_argument(
         "--no-size-prior",
@@ -128,7 +128,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from virion.micrograph.scan import DEFAULT_MIN_CONFIDENCE, scan
+    from virion.micrograph.scan import scan
     from virion.micrograph.verdict import DEFAULT_MARGIN
 
     result = scan(
@@ -137,7 +137,7 @@ def run(args) -> int:
         args.out,
         nm_per_px=args.nm_per_px,
         model=args.model_name,
-        min_confidence=DEFAULT_MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence,
+        min_confidence=args.min_confidence,
         min_particles=args.min_particles,
         margin=DEFAULT_MARGIN if args.margin is None else args.margin,
         specimen_by=args.specimen_by,

@@ -8,7 +8,7 @@ copies that into RUN/detector/ (`keep_detector`), and `virion scan` / `virion se
 else beside the run's training data (`find_detector`). A run without one scans with LoG, as before.
 
 Both detectors answer one interface (`detect(image, nm_per_px, *, threshold, max_candidates, mask,
-filled) -> Candidates`, `.threshold`, `.no_background_min_score`), so the scanner and
+filled) -> Candidates`, `.threshold`, `.no_background_min_score`, `.min_confidence`), so the scanner and
 `virion crops --detected` never ask which kind they hold. Their scores differ in kind (LoG: a
 z-score; heat map: a probability), which is why each carries its own default thresholds.
 """
@@ -35,6 +35,9 @@ class LogDetector:
     threshold: float = detection.DEFAULT_THRESHOLD  # z-score
     # Runs without a `_background` class cannot reject stain: LoG candidates must be this strong.
     no_background_min_score: float = 6.0
+    # A scan keeps a candidate whose best class has at least this probability: more than all other
+    # classes together, because most LoG candidates are stain and debris forced into some class.
+    min_confidence: float = 0.5
 
     def detect(self, image, nm_per_px: float = 1.0, *, threshold: float | None = None,
                max_candidates: int = detection.DEFAULT_MAX_CANDIDATES, mask=None, filled=None):  # fmt: skip
@@ -100,7 +103,12 @@ def choose_detector(detector=None, run=None) -> tuple[object, str]:
         found = find_detector(run) if isinstance(run, (str, Path)) else None
         if found is not None:
             return load_detector(found), f"learned heat map ({found})"
-        why = "; the run has no detector/, `virion detector` trains one" if isinstance(run, (str, Path)) else ""
+        why = (
+            "; the run has no detector/: `virion detector BOXES --out DET` trains one, which finds far more "
+            "of the particles, and `--detector DET` scans with it"
+            if isinstance(run, (str, Path))
+            else ""
+        )
         return LogDetector(), f"LoG blobs{why}"
     if isinstance(detector, str) and detector.strip().lower() == LOG:
         return LogDetector(), "LoG blobs (--detector log)"

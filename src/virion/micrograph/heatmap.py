@@ -52,6 +52,10 @@ INPUT_CLIP = 8.0  # flattened image, in robust sd units, clipped to +-8 and divi
 DEFAULT_THRESHOLD = 0.1
 # Runs without a `_background` class cannot reject stain: their candidates must reach this heat.
 NO_BACKGROUND_MIN_SCORE = 0.3
+# A scan keeps a candidate whose best class has at least this probability. Its candidates are mostly
+# particles (precision 0.44 before classification, against the LoG's 0.10), so the classifier's
+# doubtful answers on them are still evidence: 0.3 gave better verdicts than 0.5 (docs/micrographs.md).
+MIN_CONFIDENCE = 0.3
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 8
 SIZE_REFERENCE_NM = 100.0  # the size head predicts log(size / 100 nm)
@@ -174,6 +178,7 @@ class HeatmapDetector:
     info: dict = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     no_background_min_score: float = NO_BACKGROUND_MIN_SCORE
+    min_confidence: float = MIN_CONFIDENCE
 
     def heat(self, pixels, nm_per_px: float = 1.0, *, mask=None, filled=None) -> tuple[np.ndarray, np.ndarray, float]:
         """(heat in 0..1, maps, scale) at detector scale; maps: image, valid mask, log size (H, W, 3)."""

@@ -18,9 +18,11 @@ class that link up into an elongated chain (`detect.filament_groups`) become one
 bounding box, diameter = the filament's width. Round particles, even packed, are not elongated
 and stay one row each.
 
-Default `min_confidence` 0.5: a particle is kept only when the classifier gives its class more
-probability than all other classes together; below that, crops of stain and debris, forced into
-some virus class, would outvote the real particles (measured in docs/micrographs.md).
+Default `min_confidence`: the detector's own (`.min_confidence`): 0.5 for the LoG blobs (a particle
+is kept only when the classifier gives its class more probability than all other classes together;
+below that, crops of stain and debris, forced into some virus class, would outvote the real
+particles), 0.3 for the learned heat map, whose candidates are mostly particles (both measured in
+docs/micrographs.md).
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ from virion.micrograph.verdict import (
 )
 
 WINDOW_PX = 256  # the crops' window (virion crops --size default), in run pixels
-DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_NM_PER_PX = 1.0
 # A run's pixel size when its metadata does not state one: the public crops' 1 nm/px.
 RUN_NM_PER_PX = 1.0
@@ -288,7 +289,7 @@ def scan_pixels(
     *,
     name: str = "micrograph",
     model: str | None = None,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    min_confidence: float | None = None,
     min_particles: int = DEFAULT_MIN_PARTICLES,
     margin: float = DEFAULT_MARGIN,
     min_score: float | None = None,
@@ -303,9 +304,10 @@ def scan_pixels(
     """Scan one micrograph given as a 2-D array at `nm_per_px`; particle rows are in its own pixels.
 
     detector: a loaded detector (`detector_files.choose_detector`; load it once for many micrographs),
-    a detector folder, or None / "log" for the LoG blobs. threshold (candidates) and min_score (runs
-    without `_background`) default to the detector's own. weight_by: how particles weigh in the
-    verdict (`verdict.particle_weights`: "score", the detector's score, or "none"). class_sizes: nm
+    a detector folder, or None / "log" for the LoG blobs. threshold (candidates), min_confidence
+    (accepted particles) and min_score (runs without `_background`) default to the detector's own.
+    weight_by: how particles weigh in the verdict (`verdict.particle_weights`: "score", the
+    detector's score, or "none"). class_sizes: nm
     per class (`micrograph.sizes`); accepted particles of one class closer than half its size become
     one (the strongest); None: no size prior.
     """
@@ -322,6 +324,7 @@ def scan_pixels(
     filled = detection.fill_padding(work, valid)
     detector = choose_detector(detector)[0]
     threshold = detector.threshold if threshold is None else float(threshold)
+    min_confidence = detector.min_confidence if min_confidence is None else float(min_confidence)
     cands = detector.detect(
         work, run_nm, mask=~valid, filled=filled, threshold=threshold, max_candidates=max_candidates
     )
@@ -383,7 +386,7 @@ def scan(
     *,
     nm_per_px: float | None = None,
     model: str | None = None,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    min_confidence: float | None = None,
     min_particles: int = DEFAULT_MIN_PARTICLES,
     margin: float = DEFAULT_MARGIN,
     specimen_by: str | None = None,
@@ -407,13 +410,13 @@ def scan(
     run folder's (or its training data's) class_sizes.json; none for a Classifier object or an older
     run; `size_prior=False` turns it off. Detector (`micrograph.detector_files`): None = the run
     folder's learned detector (RUN/detector, else its training data's), else LoG; "log"; a detector
-    folder; or a loaded detector. `threshold`: the detector's candidate threshold (default its own).
+    folder; or a loaded detector. `threshold`, `min_confidence`: default the detector's own.
     """
     from tqdm.auto import tqdm
 
     from virion.inference.inputs import collect_inputs
 
-    if min_confidence < 0 or min_confidence > 1:
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise VirionError(f"--min-confidence {min_confidence}: must be between 0 and 1")
     if nm_per_px is not None and not nm_per_px > 0:
         raise VirionError(f"--nm-per-px {nm_per_px}: must be a positive number of nanometres per pixel")
