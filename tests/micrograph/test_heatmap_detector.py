@@ -1,7 +1,8 @@
 """The learned heat-map detector end to end: it finds planted particles and nothing in the padding,
 reloads exactly (in a fresh process, from plain files), `virion detector` trains one from a boxes
 CSV, `virion crops --detected --detector` cuts windows on its candidates and hands it on, `virion
-train` keeps it, and `virion scan` uses it (or LoG with `--detector log`).
+train` keeps it, and `virion scan` uses it (or LoG with `--detector log`). A killed `virion detector`
+training resumes from its last finished epoch and ends with the weights of an uninterrupted one.
 
 One detector is trained per module (about 15 s on 2 cores) on tiny synthetic micrographs made here:
 bright discs of 40 nm on Gaussian noise, black padding on the left; every test reuses it.
@@ -146,6 +147,106 @@ def test_cli_detector_trains_from_a_boxes_csv_and_refuses_a_used_out(tmp_path, c
     assert main(["detector", str(only_broken), "--out", str(tmp_path / "none"), "--quiet"]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "no micrograph with boxes" in err and "1 unreadable" in err and not (tmp_path / "none").exists()
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A 3-epoch `train_from_boxes` (2 micrographs, batch 1: 2 steps an epoch) killed while it wrote
+    epoch 2's checkpoint: epoch 2's files are written, state.json still names epoch 1.
+    Returns (boxes CSV, the state folder it left)."""
+    from virion.micrograph.heatmap_training import state_folder, train_from_boxes
+    from virion.training import faults
+
+    folder = tmp_path_factory.mktemp("interrupted")
+    boxes = write_boxes(folder / "data", [0, 1])
+    seen = []
+
+    def kill(phase):
+        seen.append(phase)
+        if seen.count("before_commit") == 2:
+            raise KeyboardInterrupt
+
+    faults.set_handler(kill)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_from_boxes(boxes, folder / "det", epochs=3, batch_size=1, progress=False)
+    finally:
+        faults.set_handler(None)
+    assert sorted(p.name for p in folder.iterdir()) == [".det.detector-state", "data"]  # no half output
+    return boxes, state_folder(folder / "det")
+
+
+def copy_state(interrupted, out: Path) -> None:
+    import shutil
+
+    from virion.micrograph.heatmap_training import state_folder
+
+    shutil.copytree(interrupted[1], state_folder(out))
+
+
+@pytest.fixture
+def count_steps(monkeypatch):
+    """A list that gets one entry per `train_on_batch` call."""
+    import keras
+
+    calls, original = [], keras.Model.train_on_batch
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "train_on_batch", counted)
+    return calls
+
+
+def test_detector_checkpoint_is_plain_data_and_a_killed_save_leaves_the_previous_one(interrupted):
+    state = interrupted[1]
+    record = json.loads((state / "state.json").read_text())
+    assert record["epochs_done"] == 1 and len(record["losses"]) == 1 and record["rng"]["bit_generator"] == "PCG64"
+    assert (record["weights"], record["optimizer"]) == ("weights-e0001.weights.h5", "optimizer-e0001.npz")
+    assert {p.name for p in state.iterdir()} == {  # epoch 2's uncommitted files: debris for the next commit
+        "state.json", "weights-e0001.weights.h5", "optimizer-e0001.npz",
+        "weights-e0002.weights.h5", "optimizer-e0002.npz",
+    }  # fmt: skip
+    with np.load(state / record["optimizer"], allow_pickle=False) as npz:  # no pickle: no code runs
+        values = [npz[name] for name in sorted(npz.files)]
+    assert int(values[0]) == 2  # the iteration counter first: 1 epoch of 2 steps
+    assert all(v.dtype.kind in "iuf" for v in values) and len(values) > 2
+
+
+def test_killed_detector_training_resumes_at_the_next_epoch_like_an_uninterrupted_one(
+    interrupted, tmp_path, count_steps, capsys
+):
+    from virion.micrograph.heatmap_training import state_folder, train_from_boxes
+
+    boxes, _ = interrupted
+    full = train_from_boxes(boxes, tmp_path / "full", epochs=3, batch_size=1, progress=False)
+    assert len(count_steps) == 6 and full.resumed_after == 0
+    copy_state(interrupted, tmp_path / "det")
+    capsys.readouterr()
+    count_steps.clear()
+    resumed = train_from_boxes(boxes, tmp_path / "det", epochs=3, batch_size=1, progress=False)
+    assert "resuming the training at epoch 2/3" in capsys.readouterr().out
+    assert len(count_steps) == 4  # epochs 2 and 3 only
+    assert resumed.resumed_after == 1 and resumed.epochs == 3 and "Resumed after epoch 1" in resumed.summary()
+    assert is_detector(tmp_path / "det") and not state_folder(tmp_path / "det").exists()
+    # The weights, the optimizer (its iteration counter drives the cosine decay) and the random
+    # generator (batches, crops) are restored, and CPU training is deterministic: exactly equal.
+    expected, got = (load_detector(tmp_path / name).model.get_weights() for name in ("full", "det"))
+    assert len(expected) == len(got) and all(np.array_equal(a, b) for a, b in zip(expected, got))
+    assert resumed.final_loss == full.final_loss
+
+
+def test_detector_checkpoint_of_other_settings_is_not_resumed(interrupted, tmp_path, count_steps, capsys):
+    from virion.micrograph.heatmap_training import state_folder, train_from_boxes
+
+    boxes, _ = interrupted
+    copy_state(interrupted, tmp_path / "det")
+    result = train_from_boxes(boxes, tmp_path / "det", epochs=2, batch_size=1, progress=False)  # it had 3
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
+    assert "ignoring the checkpoint" in line and "another training" in line and "training from epoch 1" in line
+    assert len(count_steps) == 4 and result.resumed_after == 0  # 2 epochs from the start
+    assert is_detector(tmp_path / "det") and not state_folder(tmp_path / "det").exists()
 
 
 def test_crops_cut_detected_windows_on_the_learned_detectors_candidates(trained, saved, tmp_path):

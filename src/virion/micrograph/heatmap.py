@@ -23,6 +23,7 @@ Class-agnostic: the run's classifier names each candidate, as with the LoG detec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -316,8 +317,17 @@ def train_detector(
     seed: int = 0,
     progress: bool = True,
     widths=WIDTHS,
+    checkpoint=None,
 ) -> HeatmapDetector:
-    """Train a heat-map detector on annotated micrographs (AdamW, cosine decay, random 128-px crops)."""
+    """Train a heat-map detector on annotated micrographs (AdamW, cosine decay, random 128-px crops).
+
+    checkpoint: where each finished epoch is saved and a killed training resumes from
+    (`heatmap_training.TrainingState`; None: no checkpoints). Why it resumes exactly: the weights,
+    the optimizer's variables (its iteration counter drives the cosine decay) and the state of the
+    random generator that picks batches and crops are all restored, so the remaining epochs run as
+    they would have, and the total stays `epochs`. The checkpoint is used only when its
+    fingerprint (`training_fingerprint`) matches this training.
+    """
     import keras
     from tqdm.auto import tqdm
 
@@ -335,17 +345,27 @@ def train_detector(
     steps = max(1, -(-len(samples) // batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs, alpha=0.05)
     model.compile(keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=focal_loss)
-    bar = tqdm(range(epochs), desc="virion detector", unit="epoch", disable=not progress)
-    loss = float("nan")
+    model.optimizer.build(model.trainable_variables)  # its variables exist before the first step: restorable
+    losses: list[float] = []
+    if checkpoint is not None:
+        settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, crop=crop)
+        fingerprint = training_fingerprint(micrographs, samples, widths=list(widths), **settings)
+        losses = checkpoint.resume(fingerprint, model, rng, epochs)
+    done = len(losses)
+    bar = tqdm(range(done, epochs), desc="virion detector", unit="epoch", initial=done, total=epochs,
+               disable=not progress)  # fmt: skip
     for _ in bar:
         order = rng.permutation(len(samples))
-        losses = []
+        batch_losses = []
         for s in range(steps):
             xb, yb = _crop_batch(samples, np.sort(order[s * batch_size : (s + 1) * batch_size]), crop, rng)
-            losses.append(float(model.train_on_batch(xb, yb)))
-        loss = float(np.mean(losses))
+            batch_losses.append(float(model.train_on_batch(xb, yb)))
+        loss = float(np.mean(batch_losses))
         if not np.isfinite(loss):
             raise VirionError("detector training diverged (loss is not finite); try a lower learning rate")
+        losses.append(loss)
+        if checkpoint is not None:
+            checkpoint.commit(model, rng, losses)
         bar.set_postfix(loss=f"{loss:.3f}")
     info = {
         "trained_on": {"micrographs": len(micrographs), "boxes": int(sum(len(m.boxes) for m in micrographs))},
@@ -353,7 +373,23 @@ def train_detector(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "seed": seed,
-        "final_loss": round(loss, 4),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(losses[-1], 4),
+        "train_seconds": round(time.perf_counter() - started, 1),  # this process's share when resumed
     }
+    if done:
+        info["resumed_after_epoch"] = done
     return HeatmapDetector(model, tuple(widths), info)
+
+
+def training_fingerprint(micrographs: list[TrainingMicrograph], samples, **settings) -> str:
+    """A hash of what a training learns from: the network inputs and targets (so the micrographs'
+    pixels, pixel sizes and boxes, and the code that prepares them) and the settings. A checkpoint
+    resumes only a training with the same fingerprint."""
+    digest = hashlib.sha256()
+    facts = {"format": FORMAT_VERSION, "nm_per_px": [float(m.nm_per_px) for m in micrographs], **settings}
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    for x, y in samples:
+        for a in (x, y):
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(np.ascontiguousarray(a).data)
+    return digest.hexdigest()
