@@ -249,6 +249,18 @@ def test_detector_checkpoint_of_other_settings_is_not_resumed(interrupted, tmp_p
     assert is_detector(tmp_path / "det") and not state_folder(tmp_path / "det").exists()
 
 
+def test_ctrl_c_during_detector_training_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import virion.micrograph.heatmap_training as heatmap_training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heatmap_training, "train_from_boxes", interrupted)
+    boxes = write_boxes(tmp_path / "data", [0])
+    assert main(["detector", str(boxes), "--out", str(tmp_path / "det"), "--quiet"]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+
+
 def test_crops_cut_detected_windows_on_the_learned_detectors_candidates(trained, saved, tmp_path):
     from virion.micrograph.crops import cut_crops
 

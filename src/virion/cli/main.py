@@ -100,6 +100,8 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     run_dir = getattr(args, "run_dir", None)
     if args.command == "train" and run_dir:
         return f"virion: interrupted; finished epochs are saved, continue with `virion train --resume {run_dir}`"
+    if args.command == "detector":
+        return "virion: interrupted; finished epochs are saved, run the same command again to continue"
     return "virion: interrupted"
 
 
